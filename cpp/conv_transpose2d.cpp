@@ -1,0 +1,47 @@
+// conv_transpose2d.cpp: the transposed convolution, written as what it is: the adjoint of
+// a convolution.  Its forward pass is conv2d's backward-input pass (plus a bias), its input
+// gradient is conv2d's forward pass and its weight gradient is conv2d's weight gradient with
+// the two activations swapped (see conv_transpose2d.h).  No new loops live here: every
+// version of conv2d (reference, im2col, fast) serves the transposed convolution as well.
+#include "conv_transpose2d.h"
+
+namespace gasca {
+
+template <typename T>
+static void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, const T* bias, T* y) {
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t c = 0; c < channels; ++c) {
+      T* p = y + (n * channels + c) * plane;
+      const T b = bias[c];
+      for (int64_t q = 0; q < plane; ++q) p[q] += b;
+    }
+}
+
+template <typename T>
+void conv_transpose2d_forward(const ConvGeometry& adj, const T* x, const T* w, const T* bias, T* y,
+                              int version) {
+  // x is the adjoint convolution's output-gradient-shaped tensor (N, adj.out_channels, H, W);
+  // y is its input-shaped tensor (N, adj.in_channels, OH, OW).
+  conv2d_backward_input<T>(adj, x, w, y, version);
+  if (bias) add_channel_bias(adj.batch, adj.in_channels, adj.in_h * adj.in_w, bias, y);
+}
+
+template <typename T>
+void conv_transpose2d_backward_bias(const ConvGeometry& adj, const T* dy, T* db) {
+  // dy has the transposed convolution's output shape = the adjoint convolution's input shape.
+  ConvGeometry g;
+  g.batch = adj.batch;
+  g.out_channels = adj.in_channels;
+  g.out_h = adj.in_h;
+  g.out_w = adj.in_w;
+  conv2d_backward_bias<T>(g, dy, db);
+}
+
+template void conv_transpose2d_forward<float>(const ConvGeometry&, const float*, const float*,
+                                              const float*, float*, int);
+template void conv_transpose2d_forward<double>(const ConvGeometry&, const double*, const double*,
+                                               const double*, double*, int);
+template void conv_transpose2d_backward_bias<float>(const ConvGeometry&, const float*, float*);
+template void conv_transpose2d_backward_bias<double>(const ConvGeometry&, const double*, double*);
+
+}  // namespace gasca
