@@ -1,0 +1,117 @@
+"""Pieces the command-line entry points share: data flags, loading splits, baselines, tables."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .metrics import mse_per_image, psnr_per_image, ssim_per_image
+from .training.trainer import PairData
+
+DATASETS = ("synthetic-faces", "folder", "multipie", "npz")
+
+
+def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="synthetic-faces",
+                   help="where the (input, target) pairs come from: the built-in synthetic faces "
+                        "(default; rendered and cached on first use), a folder with inputs/ and "
+                        "targets/, a Multi-PIE-style tree, or an .npz file (default: %(default)s)")
+    g.add_argument("--data", metavar="PATH", default=None,
+                   help="the folder, tree or .npz file for --dataset folder/multipie/npz")
+    g.add_argument("--max-train", type=positive_int, default=None, metavar="N",
+                   help="use at most N training pairs (for quick runs)")
+    if image_size:
+        g.add_argument("--image-size", type=positive_int, default=64, metavar="S",
+                       help="images are S x S pixels (resized where a loader must; default 64)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not np.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got '{text}'")
+    return vals
+
+
+def load_splits(dataset: str, data: Optional[str], seed: int, image_size: int = 64,
+                max_train: Optional[int] = None) -> tuple[PairData, PairData, PairData]:
+    """(train, val, test) pairs for a dataset name, as the trainers want them."""
+    from . import data as data_mod
+    if dataset != "synthetic-faces" and not data:
+        raise SystemExit(f"error: --dataset {dataset} needs --data PATH")
+    train, val, test = data_mod.get_splits(dataset, data=data, seed=seed, image_size=image_size,
+                                           max_train=max_train)
+    return PairData.from_dataset(train), PairData.from_dataset(val), PairData.from_dataset(test)
+
+
+def baselines(train: PairData, test: PairData) -> dict[str, float]:
+    """The two trivial baselines: output = input, and output = the mean training target."""
+    mean_face = np.broadcast_to(train.targets.mean(axis=0, keepdims=True), test.targets.shape)
+    return {"copy_input_mse": float(mse_per_image(test.inputs, test.targets).mean()),
+            "mean_target_mse": float(mse_per_image(mean_face, test.targets).mean())}
+
+
+def per_label_table(pred, target, labels: dict, key: str) -> list[tuple[Any, int, float, float, float]]:
+    """Rows (label value, count, MSE, PSNR, SSIM) grouped by labels[key]."""
+    if key not in labels:
+        return []
+    vals = np.asarray(labels[key])
+    mse, psnr, ssim = (mse_per_image(pred, target), psnr_per_image(pred, target),
+                       ssim_per_image(pred, target))
+    rows = []
+    for v in np.unique(vals):
+        m = vals == v
+        rows.append((v.item() if hasattr(v, "item") else v, int(m.sum()), float(mse[m].mean()),
+                     float(psnr[m].mean()), float(ssim[m].mean())))
+    return rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table (also valid Markdown)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.5f}" if abs(v) < 1 else f"{v:.2f}"
+        return str(v)
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in cells])
+
+
+def fail(msg: str, code: int = 2) -> "None":
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)

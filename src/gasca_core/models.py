@@ -1,0 +1,267 @@
+"""GASCA models: shallow convolutional autoencoders, the generator stack G that grows in the
+middle, and the discriminator stack D that grows one conv layer at a time under a head.
+
+Shapes are NCHW.  With the default "gasca-64" configuration (DESIGN.md):
+
+    level k | encoder of G^k               | decoder of G^k                        | conv of D^k
+    1       | conv 1->32,  k5 s2 p2, LReLU  | convT 32->1,   k5 s2 p2 op1, Sigmoid   | conv 1->32,  k5 s2 p2
+    2       | conv 32->64, k5 s2 p2, LReLU  | convT 64->32,  k5 s2 p2 op1, LReLU     | conv 32->64, k5 s2 p2
+    3       | conv 64->128,k3 s2 p1, LReLU  | convT 128->64, k3 s2 p1 op1, LReLU     | conv 64->128,k3 s2 p1
+
+A 1x64x64 image becomes a 32x32x32, 64x16x16, then 128x8x8 code.  Every D^k also owns a
+head (flatten -> linear -> one logit) sized for the code it sees; the full D is
+conv_1 ... conv_k followed by the newest head.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import nn
+from .tensor import Tensor
+
+ACTIVATIONS = ("leaky_relu", "relu", "sigmoid", "tanh", "identity")
+
+
+@dataclass
+class GascaConfig:
+    """Architecture of a GASCA model: saved with every checkpoint.
+
+    channels[k-1], kernel_sizes[k-1], paddings[k-1] describe level k (k = 1..levels); the
+    encoder of level k maps channels[k-2] (or in_channels) to channels[k-1] with stride 2.
+    """
+    in_channels: int = 1
+    image_size: int = 64
+    channels: list = field(default_factory=lambda: [32, 64, 128])
+    kernel_sizes: list = field(default_factory=lambda: [5, 5, 3])
+    paddings: Optional[list] = None          # default: kernel_size // 2 ("same" before the stride)
+    stride: int = 2
+    hidden_activation: str = "leaky_relu"     # encoders, and decoders of levels >= 2
+    output_activation: str = "sigmoid"        # the decoder of level 1 (the image)
+    leaky_slope: float = 0.2
+    disc_channels: Optional[list] = None      # default: the generator's channels
+    disc_activation: str = "leaky_relu"
+    name: str = "gasca-64"
+
+    def __post_init__(self) -> None:
+        self.channels = [int(c) for c in self.channels]
+        self.kernel_sizes = [int(k) for k in self.kernel_sizes]
+        if self.paddings is None:
+            self.paddings = [k // 2 for k in self.kernel_sizes]
+        self.paddings = [int(p) for p in self.paddings]
+        if self.disc_channels is None:
+            self.disc_channels = list(self.channels)
+        self.disc_channels = [int(c) for c in self.disc_channels]
+        self.validate()
+
+    @property
+    def levels(self) -> int:
+        return len(self.channels)
+
+    def validate(self) -> None:
+        n = len(self.channels)
+        if n < 1:
+            raise ValueError("GascaConfig.channels must name at least one level")
+        for name in ("kernel_sizes", "paddings", "disc_channels"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"GascaConfig.{name} has {len(getattr(self, name))} entries, "
+                                 f"expected one per level ({n})")
+        if any(c < 1 for c in self.channels + self.disc_channels) or self.in_channels < 1:
+            raise ValueError(f"channel counts must be >= 1, got {self.channels}")
+        for act in (self.hidden_activation, self.output_activation, self.disc_activation):
+            if act not in ACTIVATIONS:
+                raise ValueError(f"unknown activation '{act}', expected one of {ACTIVATIONS}")
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        size = self.image_size
+        for k in range(n):
+            if size % self.stride:
+                raise ValueError(
+                    f"image_size {self.image_size} is not divisible by stride^{k + 1}: level "
+                    f"{k + 1} would see a {size}x{size} map; use an image size divisible by "
+                    f"{self.stride ** n} or fewer levels")
+            size //= self.stride
+            if size < 1:
+                raise ValueError(f"image_size {self.image_size} is too small for {n} levels")
+
+    def code_shape(self, level: int) -> tuple[int, int, int]:
+        """(C, H, W) of the code after `level` encoders (level 0 = the image)."""
+        c = self.in_channels if level == 0 else self.channels[level - 1]
+        s = self.image_size // self.stride**level
+        return (c, s, s)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GascaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown GascaConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def make_activation(name: str, slope: float = 0.2) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "identity":
+        return nn.Identity()
+    raise ValueError(f"unknown activation '{name}', expected one of {ACTIVATIONS}")
+
+
+class ShallowAutoencoder(nn.Module):
+    """G^k: one conv encoder + activation, one transposed-conv decoder + activation.
+
+    Level k maps a (C_{k-1}, S, S) code to (C_k, S/2, S/2) and back to (C_{k-1}, S, S).
+    """
+
+    def __init__(self, config: GascaConfig, level: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        if not 1 <= level <= config.levels:
+            raise ValueError(f"level must be in 1..{config.levels}, got {level}")
+        self.level = level
+        c_in = config.code_shape(level - 1)[0]
+        c_out = config.channels[level - 1]
+        k, p, s = config.kernel_sizes[level - 1], config.paddings[level - 1], config.stride
+        out_act = config.output_activation if level == 1 else config.hidden_activation
+        self.encoder = nn.Sequential(
+            nn.Conv2d(c_in, c_out, k, stride=s, padding=p, rng=rng),
+            make_activation(config.hidden_activation, config.leaky_slope))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(c_out, c_in, k, stride=s, padding=p, output_padding=s - 1, rng=rng),
+            make_activation(out_act, config.leaky_slope))
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class Generator(nn.Module):
+    """G: a stack of shallow autoencoders, run as enc_1 .. enc_k, dec_k .. dec_1.
+
+    `insert_level` puts a new G^k in the middle: after the deepest encoder, before the
+    deepest decoder.
+    """
+
+    def __init__(self, config: GascaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.levels = nn.Sequential()
+
+    @property
+    def depth(self) -> int:
+        return len(self.levels)
+
+    def insert_level(self, ae: ShallowAutoencoder) -> None:
+        if ae.level != self.depth + 1:
+            raise ValueError(f"the next level of a depth-{self.depth} generator is "
+                             f"{self.depth + 1}, got a level-{ae.level} autoencoder")
+        self.levels.append(ae)
+
+    def encode(self, x: Tensor, depth: Optional[int] = None) -> Tensor:
+        """The code after the first `depth` encoders (default: all)."""
+        depth = self.depth if depth is None else depth
+        for ae in list(self.levels)[:depth]:
+            x = ae.encode(x)
+        return x
+
+    def decode(self, z: Tensor, depth: Optional[int] = None) -> Tensor:
+        depth = self.depth if depth is None else depth
+        for ae in reversed(list(self.levels)[:depth]):
+            z = ae.decode(z)
+        return z
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.depth == 0:
+            raise RuntimeError("the generator has no levels yet")
+        return self.decode(self.encode(x))
+
+    def layer_order(self) -> list[str]:
+        """Names of the conv layers in the order forward() runs them (for tests and docs)."""
+        k = self.depth
+        return [f"enc{i}" for i in range(1, k + 1)] + [f"dec{i}" for i in range(k, 0, -1)]
+
+
+class DiscriminatorLevel(nn.Module):
+    """D^k: conv_k + activation, and a head (flatten -> linear -> one logit) on its output."""
+
+    def __init__(self, config: GascaConfig, level: int, rng: np.random.Generator) -> None:
+        super().__init__()
+        self.level = level
+        c_in = config.in_channels if level == 1 else config.disc_channels[level - 2]
+        c_out = config.disc_channels[level - 1]
+        k, p, s = config.kernel_sizes[level - 1], config.paddings[level - 1], config.stride
+        size = config.image_size // s**level
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_in, c_out, k, stride=s, padding=p, rng=rng),
+            make_activation(config.disc_activation, config.leaky_slope))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_out * size * size, 1, rng=rng))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv(x))
+
+
+class Discriminator(nn.Module):
+    """D: conv_1 .. conv_k, then one head -> (N, 1) logits.
+
+    `add_level(D^k)` puts D^k's conv on top of the stack and makes D^k's head the head; the
+    previous head, sized for the previous top, is dropped (it has nothing left to read).
+    """
+
+    def __init__(self, config: GascaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.convs = nn.Sequential()
+        self.head: Optional[nn.Module] = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.convs)
+
+    def add_level(self, d: DiscriminatorLevel) -> None:
+        if d.level != self.depth + 1:
+            raise ValueError(f"the next level of a depth-{self.depth} discriminator is "
+                             f"{self.depth + 1}, got level {d.level}")
+        self.convs.append(d.conv)
+        self.head = d.head
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.head is None:
+            raise RuntimeError("the discriminator has no levels yet")
+        return self.head(self.convs(x))
+
+
+def build_full(config: GascaConfig, seed: int, depth: Optional[int] = None
+               ) -> tuple[Generator, Discriminator]:
+    """G and D with `depth` levels (default: all), each level initialised from its own
+    seeded stream so that a level's initial weights do not depend on how it was built."""
+    depth = config.levels if depth is None else depth
+    g, d = Generator(config), Discriminator(config)
+    for k in range(1, depth + 1):
+        g.insert_level(ShallowAutoencoder(config, k, level_rng(seed, "G", k)))
+        d.add_level(DiscriminatorLevel(config, k, level_rng(seed, "D", k)))
+    return g, d
+
+
+def level_rng(seed: int, net: str, level: int) -> np.random.Generator:
+    """The initialisation stream of level `level` of net "G" or "D"."""
+    return np.random.default_rng([int(seed), 0 if net == "G" else 1, int(level)])
