@@ -1,0 +1,934 @@
+"""Differentiable operations, one small `Function` per operation (import as F).
+
+Each Function has `forward(ctx, *arrays)`, computed on raw NumPy/CuPy arrays, and
+`backward(ctx, grad)`, which returns dL/d(argument) for each positional argument of
+forward (None where no gradient is needed or possible).  The lowercase functions are the
+public API, with PyTorch's names and argument orders (F.conv2d(input, weight, bias,
+stride, padding, dilation)); they check shapes and raise ValueError with clear messages
+before anything reaches the kernels.
+
+Broadcasting: elementwise binary operations broadcast as NumPy does; their backward sums
+the gradient back down to each operand's shape (`unbroadcast`).  A plain number or array
+mixed with a Tensor is taken as a constant in the tensor's dtype and on its device.
+
+Convolutions and matrix products run on our own kernels through `gasca_core.backend`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import backend
+from .tensor import Context, Function, Tensor
+
+IntOrPair = Union[int, Tuple[int, int]]
+Axis = Union[None, int, Sequence[int]]
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _xp(array: Any) -> Any:
+    return backend.get_array_module(array)
+
+
+def unbroadcast(grad: Any, shape: Tuple[int, ...]) -> Any:
+    """Sum `grad` down to `shape`: the adjoint of broadcasting an array of `shape`."""
+    shape = tuple(shape)
+    if tuple(grad.shape) == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _constant(value: Any, like: Tensor) -> Tensor:
+    """`value` as a Tensor constant in like's dtype, on like's device."""
+    if isinstance(value, Tensor):
+        return value
+    xp = _xp(like.data)
+    array = backend.to_device(value, like.device) if hasattr(value, "shape") else value
+    return Tensor._wrap(xp.asarray(array, dtype=like.dtype))
+
+
+def _operands(a: Any, b: Any) -> Tuple[Tensor, Tensor]:
+    if isinstance(a, Tensor):
+        return a, _constant(b, a)
+    if isinstance(b, Tensor):
+        return _constant(a, b), b
+    a = Tensor(a)
+    return a, _constant(b, a)
+
+
+def _tensor(value: Any, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (np.ndarray, list, tuple, float, int)) or backend.is_cupy_array(value):
+        return Tensor(value)
+    raise TypeError(f"{name} must be a Tensor or an array, got {type(value).__name__}")
+
+
+def _pair(value: IntOrPair, name: str, minimum: int) -> Tuple[int, int]:
+    """An int or a pair of ints as a pair (h, w), each >= minimum."""
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, np.integer)) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
+    """Normalised, sorted axes (all axes for None)."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= a < max(ndim, 1):
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+        out.append(int(a) % max(ndim, 1))
+    return tuple(sorted(set(out)))
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _reduce(loss: Any, reduction: str) -> Any:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _reduction_grad(grad: Any, shape: Tuple[int, ...], reduction: str) -> Any:
+    """dL/d(elementwise loss) given dL/d(reduced loss)."""
+    if reduction == "none":
+        return grad
+    scale = 1.0 / max(int(np.prod(shape)), 1) if reduction == "mean" else 1.0
+    return grad * scale  # a 0-d array that broadcasts against the elementwise loss
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+class Add(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a + b
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
+        return unbroadcast(grad, ctx.shapes[0]), unbroadcast(grad, ctx.shapes[1])
+
+
+class Sub(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.shapes = (a.shape, b.shape)
+        return a - b
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
+        gb = unbroadcast(-grad, ctx.shapes[1]) if ctx.needs_input_grad[1] else None
+        return unbroadcast(grad, ctx.shapes[0]), gb
+
+
+class Mul(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
+        a, b = ctx.saved
+        ga = unbroadcast(grad * b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(grad * a, b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
+        a, b = ctx.saved
+        ga = unbroadcast(grad / b, a.shape) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(-grad * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    @staticmethod
+    def forward(ctx: Context, a: Any) -> Any:
+        return -a
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        return (-grad,)
+
+
+class Pow(Function):
+    """x ** p for a constant real exponent p."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, exponent: float) -> Any:
+        ctx.save_for_backward(x)
+        ctx.exponent = exponent
+        return x ** exponent
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        (x,) = ctx.saved
+        p = ctx.exponent
+        return grad * (p * x ** (p - 1)), None
+
+
+def add(a: Any, b: Any) -> Tensor:
+    """a + b, broadcasting."""
+    return Add.apply(*_operands(a, b))
+
+
+def sub(a: Any, b: Any) -> Tensor:
+    """a - b, broadcasting."""
+    return Sub.apply(*_operands(a, b))
+
+
+def mul(a: Any, b: Any) -> Tensor:
+    """a * b elementwise, broadcasting."""
+    return Mul.apply(*_operands(a, b))
+
+
+def div(a: Any, b: Any) -> Tensor:
+    """a / b elementwise, broadcasting."""
+    return Div.apply(*_operands(a, b))
+
+
+def neg(a: Tensor) -> Tensor:
+    """-a."""
+    return Neg.apply(_tensor(a, "a"))
+
+
+def pow(x: Tensor, exponent: float) -> Tensor:
+    """x ** exponent for a real-number exponent (a tensor exponent is not supported)."""
+    if isinstance(exponent, Tensor) or not np.isscalar(exponent):
+        raise TypeError(f"pow: exponent must be a real number, got {type(exponent).__name__}")
+    return Pow.apply(_tensor(x, "x"), float(exponent))
+
+
+# ----------------------------------------------------------------------------- matrix products
+
+class MatMul(Function):
+    """C = A @ B for 2-D A (M,K) and B (K,N), on our blocked gemm kernel."""
+
+    @staticmethod
+    def forward(ctx: Context, a: Any, b: Any) -> Any:
+        ctx.save_for_backward(a, b)
+        return backend.gemm(a, b)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
+        a, b = ctx.saved
+        ga = backend.gemm(grad, b, trans_b=True) if ctx.needs_input_grad[0] else None   # dC B^T
+        gb = backend.gemm(a, grad, trans_a=True) if ctx.needs_input_grad[1] else None   # A^T dC
+        return ga, gb
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    """a @ b for 2-D operands: (M,K) @ (K,N) -> (M,N)."""
+    a, b = _operands(a, b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"matmul: both operands must be 2-D, got shapes {a.shape} and {b.shape}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
+    if a.dtype != b.dtype:
+        raise ValueError(f"matmul: dtypes differ: {a.dtype} and {b.dtype}")
+    return MatMul.apply(a, b)
+
+
+class Linear(Function):
+    """y = x W^T + b with x (N,in), W (out,in), b (out): the gemm kernel, no transposed copies."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any) -> Any:
+        ctx.save_for_backward(x, weight)
+        y = backend.gemm(x, weight, trans_b=True)
+        if bias is not None:
+            y += bias
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any]:
+        x, weight = ctx.saved
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gx = backend.gemm(grad, weight) if need_x else None               # (N,out)(out,in)
+        gw = backend.gemm(grad, x, trans_a=True) if need_w else None      # (out,N)(N,in)
+        gb = grad.sum(axis=0) if need_b else None
+        return gx, gw, gb
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = input @ weight.T + bias.  input (..., in), weight (out, in), bias (out) -> (..., out)."""
+    input, weight = _tensor(input, "input"), _tensor(weight, "weight")
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got {weight.shape}")
+    if input.ndim < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input's last dimension must be in_features={weight.shape[1]}, "
+                         f"got input shape {input.shape}")
+    if bias is not None:
+        bias = _tensor(bias, "bias")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise ValueError(f"linear: dtypes differ: input {input.dtype}, weight {weight.dtype}"
+                         + ("" if bias is None else f", bias {bias.dtype}"))
+    lead = input.shape[:-1]
+    x2 = input if input.ndim == 2 else reshape(input, (-1, input.shape[-1]))
+    y = Linear.apply(x2, weight, bias)
+    return y if input.ndim == 2 else reshape(y, lead + (weight.shape[0],))
+
+
+# ----------------------------------------------------------------------------- shapes
+
+class Reshape(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, shape: Tuple[int, ...]) -> Any:
+        ctx.in_shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        return grad.reshape(ctx.in_shape), None
+
+
+class Permute(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: Tuple[int, ...]) -> Any:
+        ctx.axes = axes
+        return x.transpose(axes)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        return grad.transpose(np.argsort(ctx.axes)), None
+
+
+class GetItem(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, index: Any) -> Any:
+        ctx.in_shape, ctx.index = x.shape, index
+        return x[index]
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        xp = _xp(grad)
+        out = xp.zeros(ctx.in_shape, dtype=grad.dtype)
+        if xp is np:
+            np.add.at(out, ctx.index, grad)  # sums repeated indices, like PyTorch
+        else:
+            import cupyx
+            cupyx.scatter_add(out, ctx.index, grad)
+        return out, None
+
+
+class Cat(Function):
+    @staticmethod
+    def forward(ctx: Context, *arrays: Any, axis: int = 0) -> Any:
+        ctx.axis = axis
+        ctx.sizes = [a.shape[axis] for a in arrays]
+        return _xp(arrays[0]).concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
+        bounds = np.cumsum(ctx.sizes)[:-1].tolist()
+        return tuple(_xp(grad).split(grad, bounds, axis=ctx.axis))
+
+
+class Stack(Function):
+    @staticmethod
+    def forward(ctx: Context, *arrays: Any, axis: int = 0) -> Any:
+        ctx.axis = axis
+        return _xp(arrays[0]).stack(arrays, axis=axis)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
+        xp = _xp(grad)
+        return tuple(xp.take(grad, i, axis=ctx.axis) for i in range(grad.shape[ctx.axis]))
+
+
+def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
+    """x with a new shape of the same size (one entry may be -1)."""
+    x = _tensor(x, "x")
+    shape = tuple(int(s) for s in shape)
+    known = int(np.prod([s for s in shape if s != -1]))
+    unknown = shape.count(-1)
+    if (unknown > 1 or any(s < -1 for s in shape)
+            or (unknown == 0 and known != x.size)
+            or (unknown == 1 and (known == 0 or x.size % known != 0))):
+        raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} "
+                         f"({x.size} elements) into {shape}")
+    if unknown:
+        shape = tuple(x.size // known if s == -1 else s for s in shape)
+    return Reshape.apply(x, shape)
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge dimensions start_dim..end_dim into one: (N,C,H,W) with start_dim=1 -> (N, C*H*W)."""
+    x = _tensor(x, "x")
+    nd = max(x.ndim, 1)
+    start, end = start_dim % nd, end_dim % nd
+    if start > end:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
+                         f"for shape {x.shape}")
+    shape = x.shape[:start] + (int(np.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
+    return Reshape.apply(x, shape)
+
+
+def permute(x: Tensor, axes: Optional[Sequence[int]] = None) -> Tensor:
+    """x with its axes reordered (reversed when axes is None, like NumPy's transpose)."""
+    x = _tensor(x, "x")
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ValueError(f"permute: axes {axes} are not a permutation of 0..{x.ndim - 1}")
+    return Permute.apply(x, axes)
+
+
+def getitem(x: Tensor, index: Any) -> Tensor:
+    """x[index] (NumPy indexing); the gradient is scattered back, summing repeated indices."""
+    if isinstance(index, Tensor):
+        index = index.data.astype(np.int64)
+    elif isinstance(index, tuple):
+        index = tuple(i.data.astype(np.int64) if isinstance(i, Tensor) else i for i in index)
+    return GetItem.apply(_tensor(x, "x"), index)
+
+
+def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Concatenate tensors along an existing axis (PyTorch's torch.cat)."""
+    tensors = [_tensor(t, "tensors[i]") for t in tensors]
+    if not tensors:
+        raise ValueError("cat: needs at least one tensor")
+    return Cat.apply(*tensors, axis=axis)
+
+
+def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Stack same-shaped tensors along a new axis."""
+    tensors = [_tensor(t, "tensors[i]") for t in tensors]
+    if not tensors:
+        raise ValueError("stack: needs at least one tensor")
+    return Stack.apply(*tensors, axis=axis)
+
+
+# ----------------------------------------------------------------------------- reductions
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: Tuple[int, ...], keepdims: bool) -> Any:
+        ctx.in_shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
+        return x.sum(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        xp = _xp(grad)
+        if not ctx.keepdims:
+            grad = xp.expand_dims(grad, ctx.axes)
+        return xp.broadcast_to(grad, ctx.in_shape), None, None
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, axes: Tuple[int, ...], keepdims: bool) -> Any:
+        ctx.in_shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
+        ctx.count = int(np.prod([x.shape[a] for a in axes]))
+        return x.mean(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        xp = _xp(grad)
+        if not ctx.keepdims:
+            grad = xp.expand_dims(grad, ctx.axes)
+        return xp.broadcast_to(grad / ctx.count, ctx.in_shape), None, None
+
+
+def sum(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over `axis` (an int, a sequence, or None for all)."""
+    x = _tensor(x, "x")
+    return Sum.apply(x, _axes(axis, x.ndim), bool(keepdims))
+
+
+def mean(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
+    """Mean over `axis` (an int, a sequence, or None for all)."""
+    x = _tensor(x, "x")
+    return Mean.apply(x, _axes(axis, x.ndim), bool(keepdims))
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+class ReLU(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        mask = x > 0
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (mask,) = ctx.saved
+        return (grad * mask,)
+
+
+class LeakyReLU(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, negative_slope: float) -> Any:
+        xp = _xp(x)
+        slope = xp.where(x > 0, x.dtype.type(1), x.dtype.type(negative_slope))
+        ctx.save_for_backward(slope)
+        return x * slope
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        (slope,) = ctx.saved
+        return grad * slope, None
+
+
+def _sigmoid(x: Any) -> Any:
+    """1 / (1 + exp(-x)) without overflow: exp is only taken of -|x|."""
+    xp = _xp(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+class Sigmoid(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        out = _sigmoid(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (out,) = ctx.saved
+        return (grad * out * (1 - out),)
+
+
+class Tanh(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        out = _xp(x).tanh(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (out,) = ctx.saved
+        return (grad * (1 - out * out),)
+
+
+class Exp(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        out = _xp(x).exp(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (out,) = ctx.saved
+        return (grad * out,)
+
+
+class Log(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        ctx.save_for_backward(x)
+        return _xp(x).log(x)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (x,) = ctx.saved
+        return (grad / x,)
+
+
+class Abs(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any) -> Any:
+        ctx.save_for_backward(x)
+        return _xp(x).abs(x)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any]:
+        (x,) = ctx.saved
+        return (grad * _xp(x).sign(x),)
+
+
+class Clamp(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, lo: Optional[float], hi: Optional[float]) -> Any:
+        # The gradient passes where lo <= x <= hi (inclusive, as in PyTorch).
+        inside = _xp(x).ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x >= lo
+        if hi is not None:
+            inside &= x <= hi
+        ctx.save_for_backward(inside)
+        return _xp(x).clip(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        (inside,) = ctx.saved
+        return grad * inside, None, None
+
+
+class Cast(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, dtype: Any) -> Any:
+        ctx.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        return grad.astype(ctx.in_dtype), None
+
+
+class ToDevice(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, device: str) -> Any:
+        ctx.in_device = backend.device_of(x)
+        return backend.to_device(x, device)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        return backend.to_device(grad, ctx.in_device), None
+
+
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0)."""
+    return ReLU.apply(_tensor(x, "x"))
+
+
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0, negative_slope * x elsewhere."""
+    return LeakyReLU.apply(_tensor(x, "x"), float(negative_slope))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+    return Sigmoid.apply(_tensor(x, "x"))
+
+
+def tanh(x: Tensor) -> Tensor:
+    return Tanh.apply(_tensor(x, "x"))
+
+
+def exp(x: Tensor) -> Tensor:
+    return Exp.apply(_tensor(x, "x"))
+
+
+def log(x: Tensor) -> Tensor:
+    """Natural logarithm."""
+    return Log.apply(_tensor(x, "x"))
+
+
+def abs(x: Tensor) -> Tensor:  # noqa: A001
+    """|x|; its gradient at 0 is 0 (sign(0)), as in PyTorch."""
+    return Abs.apply(_tensor(x, "x"))
+
+
+def clamp(x: Tensor, min: Optional[float] = None, max: Optional[float] = None) -> Tensor:  # noqa: A002
+    """x clipped to [min, max] (either may be None)."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    return Clamp.apply(_tensor(x, "x"), min, max)
+
+
+def cast(x: Tensor, dtype: Any) -> Tensor:
+    """x converted to float32 or float64; the gradient is converted back."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"cast: dtype must be float32 or float64, got {dtype}")
+    return Cast.apply(_tensor(x, "x"), dtype)
+
+
+def to_device(x: Tensor, device: str) -> Tensor:
+    """x copied to "cpu" or "cuda"; the gradient is copied back."""
+    return ToDevice.apply(_tensor(x, "x"), backend.check_device(device))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _loss_operands(input: Any, target: Any, name: str) -> Tuple[Tensor, Tensor]:
+    input = _tensor(input, "input")
+    target = _constant(target, input)
+    if input.shape != target.shape:
+        raise ValueError(f"{name}: input and target must have the same shape, got "
+                         f"{input.shape} and {target.shape}")
+    return input, target
+
+
+class MSELoss(Function):
+    @staticmethod
+    def forward(ctx: Context, input: Any, target: Any, reduction: str) -> Any:
+        diff = input - target
+        ctx.save_for_backward(diff)
+        ctx.reduction = reduction
+        return _reduce(diff * diff, reduction)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
+        (diff,) = ctx.saved
+        g = 2 * diff * _reduction_grad(grad, diff.shape, ctx.reduction)
+        return g, (-g if ctx.needs_input_grad[1] else None), None
+
+
+class L1Loss(Function):
+    @staticmethod
+    def forward(ctx: Context, input: Any, target: Any, reduction: str) -> Any:
+        diff = input - target
+        ctx.save_for_backward(_xp(diff).sign(diff))
+        ctx.reduction = reduction
+        return _reduce(_xp(diff).abs(diff), reduction)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
+        (sign,) = ctx.saved
+        g = sign * _reduction_grad(grad, sign.shape, ctx.reduction)
+        return g, (-g if ctx.needs_input_grad[1] else None), None
+
+
+class BCEWithLogits(Function):
+    """loss = w * (max(x, 0) - x y + log(1 + exp(-|x|))): finite for any logit x.
+
+    It equals -w (y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))), and
+    dloss/dx = w (sigmoid(x) - y), dloss/dy = -w x.
+    """
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, y: Any, weight: Any, reduction: str) -> Any:
+        xp = _xp(x)
+        loss = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+        if weight is not None:
+            loss = loss * weight
+        ctx.save_for_backward(x, y, weight)
+        ctx.reduction = reduction
+        return _reduce(loss, reduction)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any, None]:
+        x, y, weight = ctx.saved
+        g = _reduction_grad(grad, x.shape, ctx.reduction)
+        if weight is not None:
+            g = g * weight
+        gx = (_sigmoid(x) - y) * g if ctx.needs_input_grad[0] else None
+        gy = -x * g if ctx.needs_input_grad[1] else None
+        gw = None
+        if ctx.needs_input_grad[2]:
+            xp = _xp(x)
+            elem = xp.maximum(x, 0) - x * y + xp.log1p(xp.exp(-xp.abs(x)))
+            gw = unbroadcast(elem * _reduction_grad(grad, x.shape, ctx.reduction), weight.shape)
+        return gx, gy, gw, None
+
+
+class CrossEntropy(Function):
+    """Softmax cross-entropy of logits (N,C) against class indices (N,)."""
+
+    @staticmethod
+    def forward(ctx: Context, logits: Any, target: Any, reduction: str) -> Any:
+        xp = _xp(logits)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        rows = xp.arange(logits.shape[0])
+        ctx.save_for_backward(log_probs, target)
+        ctx.reduction = reduction
+        return _reduce(-log_probs[rows, target], reduction)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        log_probs, target = ctx.saved
+        xp = _xp(log_probs)
+        g = xp.exp(log_probs)                     # softmax
+        g[xp.arange(g.shape[0]), target] -= 1      # softmax - one_hot
+        scale = _reduction_grad(grad, target.shape, ctx.reduction)
+        scale = scale[:, None] if ctx.reduction == "none" else scale
+        return g * scale, None, None
+
+
+def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none')."""
+    _check_reduction(reduction)
+    input, target = _loss_operands(input, target, "mse_loss")
+    return MSELoss.apply(input, target, reduction)
+
+
+def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """|input - target|, averaged ('mean'), summed ('sum') or elementwise ('none')."""
+    _check_reduction(reduction)
+    input, target = _loss_operands(input, target, "l1_loss")
+    return L1Loss.apply(input, target, reduction)
+
+
+def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = None,
+                                     reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of sigmoid(input) against target in [0, 1], computed from the
+    logits `input` so that it stays finite and exact for large |input|.
+
+    Args:
+        input: logits, any shape.  target: same shape, values in [0, 1] (a number is
+            broadcast, e.g. 1.0 for "all real").
+        weight: optional per-element weight, broadcastable to input's shape.
+        reduction: 'mean' | 'sum' | 'none'.
+    """
+    _check_reduction(reduction)
+    input = _tensor(input, "input")
+    if not isinstance(target, Tensor) and np.ndim(target) == 0 and not backend.is_cupy_array(target):
+        target = _xp(input.data).full(input.shape, target, dtype=input.dtype)
+    input, target = _loss_operands(input, target, "binary_cross_entropy_with_logits")
+    if weight is not None:
+        weight = _constant(weight, input)
+        try:
+            np.broadcast_shapes(weight.shape, input.shape)
+        except ValueError:
+            raise ValueError(f"binary_cross_entropy_with_logits: weight of shape {weight.shape} "
+                             f"does not broadcast to input's shape {input.shape}") from None
+    return BCEWithLogits.apply(input, target, weight, reduction)
+
+
+def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """Softmax cross-entropy.  input: logits (N, C); target: class indices (N,) in [0, C)."""
+    _check_reduction(reduction)
+    input = _tensor(input, "input")
+    if input.ndim != 2:
+        raise ValueError(f"cross_entropy: input must be logits of shape (N, C), got {input.shape}")
+    labels = target.data if isinstance(target, Tensor) else target
+    if not backend.is_cupy_array(labels):
+        labels = np.asarray(labels)
+    labels = backend.to_device(labels, input.device)
+    if labels.shape != (input.shape[0],):
+        raise ValueError(f"cross_entropy: target must have shape ({input.shape[0]},), got {labels.shape}")
+    labels = labels.astype(np.int64)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= input.shape[1]):
+        raise ValueError(f"cross_entropy: target class indices must lie in [0, {input.shape[1]})")
+    return CrossEntropy.apply(input, labels, reduction)
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+class Conv2d(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any, stride: Tuple[int, int],
+                padding: Tuple[int, int], dilation: Tuple[int, int]) -> Any:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, dilation)
+        return backend.conv2d_forward(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
+        x, weight = ctx.saved
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = backend.conv2d_backward_input(grad, weight, x.shape, *ctx.geometry) if need_x else None
+        gw = backend.conv2d_backward_weight(x, grad, weight.shape, *ctx.geometry) if need_w else None
+        gb = backend.conv2d_backward_bias(grad) if need_b else None
+        return gx, gw, gb, None, None, None
+
+
+class ConvTranspose2d(Function):
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight: Any, bias: Any, stride: Tuple[int, int],
+                padding: Tuple[int, int], output_padding: Tuple[int, int],
+                dilation: Tuple[int, int]) -> Any:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, output_padding, dilation)
+        return backend.conv_transpose2d_forward(x, weight, bias, *ctx.geometry)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
+        x, weight = ctx.saved
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g = ctx.geometry
+        gx = backend.conv_transpose2d_backward_input(grad, weight, x.shape, *g) if need_x else None
+        gw = backend.conv_transpose2d_backward_weight(x, grad, weight.shape, *g) if need_w else None
+        gb = backend.conv2d_backward_bias(grad) if need_b else None
+        return gx, gw, gb, None, None, None, None
+
+
+def _check_conv_operands(name: str, input: Any, weight: Any, bias: Any, groups: int,
+                         in_channels_axis: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    input, weight = _tensor(input, "input"), _tensor(weight, "weight")
+    if groups != 1:
+        raise ValueError(f"{name}: only groups=1 is supported, got groups={groups}")
+    if input.ndim != 4:
+        raise ValueError(f"{name}: input must be 4-D (N, C, H, W), got shape {input.shape}")
+    layout = "(out, in, kh, kw)" if in_channels_axis == 1 else "(in, out, kh, kw)"
+    if weight.ndim != 4:
+        raise ValueError(f"{name}: weight must be 4-D {layout}, got shape {weight.shape}")
+    if input.shape[1] != weight.shape[in_channels_axis]:
+        raise ValueError(f"{name}: input has {input.shape[1]} channels but weight {weight.shape} "
+                         f"{layout} expects {weight.shape[in_channels_axis]}")
+    out_channels = weight.shape[1 - in_channels_axis]
+    if bias is not None:
+        bias = _tensor(bias, "bias")
+        if bias.shape != (out_channels,):
+            raise ValueError(f"{name}: bias must have shape ({out_channels},), got {bias.shape}")
+    dtypes = {input.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
+    if len(dtypes) > 1:
+        raise ValueError(f"{name}: input, weight and bias must share one dtype, got "
+                         f"input {input.dtype}, weight {weight.dtype}"
+                         + ("" if bias is None else f", bias {bias.dtype}"))
+    return input, weight, bias
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOrPair = 1,
+           padding: IntOrPair = 0, dilation: IntOrPair = 1, groups: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation), as PyTorch's F.conv2d.
+
+    input (N, C_in, H, W), weight (C_out, C_in, KH, KW), bias (C_out) or None
+    -> (N, C_out, OH, OW), OH = (H + 2 padding - dilation (KH - 1) - 1) // stride + 1.
+    """
+    input, weight, bias = _check_conv_operands("conv2d", input, weight, bias, groups, 1)
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    out = backend.conv2d_output_size(input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    if min(out) <= 0:
+        raise ValueError(f"conv2d: output size {out} is not positive for input {input.shape}, "
+                         f"kernel {weight.shape[2:]}, stride {stride}, padding {padding}, "
+                         f"dilation {dilation}")
+    return Conv2d.apply(input, weight, bias, stride, padding, dilation)
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     stride: IntOrPair = 1, padding: IntOrPair = 0,
+                     output_padding: IntOrPair = 0, groups: int = 1,
+                     dilation: IntOrPair = 1) -> Tensor:
+    """2-D transposed convolution, as PyTorch's F.conv_transpose2d (the adjoint of conv2d).
+
+    input (N, C_in, H, W), weight (C_in, C_out, KH, KW), bias (C_out) or None
+    -> (N, C_out, OH, OW), OH = (H - 1) stride - 2 padding + dilation (KH - 1) + output_padding + 1.
+    output_padding must be smaller than stride or dilation (per axis).
+    """
+    input, weight, bias = _check_conv_operands("conv_transpose2d", input, weight, bias, groups, 0)
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    output_padding = _pair(output_padding, "output_padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    for op, s, d in zip(output_padding, stride, dilation):
+        if op >= max(s, d):
+            raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller "
+                             f"than stride {stride} or dilation {dilation} on each axis")
+    out = backend.conv_transpose2d_output_size(input.shape[2:], weight.shape[2:], stride, padding,
+                                               output_padding, dilation)
+    if min(out) <= 0:
+        raise ValueError(f"conv_transpose2d: output size {out} is not positive for input "
+                         f"{input.shape}, kernel {weight.shape[2:]}, stride {stride}, "
+                         f"padding {padding}, output_padding {output_padding}")
+    return ConvTranspose2d.apply(input, weight, bias, stride, padding, output_padding, dilation)

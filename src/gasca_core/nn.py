@@ -1,0 +1,602 @@
+"""Layers with parameters, as torch.nn: Module, Parameter, Conv2d, ConvTranspose2d, Linear,
+Sequential, ModuleList, activations and losses.
+
+A `Module` finds its parameters and sub-modules by the attributes it is given
+(`self.conv = Conv2d(...)`), in assignment order, and names them with dotted paths
+("encoder.0.weight") in `named_parameters()` and `state_dict()`.
+
+Initialisation follows PyTorch's defaults: weights kaiming_uniform_(a=sqrt(5)), i.e.
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), with
+fan_in computed from the weight's shape as PyTorch does (for ConvTranspose2d's weight
+(in, out, kh, kw) that is out*kh*kw).  Random numbers come from `rng` when a layer is
+given one, else from the package's default generator (see `gasca_core.manual_seed`).
+
+state_dict() returns NumPy copies whatever the device, so checkpoints written from a GPU
+model load on a CPU one and back; load_state_dict() copies the values onto the
+parameters' own device and dtype.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+import numpy as np
+
+from . import backend
+from . import functional as F
+from . import init
+from .tensor import Tensor
+
+IntOrPair = Union[int, Tuple[int, int]]
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as a learnable parameter (requires_grad True by default).
+
+    Its data is kept C-contiguous, because the optimizer kernels update it in place.
+    """
+
+    def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+        self.data = backend.get_array_module(self.data).ascontiguousarray(self.data)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(np.float32 if dtype is None else dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+# ----------------------------------------------------------------------------- Module
+
+class Module:
+    """Base class of every layer and model.  Subclasses call `super().__init__()` first,
+    assign parameters and sub-modules as attributes, and define `forward`."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # --- registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called; "
+                                 f"call super().__init__() first in {type(self).__name__}.__init__")
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, Parameter):
+            if name not in params:
+                self._discard(name)
+            params[name] = value          # reassigning keeps the registration order
+        elif isinstance(value, Module):
+            if name not in modules:
+                self._discard(name)
+            modules[name] = value
+        elif name in params or name in modules:
+            kind = "parameter" if name in params else "module"
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} to {name!r}, a registered "
+                                f"{kind} of {type(self).__name__}: assign a "
+                                f"{'Parameter' if kind == 'parameter' else 'Module'} or None")
+            (params if name in params else modules)[name] = None
+        elif name in buffers:
+            buffers[name] = None if value is None else Tensor(value).detach()
+        else:
+            object.__setattr__(self, name, value)
+
+    def _discard(self, name: str) -> None:
+        self.__dict__.pop(name, None)
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when ordinary lookup fails: look in the registries.
+        for store in ("_parameters", "_buffers", "_modules"):
+            registry = self.__dict__.get(store)
+            if registry is not None and name in registry:
+                return registry[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Optional[Parameter]) -> None:
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
+                            f"got {type(param).__name__}")
+        self._discard(name)
+        self._parameters[name] = param
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """A non-learnable state array (a Tensor, requires_grad False) saved in state_dict."""
+        self._discard(name)
+        self._buffers[name] = None if value is None else Tensor(value).detach()
+
+    def add_module(self, name: str, module: Optional["Module"]) -> None:
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
+        self._discard(name)
+        self._modules[name] = module
+
+    # --- traversal
+    def named_children(self) -> Iterator[Tuple[str, "Module"]]:
+        for name, module in self._modules.items():
+            if module is not None:
+                yield name, module
+
+    def children(self) -> Iterator["Module"]:
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+        """This module and every sub-module (each once), depth first, with dotted names."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = [((f"{name}.{n}" if name else n), m) for n, m in module.named_children()]
+            stack.extend(reversed(children))
+
+    def modules(self) -> Iterator["Module"]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, Parameter]]:
+        """(dotted name, parameter) pairs; a parameter shared by two layers appears once."""
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_name, module in modules:
+            for name, param in module._parameters.items():
+                if param is None or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                yield (f"{module_name}.{name}" if module_name else name), param
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[Tuple[str, Tensor]]:
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_name, module in modules:
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    yield (f"{module_name}.{name}" if module_name else name), buf
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        for _, buf in self.named_buffers(recurse=recurse):
+            yield buf
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Total number of scalar parameters (only those with requires_grad, if asked)."""
+        return int(sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only))
+
+    # --- modes and gradients
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (True) or evaluation mode (False) for this module and all below."""
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze (True) every parameter."""
+        for param in self.parameters():
+            param.requires_grad_(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's .grad: to None (default), or to zeros."""
+        for param in self.parameters():
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad[...] = 0
+
+    # --- device and dtype
+    def to(self, device: Optional[str] = None, dtype: Any = None) -> "Module":
+        """Move every parameter (and its .grad) and buffer to `device` and/or convert them to
+        `dtype`, in place; returns self.  The Parameter objects stay the same, so an
+        optimizer built before the move keeps working."""
+        if device is not None:
+            device = backend.check_device(device)
+            if device == "cuda":
+                backend.require_cuda()
+        if dtype is not None:
+            dtype = _float_dtype(dtype)
+
+        def convert(array: Any) -> Any:
+            if dtype is not None:
+                array = array.astype(dtype, copy=False)
+            if device is not None:
+                array = backend.to_device(array, device)
+            return backend.get_array_module(array).ascontiguousarray(array)
+
+        for tensor in list(self.parameters()) + list(self.buffers()):
+            tensor.data = convert(tensor.data)
+            if tensor.grad is not None:
+                tensor.grad = convert(tensor.grad)
+        return self
+
+    def cpu(self) -> "Module":
+        return self.to("cpu")
+
+    def cuda(self) -> "Module":
+        return self.to("cuda")
+
+    def float(self) -> "Module":
+        return self.to(dtype=np.float32)
+
+    def double(self) -> "Module":
+        return self.to(dtype=np.float64)
+
+    # --- state
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Every parameter and buffer by dotted name, as NumPy copies (whatever the device)."""
+        state: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
+            state[name] = np.array(backend.to_numpy(tensor.data), copy=True)
+        return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy values from `state_dict` into this module's parameters and buffers.
+
+        Every value must have exactly the shape of the tensor it goes into (ValueError
+        naming the key otherwise) and a floating dtype; it is converted to the tensor's
+        dtype and device.  With strict=True (default), a missing or unexpected key raises
+        KeyError listing them all; with strict=False they are returned instead.
+        Nothing is modified unless every check passes.
+        """
+        own = OrderedDict(list(self.named_parameters()) + list(self.named_buffers()))
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict for {type(self).__name__}: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        updates = []
+        for name, tensor in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            value = value.data if isinstance(value, Tensor) else value
+            if not backend.is_cupy_array(value):
+                value = np.asarray(value)
+            if tuple(value.shape) != tensor.shape:
+                raise ValueError(f"load_state_dict: {name!r} has shape {tuple(value.shape)} in the "
+                                 f"state dict but {tensor.shape} in the module")
+            if value.dtype.kind != "f":
+                raise ValueError(f"load_state_dict: {name!r} has dtype {value.dtype}; "
+                                 f"expected a floating dtype")
+            updates.append((tensor, value))
+        for tensor, value in updates:
+            tensor.data[...] = backend.to_device(value, tensor.device).astype(tensor.dtype, copy=False)
+        return IncompatibleKeys(missing, unexpected)
+
+    # --- calling
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({name}): " + repr(module).replace("\n", "\n  ")
+                 for name, module in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+# ----------------------------------------------------------------------------- layers
+
+def _init_weight_and_bias(module: Module, rng: Optional[np.random.Generator]) -> None:
+    """PyTorch's default: weight kaiming_uniform_(a=sqrt(5)), bias U(+-1/sqrt(fan_in))."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5), rng=rng)
+    if module.bias is not None:
+        fan_in, _ = init.calculate_fan_in_and_fan_out(module.weight.shape)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        init.uniform_(module.bias, -bound, bound, rng=rng)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Linear(Module):
+    """y = x W^T + b.  x (..., in_features) -> (..., out_features).
+    weight (out_features, in_features), bias (out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__()
+        self.in_features = _positive_int(in_features, "in_features")
+        self.out_features = _positive_int(out_features, "out_features")
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
+        self.bias = Parameter(np.empty((out_features,), dtype=dtype)) if bias else None
+        _init_weight_and_bias(self, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Conv2d(Module):
+    """2-D convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW).
+    weight (out_channels, in_channels, kh, kw), bias (out_channels).  Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                 groups: int = 1, bias: bool = True, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"Conv2d: only groups=1 is supported, got groups={groups}")
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = F._pair(kernel_size, "kernel_size", 1)
+        self.stride = F._pair(stride, "stride", 1)
+        self.padding = F._pair(padding, "padding", 0)
+        self.dilation = F._pair(dilation, "dilation", 1)
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.empty((out_channels, in_channels) + self.kernel_size, dtype=dtype))
+        self.bias = Parameter(np.empty((out_channels,), dtype=dtype)) if bias else None
+        _init_weight_and_bias(self, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class ConvTranspose2d(Module):
+    """2-D transposed convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW),
+    OH = (H - 1) stride - 2 padding + dilation (kh - 1) + output_padding + 1.
+    weight (in_channels, out_channels, kh, kw), bias (out_channels).  Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
+                 groups: int = 1, bias: bool = True, dilation: IntOrPair = 1, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"ConvTranspose2d: only groups=1 is supported, got groups={groups}")
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.kernel_size = F._pair(kernel_size, "kernel_size", 1)
+        self.stride = F._pair(stride, "stride", 1)
+        self.padding = F._pair(padding, "padding", 0)
+        self.output_padding = F._pair(output_padding, "output_padding", 0)
+        self.dilation = F._pair(dilation, "dilation", 1)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
+                                 f"smaller than stride {self.stride} or dilation {self.dilation}")
+        dtype = _float_dtype(dtype)
+        self.weight = Parameter(np.empty((in_channels, out_channels) + self.kernel_size, dtype=dtype))
+        self.bias = Parameter(np.empty((out_channels,), dtype=dtype)) if bias else None
+        _init_weight_and_bias(self, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, 1, self.dilation)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}, padding={self.padding}")
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+# ----------------------------------------------------------------------------- activations
+
+class ReLU(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x)
+
+
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.sigmoid(x)
+
+
+class Tanh(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return F.tanh(x)
+
+
+class Identity(Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Flatten(Module):
+    """(N, C, H, W) -> (N, C*H*W) with the defaults start_dim=1, end_dim=-1."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ----------------------------------------------------------------------------- losses
+
+class MSELoss(Module):
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        F._check_reduction(reduction)
+        self.reduction = reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.mse_loss(input, target, self.reduction)
+
+
+class L1Loss(MSELoss):
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.l1_loss(input, target, self.reduction)
+
+
+class BCEWithLogitsLoss(Module):
+    def __init__(self, weight: Any = None, reduction: str = "mean") -> None:
+        super().__init__()
+        F._check_reduction(reduction)
+        self.weight, self.reduction = weight, reduction
+
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction)
+
+
+class CrossEntropyLoss(MSELoss):
+    def forward(self, input: Tensor, target: Any) -> Tensor:
+        return F.cross_entropy(input, target, self.reduction)
+
+
+# ----------------------------------------------------------------------------- containers
+
+class ModuleList(Module):
+    """A list of modules, registered as "0", "1", ...: index, slice, len, iterate, append,
+    insert, extend, del.  Inserting or deleting renumbers the names that follow."""
+
+    def __init__(self, modules: Optional[Iterable[Module]] = None) -> None:
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _items(self) -> List[Module]:
+        return list(self._modules.values())
+
+    def _reset(self, modules: List[Module]) -> None:
+        self._modules.clear()
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
+
+    def _index(self, index: int) -> int:
+        n = len(self._modules)
+        if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise IndexError(f"index {index!r} is out of range for {type(self).__name__} of length {n}")
+        return int(index) % n
+
+    def __getitem__(self, index: Union[int, slice]) -> Any:
+        if isinstance(index, slice):
+            return type(self)(self._items()[index])
+        return self._items()[self._index(index)]
+
+    def __setitem__(self, index: int, module: Module) -> None:
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
+        key = list(self._modules)[self._index(index)]
+        self._modules[key] = module
+
+    def __delitem__(self, index: Union[int, slice]) -> None:
+        items = self._items()
+        if isinstance(index, slice):
+            del items[index]
+        else:
+            del items[self._index(index)]
+        self._reset(items)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._items())
+
+    def append(self, module: Module) -> "ModuleList":
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert `module` before position `index` (as list.insert)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"insert: expected a Module, got {type(module).__name__}")
+        items = self._items()
+        items.insert(index, module)
+        self._reset(items)
+
+    def extend(self, modules: Iterable[Module]) -> "ModuleList":
+        for module in modules:
+            if not isinstance(module, Module):
+                raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
+            self.append(module)
+        return self
+
+    def forward(self, *args: Any) -> Any:
+        raise NotImplementedError("ModuleList has no forward(); iterate over it instead")
+
+
+class Sequential(ModuleList):
+    """Modules applied in order: Sequential(a, b, c)(x) == c(b(a(x))).
+    Also accepts one OrderedDict of name -> module (names are then kept as given, and
+    insert/del renumber to "0", "1", ...)."""
+
+    def __init__(self, *modules: Any) -> None:
+        Module.__init__(self)
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, module in modules[0].items():
+                self.add_module(name, module)
+        else:
+            self.extend(modules)
+
+    def __getitem__(self, index: Union[int, slice]) -> Any:
+        if isinstance(index, slice):
+            return Sequential(*self._items()[index])
+        return self._items()[self._index(index)]
+
+    def forward(self, x: Any) -> Any:
+        for module in self._modules.values():
+            x = module(x)
+        return x

@@ -1,0 +1,62 @@
+"""Checking gradients against finite differences (for tests, here and in user code)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor
+
+
+def numerical_grad(fn: Callable[..., Tensor], inputs: Sequence[Tensor], index: int,
+                   eps: float = 1e-6) -> np.ndarray:
+    """Central finite differences of sum(fn(*inputs) * weights) with respect to inputs[index],
+    where `weights` is a fixed random projection (so every output element matters)."""
+    x = inputs[index]
+    data = x.data
+    out = fn(*inputs).data
+    weights = backend.to_device(np.random.default_rng(0).standard_normal(out.shape), x.device)
+    grad = np.zeros(x.shape)
+    flat = data.reshape(-1)  # a view: data is contiguous
+    for i in range(flat.size):
+        orig = float(flat[i])
+        flat[i] = orig + eps
+        plus = float((fn(*inputs).data * weights).sum())
+        flat[i] = orig - eps
+        minus = float((fn(*inputs).data * weights).sum())
+        flat[i] = orig
+        grad.reshape(-1)[i] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 1e-6,
+              atol: float = 1e-6, rtol: float = 1e-4) -> bool:
+    """Check the analytic gradient of `fn` against central finite differences.
+
+    `inputs` should be float64 tensors; those with requires_grad are checked.  Raises
+    AssertionError naming the input and the largest difference when they disagree;
+    returns True otherwise.
+    """
+    inputs = list(inputs)
+    for t in inputs:
+        if t.requires_grad and t.dtype != np.float64:
+            raise ValueError(f"gradcheck needs float64 inputs, got {t.dtype}")
+        if t.requires_grad and not t.data.flags.c_contiguous:
+            t.data = backend.get_array_module(t.data).ascontiguousarray(t.data)
+    for t in inputs:
+        t.grad = None
+    out = fn(*inputs)
+    weights = backend.to_device(np.random.default_rng(0).standard_normal(out.shape), out.device)
+    out.backward(weights)
+    for i, t in enumerate(inputs):
+        if not t.requires_grad:
+            continue
+        analytic = np.zeros(t.shape) if t.grad is None else backend.to_numpy(t.grad)
+        numeric = numerical_grad(fn, inputs, i, eps)
+        if not np.allclose(analytic, numeric, atol=atol, rtol=rtol):
+            err = np.abs(analytic - numeric).max()
+            raise AssertionError(f"gradcheck: input {i} (shape {t.shape}): analytic and numerical "
+                                 f"gradients differ by up to {err:.3g}\nanalytic:\n{analytic}\n"
+                                 f"numerical:\n{numeric}")
+    return True
