@@ -643,7 +643,7 @@ class Trainer:
     def _save_grid(self, phase: Phase, idx: int) -> None:
         if not self.out_dir:
             return
-        from ..data import save_image_grid
+        from ..data.grid import save_image_grid
         n = min(8, len(self.val_data))
         x, y = self.val_data.inputs[:n], self.val_data.targets[:n]
         out = batched_apply(self.G, x)

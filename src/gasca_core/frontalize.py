@@ -1,0 +1,85 @@
+"""python -m gasca_core.frontalize CHECKPOINT IMAGES... --out DIR: apply a trained G to your
+own image files.  Each image is read with Pillow, converted to grayscale, resized to the
+model's input size, run through G, and written to DIR under its own name (as PNG)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .cli_common import fail
+from .training.checkpoint import CheckpointError
+from .training.trainer import batched_apply, load_generator
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+    """A (1, size, size) float32 image in [0, 1]; errors name the file and the problem."""
+    from PIL import Image, UnidentifiedImageError
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                a = np.asarray(im, dtype=np.float64)
+                a = a / (65535.0 if a.max() > 255 else 255.0)
+                im = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8))
+            if im.mode in ("RGBA", "LA", "P"):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("L")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return (np.asarray(im, dtype=np.float32) / 255.0)[None]
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read") from None
+    except OSError as e:
+        raise ValueError(f"{path}: unreadable image ({e})") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gasca_core.frontalize", description=__doc__)
+    p.add_argument("checkpoint", help="a checkpoint written by python -m gasca_core.train")
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the outputs")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="write input and output next to each other in each file")
+    args = p.parse_args(argv)
+    try:
+        g, mc, _ = load_generator(args.checkpoint, device=args.device)
+    except (CheckpointError, RuntimeError) as e:
+        fail(str(e))
+    if mc.in_channels != 1:
+        fail(f"this tool feeds grayscale images; the model expects {mc.in_channels} channels")
+    try:
+        x = np.stack([read_image(f, mc.image_size) for f in args.images])
+    except ValueError as e:
+        fail(str(e))
+    from . import backend
+    y = batched_apply(g, backend.to_device(x, args.device))
+    y = np.clip(y.get() if hasattr(y, "get") else y, 0.0, 1.0)
+    from PIL import Image
+    from .data.grid import atomic_save
+    os.makedirs(args.out, exist_ok=True)
+    names = set()
+    for src, inp, res in zip(args.images, x, y):
+        stem = os.path.splitext(os.path.basename(src))[0]
+        name, i = stem, 1
+        while name in names:
+            i += 1
+            name = f"{stem}_{i}"
+        names.add(name)
+        img = np.concatenate([inp[0], res[0]], axis=1) if args.side_by_side else res[0]
+        dst = os.path.join(args.out, name + ".png")
+        atomic_save(Image.fromarray((img * 255 + 0.5).astype(np.uint8)), dst)
+        print(f"{src} -> {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
