@@ -10,10 +10,11 @@
 //   SGD:   g = grad + wd*p;  buf = first ? g : momentum*buf + (1 - dampening)*g
 //          g = nesterov ? g + momentum*buf : buf;  p -= lr*g
 //   Adam:  g = grad + wd*p (Adam) | p *= 1 - lr*wd (AdamW)
-//          m += (1 - b1)*(g - m)            (torch's lerp, same as b1*m + (1 - b1)*g)
+//          m = lerp(m, g, 1 - b1)           (torch's lerp, = b1*m + (1 - b1)*g)
 //          v = b2*v + (1 - b2)*g*g
 //          p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// The bias corrections are computed in double, as PyTorch computes them in Python floats.
+// Every scalar constant (1 - b2, lr / (1 - b1^t), ...) is formed in double and rounded
+// once to T, as PyTorch forms them in Python floats.
 #include "optim.h"
 
 #include <algorithm>
@@ -24,36 +25,73 @@
 
 namespace gasca {
 
+namespace {
+
+// The per-call scalars, rounded to T once.
+template <typename T>
+struct SgdConsts {
+  T lr, momentum, keep, wd;  // keep = 1 - dampening
+  bool has_wd, has_momentum, nesterov;
+  explicit SgdConsts(const SgdHyper& h)
+      : lr(T(h.lr)), momentum(T(h.momentum)), keep(T(1.0 - h.dampening)), wd(T(h.weight_decay)),
+        has_wd(h.weight_decay != 0.0), has_momentum(h.momentum != 0.0), nesterov(h.nesterov) {}
+};
+
+template <typename T>
+struct AdamConsts {
+  T one_b1, one_b2, b2, eps, l2, decay, step_size, bc2_sqrt;
+  bool lerp_low;  // torch's lerp takes a different (exact-at-the-ends) form for weight >= 0.5
+  bool has_l2, has_decay;
+  AdamConsts(const AdamHyper& h, int64_t step) {
+    const double bc1 = 1.0 - std::pow(h.beta1, static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(h.beta2, static_cast<double>(step));
+    one_b1 = T(1.0 - h.beta1);
+    one_b2 = T(1.0 - h.beta2);
+    b2 = T(h.beta2);
+    eps = T(h.eps);
+    step_size = T(h.lr / bc1);
+    bc2_sqrt = T(std::sqrt(bc2));
+    lerp_low = (1.0 - h.beta1) < 0.5;
+    has_l2 = !h.decoupled && h.weight_decay != 0.0;
+    has_decay = h.decoupled && h.weight_decay != 0.0;
+    l2 = T(h.weight_decay);
+    decay = T(1.0 - h.lr * h.weight_decay);
+  }
+};
+
+// m = lerp(m, g, w) exactly as torch computes it.
+template <typename T>
+inline T lerp(T m, T g, T w, bool low) {
+  return low ? m + w * (g - m) : g - (g - m) * (T(1) - w);
+}
+
+}  // namespace
+
 // ============================================================ version 0: reference
 template <typename T>
-static void sgd_reference(int64_t n, T* p, const T* grad, T* buf, T lr, T momentum, T dampening,
-                          T wd, bool nesterov, bool first_step) {
+static void sgd_reference(int64_t n, T* p, const T* grad, T* buf, const SgdConsts<T>& c,
+                          bool first_step) {
   for (int64_t i = 0; i < n; ++i) {
     T g = grad[i];
-    if (wd != T(0)) g = g + wd * p[i];
-    if (momentum != T(0)) {
-      buf[i] = first_step ? g : momentum * buf[i] + (T(1) - dampening) * g;
-      g = nesterov ? g + momentum * buf[i] : buf[i];
+    if (c.has_wd) g = g + c.wd * p[i];
+    if (c.has_momentum) {
+      buf[i] = first_step ? g : c.momentum * buf[i] + c.keep * g;
+      g = c.nesterov ? g + c.momentum * buf[i] : buf[i];
     }
-    p[i] -= lr * g;
+    p[i] = p[i] - c.lr * g;
   }
 }
 
 template <typename T>
-static void adam_reference(int64_t n, T* p, const T* grad, T* m, T* v, T lr, T beta1, T beta2,
-                           T eps, T wd, bool decoupled, T step_size, T bc2_sqrt) {
+static void adam_reference(int64_t n, T* p, const T* grad, T* m, T* v, const AdamConsts<T>& c) {
   for (int64_t i = 0; i < n; ++i) {
     T g = grad[i];
-    if (wd != T(0)) {
-      if (decoupled)
-        p[i] *= T(1) - lr * wd;
-      else
-        g = g + wd * p[i];
-    }
-    m[i] += (T(1) - beta1) * (g - m[i]);
-    v[i] = beta2 * v[i] + (T(1) - beta2) * g * g;
-    const T denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-    p[i] -= step_size * (m[i] / denom);
+    if (c.has_decay) p[i] = p[i] * c.decay;
+    if (c.has_l2) g = g + c.l2 * p[i];
+    m[i] = lerp(m[i], g, c.one_b1, c.lerp_low);
+    v[i] = v[i] * c.b2 + c.one_b2 * g * g;
+    const T denom = std::sqrt(v[i]) / c.bc2_sqrt + c.eps;
+    p[i] = p[i] - c.step_size * (m[i] / denom);
   }
 }
 
@@ -62,59 +100,54 @@ static void adam_reference(int64_t n, T* p, const T* grad, T* m, T* v, T lr, T b
 static constexpr int64_t kChunk = 1 << 14;
 
 template <typename T>
-static void sgd_fast(int64_t n, T* p, const T* grad, T* buf, T lr, T momentum, T dampening, T wd,
-                     bool nesterov, bool first_step) {
+static void sgd_fast(int64_t n, T* p, const T* grad, T* buf, const SgdConsts<T>& c,
+                     bool first_step) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const T keep = T(1) - dampening;
-  // wd == 0 must not touch p (0 * inf would be NaN where the reference leaves p alone).
-  const bool has_wd = wd != T(0);
+  // Loop-invariant branches: the compiler unswitches them, each variant vectorises.
+  const bool has_wd = c.has_wd, nesterov = c.nesterov;
+  const T lr = c.lr, wd = c.wd, mom = c.momentum, keep = c.keep;
 #pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
-    if (momentum == T(0)) {
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t lo = k * kChunk, hi = std::min(n, lo + kChunk);
+    if (!c.has_momentum) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) p[i] -= lr * (has_wd ? grad[i] + wd * p[i] : grad[i]);
+      for (int64_t i = lo; i < hi; ++i) p[i] = p[i] - lr * (has_wd ? grad[i] + wd * p[i] : grad[i]);
     } else if (first_step) {
 #pragma omp simd
       for (int64_t i = lo; i < hi; ++i) {
         const T g = has_wd ? grad[i] + wd * p[i] : grad[i];
         buf[i] = g;
-        p[i] -= lr * (nesterov ? g + momentum * g : g);
+        p[i] = p[i] - lr * (nesterov ? g + mom * g : g);
       }
     } else {
 #pragma omp simd
       for (int64_t i = lo; i < hi; ++i) {
         const T g = has_wd ? grad[i] + wd * p[i] : grad[i];
-        const T b = momentum * buf[i] + keep * g;
+        const T b = mom * buf[i] + keep * g;
         buf[i] = b;
-        p[i] -= lr * (nesterov ? g + momentum * b : b);
+        p[i] = p[i] - lr * (nesterov ? g + mom * b : b);
       }
     }
   }
 }
 
 template <typename T>
-static void adam_fast(int64_t n, T* p, const T* grad, T* m, T* v, T lr, T beta1, T beta2, T eps,
-                      T wd, bool decoupled, T step_size, T bc2_sqrt) {
+static void adam_fast(int64_t n, T* p, const T* grad, T* m, T* v, const AdamConsts<T>& c) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  const T one_b1 = T(1) - beta1, one_b2 = T(1) - beta2;
-  const T decay = decoupled ? T(1) - lr * wd : T(1);  // AdamW's multiplicative decay
-  const bool has_l2 = !decoupled && wd != T(0);       // Adam's L2 term
-  const bool has_decay = decoupled && wd != T(0);
+  const AdamConsts<T> k = c;  // a local copy: its fields stay in registers
 #pragma omp parallel for schedule(static) num_threads(get_num_threads()) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
+  for (int64_t q = 0; q < chunks; ++q) {
+    const int64_t lo = q * kChunk, hi = std::min(n, lo + kChunk);
 #pragma omp simd
     for (int64_t i = lo; i < hi; ++i) {
       T pi = p[i];
-      if (has_decay) pi *= decay;
-      const T g = has_l2 ? grad[i] + wd * pi : grad[i];
-      T mi = m[i];
-      mi += one_b1 * (g - mi);
-      const T vi = beta2 * v[i] + one_b2 * g * g;
+      if (k.has_decay) pi = pi * k.decay;
+      const T g = k.has_l2 ? grad[i] + k.l2 * pi : grad[i];
+      const T mi = lerp(m[i], g, k.one_b1, k.lerp_low);
+      const T vi = v[i] * k.b2 + k.one_b2 * g * g;
       m[i] = mi;
       v[i] = vi;
-      p[i] = pi - step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
+      p[i] = pi - k.step_size * (mi / (std::sqrt(vi) / k.bc2_sqrt + k.eps));
     }
   }
 }
@@ -132,55 +165,64 @@ const char* optim_version_name(int version) {
 }
 
 template <typename T>
+void sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, const SgdHyper& h,
+              bool first_step, int version) {
+  if (version < 0) version = kOptimVersions - 1;
+  if (h.momentum != 0.0 && !momentum_buf)
+    throw std::invalid_argument("sgd_step: momentum != 0 needs a momentum buffer");
+  const SgdConsts<T> c(h);
+  switch (version) {
+    case 0: sgd_reference(n, param, grad, momentum_buf, c, first_step); return;
+    case 1: sgd_fast(n, param, grad, momentum_buf, c, first_step); return;
+    default: throw std::invalid_argument("sgd_step: no such version");
+  }
+}
+
+template <typename T>
+void adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step,
+               const AdamHyper& h, int version) {
+  if (version < 0) version = kOptimVersions - 1;
+  if (step < 1) throw std::invalid_argument("adam_step: step is 1-based");
+  const AdamConsts<T> c(h, step);
+  switch (version) {
+    case 0: adam_reference(n, param, grad, exp_avg, exp_avg_sq, c); return;
+    case 1: adam_fast(n, param, grad, exp_avg, exp_avg_sq, c); return;
+    default: throw std::invalid_argument("adam_step: no such version");
+  }
+}
+
+template <typename T>
 void sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, T lr, T momentum, T dampening,
               T weight_decay, bool nesterov, bool first_step, int version) {
-  if (version < 0) version = kOptimVersions - 1;
-  if (momentum != T(0) && !momentum_buf)
-    throw std::invalid_argument("sgd_step: momentum != 0 needs a momentum buffer");
-  switch (version) {
-    case 0:
-      sgd_reference(n, param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov,
-                    first_step);
-      return;
-    case 1:
-      sgd_fast(n, param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov,
-               first_step);
-      return;
-    default:
-      throw std::invalid_argument("sgd_step: no such version");
-  }
+  SgdHyper h;
+  h.lr = lr;
+  h.momentum = momentum;
+  h.dampening = dampening;
+  h.weight_decay = weight_decay;
+  h.nesterov = nesterov;
+  sgd_step<T>(n, param, grad, momentum_buf, h, first_step, version);
 }
 
 template <typename T>
 void adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step, T lr,
                T beta1, T beta2, T eps, T weight_decay, bool decoupled, int version) {
-  if (version < 0) version = kOptimVersions - 1;
-  if (step < 1) throw std::invalid_argument("adam_step: step is 1-based");
-  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
-  const T step_size = static_cast<T>(static_cast<double>(lr) / bc1);
-  const T bc2_sqrt = static_cast<T>(std::sqrt(bc2));
-  switch (version) {
-    case 0:
-      adam_reference(n, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                     decoupled, step_size, bc2_sqrt);
-      return;
-    case 1:
-      adam_fast(n, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                decoupled, step_size, bc2_sqrt);
-      return;
-    default:
-      throw std::invalid_argument("adam_step: no such version");
-  }
+  AdamHyper h;
+  h.lr = lr;
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = eps;
+  h.weight_decay = weight_decay;
+  h.decoupled = decoupled;
+  adam_step<T>(n, param, grad, exp_avg, exp_avg_sq, step, h, version);
 }
 
-template void sgd_step<float>(int64_t, float*, const float*, float*, float, float, float, float,
-                              bool, bool, int);
-template void sgd_step<double>(int64_t, double*, const double*, double*, double, double, double,
-                               double, bool, bool, int);
-template void adam_step<float>(int64_t, float*, const float*, float*, float*, int64_t, float, float,
-                               float, float, float, bool, int);
-template void adam_step<double>(int64_t, double*, const double*, double*, double*, int64_t, double,
-                                double, double, double, double, bool, int);
+#define GASCA_INSTANTIATE(T)                                                                   \
+  template void sgd_step<T>(int64_t, T*, const T*, T*, const SgdHyper&, bool, int);            \
+  template void adam_step<T>(int64_t, T*, const T*, T*, T*, int64_t, const AdamHyper&, int);   \
+  template void sgd_step<T>(int64_t, T*, const T*, T*, T, T, T, T, bool, bool, int);           \
+  template void adam_step<T>(int64_t, T*, const T*, T*, T*, int64_t, T, T, T, T, T, bool, int);
+GASCA_INSTANTIATE(float)
+GASCA_INSTANTIATE(double)
+#undef GASCA_INSTANTIATE
 
 }  // namespace gasca

@@ -550,9 +550,13 @@ void sgd_step(const py::object& p_, const py::object& g_, const py::object& buf_
     const T* gp = g.cptr<T>();
     T* bp = has_buf ? buf.mptr<T>() : nullptr;
     py::gil_scoped_release release;
-    gasca::sgd_step<T>(n, pp, gp, bp, static_cast<T>(lr), static_cast<T>(momentum),
-                       static_cast<T>(dampening), static_cast<T>(weight_decay), nesterov,
-                       first_step, version);
+    gasca::SgdHyper h;
+    h.lr = lr;
+    h.momentum = momentum;
+    h.dampening = dampening;
+    h.weight_decay = weight_decay;
+    h.nesterov = nesterov;
+    gasca::sgd_step<T>(n, pp, gp, bp, h, first_step, version);
   });
 }
 
@@ -581,9 +585,14 @@ void adam_step(const py::object& p_, const py::object& g_, const py::object& m_,
     T* mp = m.mptr<T>();
     T* vp = v.mptr<T>();
     py::gil_scoped_release release;
-    gasca::adam_step<T>(n, pp, gp, mp, vp, step, static_cast<T>(lr), static_cast<T>(beta1),
-                        static_cast<T>(beta2), static_cast<T>(eps), static_cast<T>(weight_decay),
-                        decoupled, version);
+    gasca::AdamHyper h;
+    h.lr = lr;
+    h.beta1 = beta1;
+    h.beta2 = beta2;
+    h.eps = eps;
+    h.weight_decay = weight_decay;
+    h.decoupled = decoupled;
+    gasca::adam_step<T>(n, pp, gp, mp, vp, step, h, version);
   });
 }
 

@@ -1,0 +1,410 @@
+"""conv2d / conv_transpose2d kernels (every version) against a direct NumPy reference.
+
+The reference below is written straight from the definitions, in float64, looping over
+the kernel taps (i, j) and letting NumPy do the (n, c, oh, ow) part:
+
+    y[n, co, oh, ow] = b[co] + sum_{ci, i, j} w[co, ci, i, j] x[n, ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
+
+and the transposed convolution is its own scatter definition (PyTorch's ConvTranspose2d):
+
+    y[n, co, ih*sh - ph + i*dh, iw*sw - pw + j*dw] += x[n, ci, ih, iw] w[ci, co, i, j]
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+from gasca_core import _C
+
+CONV_VERSIONS = list(range(len(_C.versions()["conv2d"])))
+DTYPES = [np.float32, np.float64]
+
+
+# ----------------------------------------------------------------------------- reference
+def out_size(h, k, s, p, d):
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _taps(x_pad, i, j, oh, ow, s, d):
+    """The (N, C, OH, OW) slab of the padded input that kernel tap (i, j) reads."""
+    return x_pad[:, :, i * d[0]: i * d[0] + s[0] * (oh - 1) + 1: s[0],
+                 j * d[1]: j * d[1] + s[1] * (ow - 1) + 1: s[1]]
+
+
+def ref_conv2d(x, w, b, s, p, d):
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    n, ci, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    oh, ow = out_size(h, kh, s[0], p[0], d[0]), out_size(wd, kw, s[1], p[1], d[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    y = np.zeros((n, co, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            y += np.einsum("nchw,oc->nohw", _taps(xp, i, j, oh, ow, s, d), w[:, :, i, j])
+    if b is not None:
+        y += b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def ref_conv2d_backward_input(dy, w, x_shape, s, p, d):
+    dy = dy.astype(np.float64)
+    w = w.astype(np.float64)
+    n, ci, h, wd = x_shape
+    _, _, kh, kw = w.shape
+    oh, ow = dy.shape[2:]
+    # Big enough for every tap, even when the last rows/columns of x are never read.
+    hp = max(h + 2 * p[0], (kh - 1) * d[0] + s[0] * (oh - 1) + 1)
+    wp = max(wd + 2 * p[1], (kw - 1) * d[1] + s[1] * (ow - 1) + 1)
+    dxp = np.zeros((n, ci, hp, wp))
+    for i in range(kh):
+        for j in range(kw):
+            _taps(dxp, i, j, oh, ow, s, d)[...] += np.einsum("nohw,oc->nchw", dy, w[:, :, i, j])
+    return dxp[:, :, p[0]: p[0] + h, p[1]: p[1] + wd]
+
+
+def ref_conv2d_backward_weight(x, dy, w_shape, s, p, d):
+    x = x.astype(np.float64)
+    dy = dy.astype(np.float64)
+    co, ci, kh, kw = w_shape
+    oh, ow = dy.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    dw = np.zeros(w_shape)
+    for i in range(kh):
+        for j in range(kw):
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", dy, _taps(xp, i, j, oh, ow, s, d))
+    return dw
+
+
+def ref_conv_transpose2d(x, w, b, s, p, op, d):
+    """Scatter definition: every input pixel adds w[ci, :, i, j] * x into the output."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    n, ci, h, wd = x.shape
+    _, co, kh, kw = w.shape
+    oh = (h - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+    ow = (wd - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+    full = np.zeros((n, co, (h - 1) * s[0] + d[0] * (kh - 1) + 1 + op[0] + p[0],
+                     (wd - 1) * s[1] + d[1] * (kw - 1) + 1 + op[1] + p[1]))
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i * d[0]: i * d[0] + s[0] * (h - 1) + 1: s[0],
+                 j * d[1]: j * d[1] + s[1] * (wd - 1) + 1: s[1]] += np.einsum(
+                     "nchw,co->nohw", x, w[:, :, i, j])
+    y = full[:, :, p[0]: p[0] + oh, p[1]: p[1] + ow]
+    assert y.shape[2:] == (oh, ow)
+    if b is not None:
+        y = y + b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+# ----------------------------------------------------------------------------- configurations
+# (N, Ci, H, W, Co, KH, KW, stride, padding, dilation)
+HAND_CONFIGS = [
+    (1, 1, 5, 5, 1, 3, 3, (1, 1), (0, 0), (1, 1)),
+    (2, 3, 7, 9, 4, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (1, 2, 8, 5, 3, 2, 3, (2, 1), (0, 1), (1, 1)),    # non-square kernel, odd sizes
+    (3, 4, 11, 13, 5, 5, 5, (2, 2), (2, 2), (1, 1)),  # gasca k5 s2 p2 shape class
+    (2, 5, 10, 10, 6, 3, 3, (2, 2), (1, 1), (1, 1)),  # gasca k3 s2 p1 shape class
+    (2, 3, 9, 12, 2, 3, 2, (1, 2), (2, 0), (2, 3)),   # dilation, padding > kernel/2
+    (1, 1, 16, 16, 8, 5, 5, (2, 2), (2, 2), (1, 1)),  # gasca layer 1, one input channel
+    (2, 2, 6, 6, 3, 1, 1, (1, 1), (0, 0), (1, 1)),    # 1x1 kernel
+    (1, 3, 4, 4, 2, 4, 4, (1, 1), (0, 0), (1, 1)),    # kernel the size of the image
+    (2, 2, 10, 7, 3, 3, 3, (3, 2), (0, 1), (1, 1)),   # stride skips input rows
+    (1, 2, 5, 5, 2, 3, 3, (1, 1), (3, 3), (1, 1)),    # padding >= kernel
+    (4, 8, 9, 9, 16, 3, 3, (1, 1), (1, 1), (1, 1)),   # more channels
+]
+
+
+def _random_configs(count, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        kh, kw = rng.integers(1, 6, size=2)
+        s = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        p = tuple(int(v) for v in rng.integers(0, 3, size=2))
+        h, w = rng.integers(1, 14, size=2)
+        cfg = (int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(h), int(w),
+               int(rng.integers(1, 7)), int(kh), int(kw), s, p, d)
+        if out_size(h, kh, s[0], p[0], d[0]) > 0 and out_size(w, kw, s[1], p[1], d[1]) > 0:
+            out.append(cfg)
+    return out
+
+
+CONFIGS = HAND_CONFIGS + _random_configs(24, seed=7)
+
+
+def _ids(cfgs):
+    return ["N{}C{}x{}x{}-O{}k{}x{}-s{}p{}d{}".format(c[0], c[1], c[2], c[3], c[4], c[5], c[6],
+                                                       *(f"{a}{b}" for a, b in c[7:]))
+            for c in cfgs]
+
+
+def _tol(dtype, ref):
+    scale = max(1.0, float(np.abs(ref).max()))
+    return dict(rtol=1e-4, atol=2e-5 * scale) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11 * scale)
+
+
+def _arrays(cfg, dtype, rng):
+    n, ci, h, w, co, kh, kw, s, p, d = cfg
+    oh, ow = out_size(h, kh, s[0], p[0], d[0]), out_size(w, kw, s[1], p[1], d[1])
+    x = rng.standard_normal((n, ci, h, w)).astype(dtype)
+    wt = rng.standard_normal((co, ci, kh, kw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    return x, wt, b, dy
+
+
+# ----------------------------------------------------------------------------- conv2d
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=_ids(CONFIGS))
+def test_conv2d_all_passes_match_reference(cfg, dtype, version):
+    rng = np.random.default_rng(abs(hash(cfg)) % 2**32)
+    x, w, b, dy = _arrays(cfg, dtype, rng)
+    s, p, d = cfg[7:]
+
+    ref = ref_conv2d(x, w, b, s, p, d)
+    out = np.full(dy.shape, np.nan, dtype=dtype)  # NaN: the kernel must overwrite every entry
+    _C.conv2d_forward(x, w, b, out, s, p, d, version=version)
+    np.testing.assert_allclose(out, ref, **_tol(dtype, ref), err_msg="forward")
+
+    ref_nb = ref_conv2d(x, w, None, s, p, d)
+    _C.conv2d_forward(x, w, None, out, s, p, d, version=version)
+    np.testing.assert_allclose(out, ref_nb, **_tol(dtype, ref_nb), err_msg="forward, no bias")
+
+    ref_dx = ref_conv2d_backward_input(dy, w, x.shape, s, p, d)
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version)
+    np.testing.assert_allclose(dx, ref_dx, **_tol(dtype, ref_dx), err_msg="backward_input")
+
+    ref_dw = ref_conv2d_backward_weight(x, dy, w.shape, s, p, d)
+    dw = np.full(w.shape, np.nan, dtype=dtype)
+    _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version)
+    np.testing.assert_allclose(dw, ref_dw, **_tol(dtype, ref_dw), err_msg="backward_weight")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv2d_backward_bias_sums_over_batch_and_space(dtype, rng):
+    dy = rng.standard_normal((3, 5, 7, 4)).astype(dtype)
+    db = np.full(5, np.nan, dtype=dtype)
+    _C.conv2d_backward_bias(dy, db)
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("cfg", CONFIGS[:12], ids=_ids(CONFIGS[:12]))
+def test_conv2d_adjoint_identity(cfg, version):
+    """<conv(x), y> == <x, conv^T(y)>: backward_input is exactly the forward map's adjoint."""
+    rng = np.random.default_rng(3)
+    x, w, _, y = _arrays(cfg, np.float64, rng)
+    s, p, d = cfg[7:]
+    cx = np.empty_like(y)
+    _C.conv2d_forward(x, w, None, cx, s, p, d, version=version)
+    cty = np.empty_like(x)
+    _C.conv2d_backward_input(y, w, cty, s, p, d, version=version)
+    lhs, rhs = float(np.vdot(cx, y)), float(np.vdot(x, cty))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+# ----------------------------------------------------------------------------- conv_transpose2d
+def _t_configs():
+    """Transposed-conv configs (N, Ci, H, W, Co, KH, KW, s, p, op, d), op < stride."""
+    cfgs = [
+        (2, 4, 5, 5, 3, 5, 5, (2, 2), (2, 2), (1, 1), (1, 1)),   # gasca decoder k5 s2 p2 op1
+        (2, 6, 4, 4, 5, 3, 3, (2, 2), (1, 1), (1, 1), (1, 1)),   # gasca decoder k3 s2 p1 op1
+        (1, 8, 6, 6, 1, 5, 5, (2, 2), (2, 2), (1, 1), (1, 1)),   # to one channel (layer 1)
+        (1, 2, 3, 4, 3, 3, 2, (3, 2), (1, 0), (2, 1), (1, 2)),   # non-square, dilation
+        (3, 3, 5, 3, 2, 2, 3, (1, 1), (0, 1), (0, 0), (2, 1)),
+        (1, 1, 1, 1, 2, 3, 3, (1, 1), (0, 0), (0, 0), (1, 1)),   # a single input pixel
+    ]
+    rng = np.random.default_rng(11)
+    while len(cfgs) < 20:
+        s = tuple(int(v) for v in rng.integers(1, 4, size=2))
+        d = tuple(int(v) for v in rng.integers(1, 3, size=2))
+        p = tuple(int(v) for v in rng.integers(0, 3, size=2))
+        op = tuple(int(rng.integers(0, sv)) for sv in s)
+        kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+        h, w = (int(v) for v in rng.integers(1, 8, size=2))
+        oh = (h - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+        ow = (w - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+        if oh > 0 and ow > 0:
+            cfgs.append((int(rng.integers(1, 4)), int(rng.integers(1, 6)), h, w,
+                         int(rng.integers(1, 6)), kh, kw, s, p, op, d))
+    return cfgs
+
+
+T_CONFIGS = _t_configs()
+
+
+def _t_ids(cfgs):
+    return ["N{}C{}x{}x{}-O{}k{}x{}-s{}p{}op{}d{}".format(
+        *c[:7], *(f"{a}{b}" for a, b in c[7:])) for c in cfgs]
+
+
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", T_CONFIGS, ids=_t_ids(T_CONFIGS))
+def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
+    n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
+    rng = np.random.default_rng(abs(hash(cfg)) % 2**32)
+    x = rng.standard_normal((n, ci, h, wd)).astype(dtype)
+    w = rng.standard_normal((ci, co, kh, kw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+
+    ref = ref_conv_transpose2d(x, w, b, s, p, op, d)
+    out = np.full(ref.shape, np.nan, dtype=dtype)
+    _C.conv_transpose2d_forward(x, w, b, out, s, p, op, d, version=version)
+    np.testing.assert_allclose(out, ref, **_tol(dtype, ref), err_msg="forward")
+
+    # Gradients, from the definition: y is linear in x and in w, so the input gradient is
+    # the adjoint of the scatter (a plain convolution with the same weight read as
+    # (Ci, Co, KH, KW) = (out, in, kh, kw)), and the weight gradient pairs dy's taps with x.
+    dy = rng.standard_normal(ref.shape).astype(dtype)
+    ref_dx = ref_conv2d(dy, w, None, s, p, d)
+    assert ref_dx.shape == x.shape
+    dx = np.full(x.shape, np.nan, dtype=dtype)
+    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
+    np.testing.assert_allclose(dx, ref_dx, **_tol(dtype, ref_dx), err_msg="backward_input")
+
+    ref_dw = ref_conv2d_backward_weight(dy, x, w.shape, s, p, d)
+    dw = np.full(w.shape, np.nan, dtype=dtype)
+    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
+    np.testing.assert_allclose(dw, ref_dw, **_tol(dtype, ref_dw), err_msg="backward_weight")
+
+    db = np.full(co, np.nan, dtype=dtype)
+    _C.conv2d_backward_bias(dy, db)
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", T_CONFIGS[:8], ids=_t_ids(T_CONFIGS[:8]))
+def test_conv_transpose2d_gradients_are_adjoints(cfg):
+    """<convT(x), y> == <x, convT_backward_input(y)> and the weight gradient pairs likewise."""
+    n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, ci, h, wd))
+    w = rng.standard_normal((ci, co, kh, kw))
+    yshape = ref_conv_transpose2d(x, w, None, s, p, op, d).shape
+    y = rng.standard_normal(yshape)
+    tx = np.empty(yshape)
+    _C.conv_transpose2d_forward(x, w, None, tx, s, p, op, d)
+    gx = np.empty_like(x)
+    _C.conv_transpose2d_backward_input(y, w, gx, s, p, op, d)
+    np.testing.assert_allclose(np.vdot(tx, y), np.vdot(x, gx), rtol=1e-10)
+    gw = np.empty_like(w)
+    _C.conv_transpose2d_backward_weight(x, y, gw, s, p, op, d)
+    np.testing.assert_allclose(np.vdot(tx, y), np.vdot(w, gw), rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- larger shapes
+GASCA_LAYERS = [  # (Ci, H, Co, K, s, p): the gasca-64 encoder layers
+    (1, 64, 32, 5, 2, 2),
+    (32, 32, 64, 5, 2, 2),
+    (64, 16, 128, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("layer", GASCA_LAYERS, ids=["layer1", "layer2", "layer3"])
+def test_fast_versions_match_reference_on_gasca_layers(layer, rng):
+    """The shapes the bench times, at batch 2: every version against version 0 (float32)."""
+    ci, h, co, k, s, p = layer
+    x = rng.standard_normal((2, ci, h, h)).astype(np.float32)
+    w = (rng.standard_normal((co, ci, k, k)) / np.sqrt(ci * k * k)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32)
+    oh = out_size(h, k, s, p, 1)
+    dy = rng.standard_normal((2, co, oh, oh)).astype(np.float32)
+    st, pd, dl = (s, s), (p, p), (1, 1)
+    results = []
+    for v in CONV_VERSIONS:
+        y = np.empty((2, co, oh, oh), np.float32)
+        dx = np.empty_like(x)
+        dw = np.empty_like(w)
+        t = np.empty_like(x)
+        _C.conv2d_forward(x, w, b, y, st, pd, dl, version=v)
+        _C.conv2d_backward_input(dy, w, dx, st, pd, dl, version=v)
+        _C.conv2d_backward_weight(x, dy, dw, st, pd, dl, version=v)
+        _C.conv_transpose2d_forward(dy, w, None, t, st, pd, (1, 1), dl, version=v)
+        results.append((y, dx, dw, t))
+    for v, res in zip(CONV_VERSIONS[1:], results[1:]):
+        for name, got, ref in zip(("forward", "backward_input", "backward_weight", "transpose"),
+                                  res, results[0]):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(),
+                                       err_msg=f"version {v} {name}")
+
+
+def test_threads_give_the_same_result(rng):
+    """Splitting work over threads must not change what is computed (beyond rounding)."""
+    x = rng.standard_normal((5, 6, 13, 11)).astype(np.float32)
+    w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((5, 7, 7, 6)).astype(np.float32)
+    old = _C.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            _C.set_num_threads(t)
+            y = np.empty((5, 7, 7, 6), np.float32)
+            _C.conv2d_forward(x, w, None, y, (2, 2), (1, 1), (1, 1))
+            dw = np.empty_like(w)
+            _C.conv2d_backward_weight(x, dy, dw, (2, 2), (1, 1), (1, 1))
+            dx = np.empty_like(x)
+            _C.conv2d_backward_input(dy, w, dx, (2, 2), (1, 1), (1, 1))
+            outs.append((y, dw, dx))
+    finally:
+        _C.set_num_threads(old)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+# ----------------------------------------------------------------------------- PyTorch oracle
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", CONFIGS[:10], ids=_ids(CONFIGS[:10]))
+def test_conv2d_matches_torch(cfg, dtype, torch):
+    rng = np.random.default_rng(21)
+    x, w, b, dy = _arrays(cfg, dtype, rng)
+    s, p, d = cfg[7:]
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p, dilation=d)
+    ty.backward(torch.tensor(dy))
+    y = np.empty_like(dy)
+    _C.conv2d_forward(x, w, b, y, s, p, d)
+    dx = np.empty_like(x)
+    _C.conv2d_backward_input(dy, w, dx, s, p, d)
+    dw = np.empty_like(w)
+    _C.conv2d_backward_weight(x, dy, dw, s, p, d)
+    db = np.empty_like(b)
+    _C.conv2d_backward_bias(dy, db)
+    for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
+        ref = theirs.detach().numpy()
+        np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", T_CONFIGS[:10], ids=_t_ids(T_CONFIGS[:10]))
+def test_conv_transpose2d_matches_torch(cfg, dtype, torch):
+    n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((n, ci, h, wd)).astype(dtype)
+    w = rng.standard_normal((ci, co, kh, kw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, stride=s, padding=p,
+                                              output_padding=op, dilation=d)
+    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    y = np.empty_like(dy)
+    _C.conv_transpose2d_forward(x, w, b, y, s, p, op, d)
+    dx = np.empty_like(x)
+    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d)
+    dw = np.empty_like(w)
+    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d)
+    db = np.empty_like(b)
+    _C.conv2d_backward_bias(dy, db)
+    for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
+        ref = theirs.detach().numpy()
+        np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
