@@ -301,7 +301,11 @@ class Trainer:
         self.best_val_mse = math.inf
         self.history: list[dict] = []
         self._opt_states: dict[str, Any] = {}
-        self._interrupted = False
+        # Hooks, called as hook(trainer, phase_index): after each step, at each phase's
+        # start (structure built, nothing trained) and end.  Used by tests and tools.
+        self.on_step: list[Callable[["Trainer", int], None]] = []
+        self.on_phase_start: list[Callable[["Trainer", int], None]] = []
+        self.on_phase_end: list[Callable[["Trainer", int], None]] = []
 
     # ---------------------------------------------------------------- structure
 
@@ -538,6 +542,8 @@ class Trainer:
         deadline = (time.perf_counter() + phase.time_share * tc.time_budget
                     if tc.time_budget else None)
         self._consecutive_skips = 0
+        for hook in self.on_phase_start:
+            hook(self, idx)
         bar = _progress(phase, idx, len(self.phases), self.phase_step, self.progress)
         sums: dict[str, float] = {}
         count = 0
@@ -583,6 +589,8 @@ class Trainer:
                 elif self.phase_step % tc.checkpoint_every == 0:
                     self.save("latest", opt_g, opt_d)
                     t_last = time.perf_counter()
+                for hook in self.on_step:
+                    hook(self, idx)
         except KeyboardInterrupt:
             if bar is not None:
                 bar.close()
@@ -598,6 +606,8 @@ class Trainer:
             self._validate(phase, idx, None, g, d, va, {k: v / count for k, v in sums.items()},
                            opt_g, opt_d)
         self._save_grid(phase, idx)
+        for hook in self.on_phase_end:
+            hook(self, idx)
 
     def _validate(self, phase, idx, epoch, g, d, va, record, opt_g, opt_d) -> None:
         rec = {"phase": phase.name, "phase_index": idx, "phase_step": self.phase_step,
