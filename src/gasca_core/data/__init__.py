@@ -1,0 +1,29 @@
+"""Data for GASCA: pairs (input image, target image) with labels.
+
+Four sources, one interface (:class:`PairDataset`):
+
+- ``synthetic-faces`` (default): a parametric 3D head ray-cast at yaws -60..60 and several
+  lights, paired with its frontal neutrally lit image (:mod:`.synthetic`).
+- ``folder``: DIR/inputs/* and DIR/targets/* matched by file stem, or DIR/pairs.csv
+  (:mod:`.folder`).
+- ``multipie``: a Multi-PIE-style tree of subject_session_recording_camera_light.png files,
+  each paired with camera 051 of the same recording (:mod:`.multipie`).
+- ``npz``: arrays ``inputs``, ``targets`` and optional labels (:mod:`.npz`).
+
+The trainers call :func:`get_splits` once and batch with :class:`BatchIterator`;
+:func:`save_image_grid` writes rows of images (inputs, outputs, targets) to a PNG.
+``python -m gasca_core.data preview --out grid.png`` shows pairs before training.
+
+This package needs only NumPy and Pillow (no kernels, no autograd).
+"""
+from .datasets import (DATASET_NAMES, DEFAULT_FRACTIONS, Batch, BatchIterator, PairDataset,
+                       Splits, get_splits, infer_dataset, load_dataset, split_dataset,
+                       split_indices)
+from .grid import make_image_grid, save_image_grid
+from .images import ImageReadError, read_gray
+
+__all__ = [
+    "DATASET_NAMES", "DEFAULT_FRACTIONS", "Batch", "BatchIterator", "PairDataset", "Splits",
+    "get_splits", "infer_dataset", "load_dataset", "split_dataset", "split_indices",
+    "make_image_grid", "save_image_grid", "ImageReadError", "read_gray",
+]

@@ -1,0 +1,553 @@
+"""Built-in synthetic faces: a parametric 3D head, ray-cast at many yaws and lights.
+
+This is the library's stand-in for Multi-PIE (licensed, cannot ship). It poses the same
+problem the paper solves: map a face seen at some yaw and lighting to the same face seen
+frontally under neutral light.
+
+The head
+--------
+Each identity is a union of ten axis-aligned ellipsoids in *head coordinates* (x to the
+subject's left as seen by the viewer, i.e. image right at yaw 0; y up; z out of the face):
+
+    cranium, jaw (together: head shape and chin), neck, two eyeballs (a cap of each sticks
+    out of the face: white sclera, dark iris and pupil, dark upper lid), nose, lips, two
+    ears, and a hair shell (a slightly larger ellipsoid kept only above the hairline).
+
+Painted on the skin: eyebrows, darker eye sockets, nostrils, the mouth line. Every size,
+position and albedo (skin, hair, iris) is sampled per identity (:func:`sample_identities`).
+
+Rendering
+---------
+An orthographic camera looks down -z at the world; the head is turned by ``yaw`` about the
+vertical axis (positive yaw: the face turns toward the image's right, the subject's left).
+Rather than moving the head we move the rays into head coordinates (x_head = R^T x_world),
+intersect each ray with every ellipsoid in closed form (a quadratic), and keep the nearest
+entry point: a z-buffer over analytic surfaces, so features really move in 3D and hide one
+another (at 60 degrees the far eye slips behind the nose and the far cheek). The normal of
+an ellipsoid (x/a^2, y/b^2, z/c^2) gives per-pixel Lambertian + ambient shading:
+
+    I = albedo * (ambient + (1 - ambient) * max(0, n . l))
+
+for each light direction l. Geometry is computed once per (identity, yaw) and shaded for
+all lights. Each image is rendered at ``supersample`` times the resolution and box-averaged
+(anti-aliasing), then quantized to 8 bits like a photograph, so the cache can hold uint8.
+
+Everything is vectorised NumPy over a chunk of (identity, yaw) images and their pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from .grid import file_mode
+
+if TYPE_CHECKING:
+    from .datasets import PairDataset
+
+# Bump whenever a change to this file changes any rendered pixel: it is part of the cache key.
+RENDERER_VERSION = 1
+
+DEFAULT_YAWS: tuple[float, ...] = (-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0)
+# Light directions as (azimuth, elevation) in degrees, in world (camera) coordinates:
+# azimuth 0 = from the camera, positive = from the image's right; elevation positive = from
+# above. lights[0] is the neutral frontal light of the targets.
+DEFAULT_LIGHTS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (-35.0, 15.0), (35.0, 15.0), (-70.0, 25.0), (70.0, 25.0),
+)
+
+# Primitive indices, the order of the K = 10 ellipsoids.
+CRANIUM, JAW, NECK, EYE_L, EYE_R, NOSE, LIPS, EAR_L, EAR_R, HAIR = range(10)
+N_PRIMITIVES = 10
+
+# The camera: an orthographic view of the square [-VIEW_HALF_SIZE, VIEW_HALF_SIZE]^2 around
+# (0, VIEW_CENTER_Y), looking down -z from the plane z = Z_CAMERA (in front of every head).
+VIEW_HALF_SIZE = 0.88
+VIEW_CENTER_Y = 0.06
+Z_CAMERA = 3.0
+
+
+@dataclass(frozen=True)
+class SyntheticFacesConfig:
+    """Every parameter that changes the rendered data set (all part of the cache key).
+
+    n_identities: people; each is rendered at every yaw under every light.
+    image_size: output height = width in pixels.
+    yaws: head yaws in degrees; must contain 0 (the target pose).
+    lights: (azimuth, elevation) in degrees; lights[0] is the neutral light of the targets.
+    seed: identity parameters of person i depend only on (seed, i), so a smaller data set
+        is a prefix of a bigger one.
+    supersample: rays per pixel along each axis (anti-aliasing).
+    background: grey level of the empty background, in [0, 1].
+    ambient: share of light that reaches every surface, in [0, 1].
+    """
+
+    n_identities: int = 150
+    image_size: int = 64
+    yaws: tuple[float, ...] = DEFAULT_YAWS
+    lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS
+    seed: int = 0
+    supersample: int = 2
+    background: float = 0.25
+    ambient: float = 0.3
+
+    def __post_init__(self) -> None:
+        # Normalise sequences to tuples of floats so that equal configs hash equally.
+        object.__setattr__(self, "yaws", tuple(float(y) for y in self.yaws))
+        object.__setattr__(self, "lights",
+                           tuple((float(a), float(e)) for a, e in self.lights))
+        if int(self.n_identities) < 1:
+            raise ValueError(f"n_identities must be >= 1, got {self.n_identities}")
+        if int(self.image_size) < 8:
+            raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
+        if int(self.supersample) < 1:
+            raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+        if not self.yaws or 0.0 not in self.yaws:
+            raise ValueError(f"yaws must contain 0 (the target pose), got {self.yaws}")
+        if any(abs(y) > 90.0 for y in self.yaws):
+            raise ValueError(f"yaws must lie in [-90, 90] degrees, got {self.yaws}")
+        if not self.lights:
+            raise ValueError("lights must hold at least one (azimuth, elevation) pair")
+        if not 0.0 <= self.background <= 1.0:
+            raise ValueError(f"background must lie in [0, 1], got {self.background}")
+        if not 0.0 <= self.ambient <= 1.0:
+            raise ValueError(f"ambient must lie in [0, 1], got {self.ambient}")
+
+    def to_json(self) -> str:
+        """Every field and the renderer version, as canonical JSON."""
+        return json.dumps({"renderer": RENDERER_VERSION, **dataclasses.asdict(self)},
+                          sort_keys=True)
+
+    def cache_key(self) -> str:
+        """A short hash of to_json(): changes with any field or the renderer version."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def light_directions(lights: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """Unit vectors toward each light, (L, 3), from (azimuth, elevation) in degrees."""
+    az = np.radians([a for a, _ in lights])
+    el = np.radians([e for _, e in lights])
+    return np.stack([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)], axis=1)
+
+
+def sample_identities(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Draw the identity parameters of persons 0..n-1: a dict of float64 arrays, each (n,).
+
+    Person i draws from its own stream SeedSequence(seed).spawn(n)[i], so its face does
+    not depend on n. Lengths are in image half-widths (the image spans [-1, 1]).
+    """
+    ranges = {  # name: (low, high), drawn uniformly, in this order
+        "head_w": (0.50, 0.60), "head_h": (0.68, 0.78), "head_d": (0.60, 0.70),
+        "head_y": (0.10, 0.18),
+        "jaw_w": (0.72, 0.90), "jaw_h": (0.42, 0.52), "jaw_d": (0.78, 0.90),
+        "jaw_drop": (0.30, 0.38), "jaw_z": (0.00, 0.06),
+        "skin": (0.50, 0.88), "hair": (0.05, 0.65),
+        "hairline": (0.40, 0.62), "hair_back": (-0.30, 0.50), "hair_thick": (0.02, 0.06),
+        "eye_x": (0.17, 0.23), "eye_y": (0.04, 0.12), "eye_r": (0.060, 0.075),
+        "iris": (0.08, 0.45), "iris_deg": (36.0, 46.0),
+        "brow_dy": (0.10, 0.14), "brow_w": (0.09, 0.13), "brow_t": (0.025, 0.045),
+        "nose_drop": (0.13, 0.19), "nose_h": (0.12, 0.17), "nose_w": (0.055, 0.080),
+        "nose_d": (0.12, 0.18),
+        "mouth_gap": (0.08, 0.13), "mouth_w": (0.11, 0.16), "mouth_h": (0.030, 0.045),
+        "lip": (0.55, 0.78), "ear_h": (0.11, 0.15),
+    }
+    streams = np.random.SeedSequence(int(seed)).spawn(int(n))
+    draws = np.empty((int(n), len(ranges)))
+    lows = np.array([lo for lo, _ in ranges.values()])
+    highs = np.array([hi for _, hi in ranges.values()])
+    for i, stream in enumerate(streams):
+        draws[i] = np.random.default_rng(stream).uniform(lows, highs)
+    return {name: draws[:, j] for j, name in enumerate(ranges)}
+
+
+def _front_z(cx, cy, cz, a, b, c, x, y):
+    """z of the front (+z) surface of an ellipsoid at (x, y); 0 where (x, y) misses it."""
+    s = 1.0 - ((x - cx) / a) ** 2 - ((y - cy) / b) ** 2
+    return cz + c * np.sqrt(np.clip(s, 0.0, None))
+
+
+def build_primitives(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ellipsoids of each head: centers (n, K, 3), semi-axes (n, K, 3), albedo (n, K)."""
+    n = p["head_w"].shape[0]
+    centers = np.zeros((n, N_PRIMITIVES, 3))
+    axes = np.ones((n, N_PRIMITIVES, 3))
+    albedo = np.zeros((n, N_PRIMITIVES))
+    a, b, c, hy = p["head_w"], p["head_h"], p["head_d"], p["head_y"]
+
+    def put(k, center, axis, alb):
+        centers[:, k] = np.stack(center, axis=-1)
+        axes[:, k] = np.stack(axis, axis=-1)
+        albedo[:, k] = alb
+
+    zero = np.zeros(n)
+    skin = p["skin"]
+    jaw_y = hy - p["jaw_drop"]
+    jaw = (p["jaw_w"] * a, p["jaw_h"], p["jaw_d"] * c)
+    put(CRANIUM, (zero, hy, zero), (a, b, c), skin)
+    put(JAW, (zero, jaw_y, p["jaw_z"]), jaw, skin)
+    put(NECK, (zero, jaw_y - 0.55, -0.12 + zero), (0.62 * jaw[0], 0.55 + zero, 0.30 + zero),
+        0.8 * skin)
+
+    def face_z(x, y):  # front surface of cranium-union-jaw
+        return np.maximum(_front_z(0, hy, 0, a, b, c, x, y),
+                          _front_z(0, jaw_y, p["jaw_z"], *jaw, x, y))
+
+    # Eyeballs: sunk along the cranium's normal so that a cap of radius ~0.87 r shows.
+    ex, ey, er = p["eye_x"], p["eye_y"], p["eye_r"]
+    for k, side in ((EYE_L, -1.0), (EYE_R, 1.0)):
+        x = side * ex
+        z = face_z(x, ey)
+        normal = np.stack([x / a**2, (ey - hy) / b**2, z / c**2], axis=-1)
+        normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+        center = np.stack([x, ey, z], axis=-1) - 0.5 * er[:, None] * normal
+        put(k, tuple(center.T), (er, er, er), 0.9 + zero)
+
+    ny = ey - p["nose_drop"]
+    put(NOSE, (zero, ny, face_z(0, ny) - 0.3 * p["nose_d"]),
+        (p["nose_w"], p["nose_h"], p["nose_d"]), np.minimum(1.0, 1.05 * skin))
+    my = ny - p["nose_h"] - p["mouth_gap"] + 0.5 * p["mouth_h"]
+    put(LIPS, (zero, my, face_z(0, my) - 0.04), (p["mouth_w"], p["mouth_h"], 0.07 + zero),
+        p["lip"] * skin)
+    for k, side in ((EAR_L, -1.0), (EAR_R, 1.0)):
+        put(k, (side * 0.96 * a, ey - 0.06, -0.06 + zero), (0.05 + zero, p["ear_h"], 0.09 + zero),
+            0.92 * skin)
+    t = p["hair_thick"]
+    put(HAIR, (zero, hy + 0.5 * t, -0.5 * t), (a + t, b + t, c + 0.5 * t), p["hair"])
+    return centers, axes, albedo
+
+
+def _yaw_matrices(yaw_deg: np.ndarray) -> np.ndarray:
+    """Rotations about the vertical axis, (n, 3, 3): world = R @ head. +z turns toward +x."""
+    t = np.radians(yaw_deg)
+    cos, sin = np.cos(t), np.sin(t)
+    R = np.zeros((len(t), 3, 3))
+    R[:, 0, 0], R[:, 0, 2] = cos, sin
+    R[:, 1, 1] = 1.0
+    R[:, 2, 0], R[:, 2, 2] = -sin, cos
+    return R
+
+
+def _hairline(p: dict[str, np.ndarray], px, pz, idx):
+    """Height above which hair grows, at head-surface points (px, pz) of heads idx: (M,).
+
+    Highest on the forehead (azimuth 0), lowest at the back of the head.
+    """
+    front = (p["head_y"] + p["hairline"] * p["head_h"])[idx]
+    back = (p["head_y"] - p["hair_back"] * p["head_h"])[idx]
+    forwardness = ((1.0 + pz / np.sqrt(px**2 + pz**2 + 1e-12)) / 2.0) ** 2
+    return back + (front - back) * forwardness
+
+
+def render_heads(params: dict[str, np.ndarray], identity: np.ndarray, yaw_deg: np.ndarray,
+                 lights: np.ndarray, image_size: int, supersample: int = 2,
+                 background: float = 0.25, ambient: float = 0.3,
+                 chunk: int = 9) -> np.ndarray:
+    """Render heads ``identity`` (B,) at ``yaw_deg`` (B,) under ``lights`` (L, 3).
+
+    Returns float32 images (B, L, image_size, image_size) in [0, 1]; row 0 is the top.
+    """
+    identity = np.asarray(identity, dtype=np.int64)
+    yaw_deg = np.asarray(yaw_deg, dtype=np.float64)
+    lights = np.asarray(lights, dtype=np.float64)
+    out = np.empty((len(identity), len(lights), image_size, image_size), dtype=np.float32)
+    centers, axes, albedo = build_primitives(params)
+    for start in range(0, len(identity), chunk):
+        sl = slice(start, start + chunk)
+        out[sl] = _render_chunk(params, centers, axes, albedo, identity[sl], yaw_deg[sl],
+                                lights, image_size, supersample, background, ambient)
+    return out
+
+
+def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_size,
+                  supersample, background, ambient) -> np.ndarray:
+    f = np.float32
+    B, S = len(idx), image_size * supersample
+    # Pixel centres on the image plane, a square window around the head; v grows upward.
+    grid = ((np.arange(S) + 0.5) * (2.0 / S) - 1.0) * VIEW_HALF_SIZE
+    u, v = grid, VIEW_CENTER_Y - grid                                  # (S,) each
+    # A ray leaves the plane z = Z_CAMERA at (u, v) and runs along -z. In head coordinates
+    # (x_head = R^T x_world, R the yaw rotation) the point at depth t along it is
+    #   u r_x + v e_y + (Z_CAMERA - t) r_z,  r_x = R^T e_x = (cos, 0, sin),
+    #                                        r_z = R^T e_z = (-sin, 0, cos).
+    yaw = np.radians(yaw_deg)
+    cos, sin = np.cos(yaw), np.sin(yaw)                                # (B,)
+    zero, one = np.zeros(B), np.ones(B)
+    r_x = np.stack([cos, zero, sin], axis=-1)                          # (B, 3)
+    r_z = np.stack([-sin, zero, cos], axis=-1)
+    e_y = np.array([0.0, 1.0, 0.0])
+
+    def points(uk, vk, t, cb, sb):
+        """Head-coordinate points (..., 3) at depth t on the rays through (uk, vk)."""
+        depth = Z_CAMERA - t
+        return uk * cb - depth * sb, vk + 0.0 * t, uk * sb + depth * cb
+
+    c, ax = centers[idx], axes[idx]                                    # (B, K, 3)
+    # A z-buffer over the ellipsoids: nearest depth so far and which part it belongs to.
+    t_min = np.full((B, S, S), np.inf, dtype=f)
+    kind = np.zeros((B, S, S), dtype=np.int8)
+    t_skin = {}  # full depth maps of cranium and jaw, for blending their normals
+    for k in range(N_PRIMITIVES):
+        ck, axk = c[:, k], ax[:, k]                                    # (B, 3)
+        # Only rays inside the ellipsoid's projected bounding box (over the chunk) can hit:
+        # small parts (eyes, nose, lips, ears) cost a few hundred rays, not S^2.
+        x_mid = cos * ck[:, 0] + sin * ck[:, 2]                        # world x of centre
+        half_w = np.sqrt((cos * axk[:, 0]) ** 2 + (sin * axk[:, 2]) ** 2)
+        cols = np.flatnonzero((u >= (x_mid - half_w).min()) & (u <= (x_mid + half_w).max()))
+        rows = np.flatnonzero((v >= (ck[:, 1] - axk[:, 1]).min())
+                              & (v <= (ck[:, 1] + axk[:, 1]).max()))
+        if len(cols) == 0 or len(rows) == 0:
+            continue
+        cs, rs = slice(cols[0], cols[-1] + 1), slice(rows[0], rows[-1] + 1)
+        # In the frame where ellipsoid k is the unit sphere the ray starts at
+        # u a + v b + g and runs along dd; |start + t dd|^2 = 1 is a quadratic in t:
+        #   A t^2 + 2 h t + C = 0,  h = start . dd,  C = |start|^2 - 1.
+        # h and C split into a part that depends on the column (u) only and one that
+        # depends on the row (v) only, because a . b = 0 (r_x has no vertical part): so
+        # each costs O(S) per image, and only the discriminant is O(S^2).
+        a, b = r_x / axk, e_y / axk
+        g = (Z_CAMERA * r_z - ck) / axk
+        dd = -r_z / axk
+        uk, vk = u[cs], v[rs]
+
+        def dot(x, y):
+            return (x * y).sum(-1)[:, None]
+
+        A = dot(dd, dd)[:, :, None].astype(f)                          # (B, 1, 1)
+        h_u = (uk * dot(a, dd) + dot(g, dd)).astype(f)                 # (B, S_u)
+        h_v = (vk * dot(b, dd)).astype(f)                              # (B, S_v)
+        C_u = (uk**2 * dot(a, a) + 2 * uk * dot(a, g) + dot(g, g) - 1.0).astype(f)
+        C_v = (vk**2 * dot(b, b) + 2 * vk * dot(b, g)).astype(f)
+        h = h_v[:, :, None] + h_u[:, None, :]                          # (B, S_v, S_u)
+        disc = h * h - A * (C_v[:, :, None] + C_u[:, None, :])
+        miss = disc <= 0.0
+        np.sqrt(np.maximum(disc, 0.0, out=disc), out=disc)
+        t = (-h - disc) / A                                            # nearest entry
+        t[miss] = np.inf
+        if k == HAIR:  # keep the hair shell only above the hairline
+            px, py, pz = points(uk[None, None, :], vk[None, :, None], np.where(miss, 0, t),
+                                cos[:, None, None], sin[:, None, None])
+            t[py <= _hairline(params, px, pz, idx[:, None, None])] = np.inf
+        if k in (CRANIUM, JAW):
+            t_skin[k] = np.full((B, S, S), np.inf, dtype=f)
+            t_skin[k][:, rs, cs] = t
+        nearer = t < t_min[:, rs, cs]
+        t_min[:, rs, cs][nearer] = t[nearer]
+        kind[:, rs, cs][nearer] = k
+
+    # From here on only the M rays that hit a head are touched: flat arrays (M,).
+    bi, row, col = np.nonzero(np.isfinite(t_min))
+    kind, t = kind[bi, row, col].astype(np.intp), t_min[bi, row, col]
+    cb, sb = cos[bi].astype(f), sin[bi].astype(f)
+    uk, vk = u.astype(f)[col], v.astype(f)[row]
+    p = np.stack(points(uk, vk, t, cb, sb), axis=-1)                   # (M, 3)
+    c, ax = c.astype(f), ax.astype(f)
+    c_hit, ax_hit = c[bi, kind], ax[bi, kind]
+    n = _unit((p - c_hit) / (ax_hit * ax_hit))
+    # Cranium and jaw meet in a crease; blend their normals near it (the weight falls off
+    # with the depth gap between the two surfaces) so that the union reads as one head.
+    on_cranium = kind == CRANIUM
+    skin = on_cranium | (kind == JAW)
+    other = np.where(on_cranium, JAW, CRANIUM)
+    t_other = np.where(on_cranium, t_skin[JAW][bi, row, col], t_skin[CRANIUM][bi, row, col])
+    both = skin & np.isfinite(t_other)
+    t_other = np.where(both, t_other, t)
+    w = np.where(both, np.exp(-(t_other - t) / 0.04), 0.0).astype(f)
+    c_o, ax_o = c[bi, other], ax[bi, other]
+    p_o = np.stack(points(uk, vk, t_other, cb, sb), axis=-1)
+    n = _unit(n + w[:, None] * _unit((p_o - c_o) / (ax_o * ax_o)))
+
+    alb = albedo[idx[bi], kind].astype(f)                              # (M,)
+    alb = _paint(params, idx[bi], kind, p, c_hit, alb)
+
+    # Normals to world coordinates (n_world = R n) and Lambert + ambient for every light.
+    n_world = np.stack([cb * n[:, 0] + sb * n[:, 2], n[:, 1], -sb * n[:, 0] + cb * n[:, 2]],
+                       axis=-1)
+    lambert = np.maximum(n_world @ lights.T.astype(f), 0.0)            # (M, L)
+    L = len(lights)
+    shade = np.full((B, S, S, L), background, dtype=f)
+    shade[bi, row, col] = alb[:, None] * (ambient + (1.0 - ambient) * lambert)
+    # Box-average supersample x supersample blocks: (B, S, S, L) -> (B, L, H, W).
+    # (A sum of strided views: much faster than .mean over the inner axes.)
+    img = np.zeros((B, image_size, image_size, L), dtype=f)
+    for i in range(supersample):
+        for j in range(supersample):
+            img += shade[:, i::supersample, j::supersample]
+    img *= 1.0 / supersample**2
+    return np.clip(img.transpose(0, 3, 1, 2), 0.0, 1.0)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """x / |x| along the last axis."""
+    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+
+
+def _paint(params, idx, kind, p, c_hit, alb) -> np.ndarray:
+    """Surface details on top of each primitive's base albedo, at M hit points: (M,)."""
+    used = ("hair", "eye_x", "eye_y", "eye_r", "brow_dy", "brow_w", "brow_t", "iris",
+            "iris_deg", "nose_drop", "nose_w", "nose_h", "mouth_gap", "mouth_h")
+    g = {k: params[k].astype(np.float32)[idx] for k in used}  # (M,) each
+    px, py, pz = p[..., 0], p[..., 1], p[..., 2]
+    skin = (kind == CRANIUM) | (kind == JAW)
+    # Hair painted on the cranium too, so that a thin shell never leaves a bald seam.
+    on_hair = skin & (py > _hairline(params, px, pz, idx) - 0.01)
+    alb = np.where(on_hair, g["hair"], alb)
+    front = pz > 0.0
+    for side in (-1.0, 1.0):
+        dx = px - side * g["eye_x"]
+        # Darker eye socket: a soft blob around each eye.
+        r2 = (dx**2 + (py - g["eye_y"]) ** 2) / (1.6 * g["eye_r"]) ** 2
+        alb = np.where(skin & front & ~on_hair, alb * (1.0 - 0.3 * np.exp(-r2)), alb)
+        # Eyebrow: an arched band above the eye, the colour of darkened hair.
+        brow_y = g["eye_y"] + g["brow_dy"] - 1.2 * dx**2 - 0.15 * side * dx
+        brow = (np.abs(dx) < g["brow_w"]) & (np.abs(py - brow_y) < g["brow_t"] / 2)
+        alb = np.where(skin & front & brow, np.minimum(0.6 * g["hair"], 0.25), alb)
+    # Eyes: angle from the eyeball's forward axis picks pupil, iris, sclera; dark upper lid.
+    eye = (kind == EYE_L) | (kind == EYE_R)
+    q = (p - c_hit) / g["eye_r"][:, None]
+    cos_iris = np.cos(np.radians(g["iris_deg"]))
+    eye_alb = np.where(q[..., 2] > cos_iris, g["iris"], 0.9)
+    eye_alb = np.where(q[..., 2] > 0.97, 0.04, eye_alb)
+    eye_alb = np.where(q[..., 1] > 0.55, 0.08, eye_alb)
+    alb = np.where(eye, eye_alb, alb)
+    # Nostrils: two dark ellipses on the underside of the nose.
+    ny = g["eye_y"] - g["nose_drop"]
+    nostril = ((np.abs(px) - 0.45 * g["nose_w"]) / (0.3 * g["nose_w"])) ** 2 + \
+              ((py - ny + 0.75 * g["nose_h"]) / (0.22 * g["nose_h"])) ** 2 < 1.0
+    alb = np.where((kind == NOSE) & nostril, 0.1, alb)
+    # Mouth: a dark line across the middle of the lips.
+    my = ny - g["nose_h"] - g["mouth_gap"] + 0.5 * g["mouth_h"]
+    alb = np.where((kind == LIPS) & (np.abs(py - my) < 0.28 * g["mouth_h"]), 0.08, alb)
+    return alb.astype(np.float32)
+
+
+def render_dataset(config: SyntheticFacesConfig) -> np.ndarray:
+    """Render every identity at every yaw under every light.
+
+    Returns uint8 images (n_identities, n_yaws, n_lights, H, W); value / 255 is the image.
+    """
+    params = sample_identities(config.n_identities, config.seed)
+    n, Y = config.n_identities, len(config.yaws)
+    identity = np.repeat(np.arange(n), Y)
+    yaw = np.tile(np.array(config.yaws), n)
+    images = render_heads(params, identity, yaw, light_directions(config.lights),
+                          config.image_size, config.supersample, config.background,
+                          config.ambient)
+    q = np.rint(images * 255.0).astype(np.uint8)
+    return q.reshape(n, Y, len(config.lights), config.image_size, config.image_size)
+
+
+# ------------------------------------------------------------------- dataset and cache
+def cache_dir() -> Path:
+    """Where generated data sets are kept: $GASCA_CACHE, else ~/.cache/gasca_core."""
+    env = os.environ.get("GASCA_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gasca_core"
+
+
+def _read_cache(path: Path, config: SyntheticFacesConfig) -> Optional[np.ndarray]:
+    """The cached images for config, or None if absent or unusable (then re-rendered)."""
+    if not path.is_file():
+        return None
+    expected = (config.n_identities, len(config.yaws), len(config.lights),
+                config.image_size, config.image_size)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = z["images"]
+            stored = str(z["config"])
+    except Exception as e:  # a broken or foreign file: say so, then render afresh
+        warnings.warn(f"synthetic-faces cache {path} is unreadable ({e}); rendering again")
+        return None
+    if images.shape != expected or images.dtype != np.uint8 or \
+            stored != config.to_json():
+        warnings.warn(f"synthetic-faces cache {path} does not match its key; rendering again")
+        return None
+    return images
+
+
+def _write_cache(path: Path, images: np.ndarray, config: SyntheticFacesConfig) -> None:
+    """Write atomically (temp file + rename): readers see the old file or the whole new one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        warnings.warn(f"cannot write the synthetic-faces cache in {path.parent} ({e}); "
+                      f"set GASCA_CACHE to a writable directory to keep renders")
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=images, config=np.array(config.to_json()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"cannot write the synthetic-faces cache {path} ({e})")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def synthetic_faces_images(config: SyntheticFacesConfig, cache: bool = True) -> np.ndarray:
+    """uint8 images (n_identities, n_yaws, n_lights, H, W) for config, rendered or cached."""
+    path = cache_dir() / f"synthetic-faces-{config.cache_key()}.npz"
+    images = _read_cache(path, config) if cache else None
+    if images is None:
+        images = render_dataset(config)
+        if cache:
+            _write_cache(path, images, config)
+    return images
+
+
+def load_synthetic_faces(data: None = None, image_size: Optional[int] = 64, *,
+                         n_identities: int = 150, data_seed: int = 0,
+                         yaws: tuple[float, ...] = DEFAULT_YAWS,
+                         lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS,
+                         supersample: int = 2, background: float = 0.25, ambient: float = 0.3,
+                         cache: bool = True) -> "PairDataset":
+    """The built-in data set: every identity at every yaw under every light -> its frontal,
+    neutrally lit image.
+
+    N = n_identities * len(yaws) * len(lights) pairs, ordered identity-major, then yaw, then
+    light. Input: the face at that yaw and light; target: the same face at yaw 0 under
+    lights[0]. Labels: "identity" (int64), "yaw" (float32, degrees, positive = face turned
+    toward the image's right), "light" (int64, index into lights; 0 = neutral frontal).
+    Images are rendered once per configuration and cached (see cache_dir); data_seed picks
+    the persons, image_size the render resolution (square; None means 64).
+    """
+    from .datasets import PairDataset
+
+    if data is not None:
+        raise ValueError(f"--data {str(data)!r} is not used by the built-in synthetic-faces "
+                         f"dataset; to load your own pairs choose --dataset folder, multipie "
+                         f"or npz")
+    if image_size is not None and not isinstance(image_size, (int, np.integer)):
+        hw = tuple(image_size)
+        if len(hw) != 2 or hw[0] != hw[1]:
+            raise ValueError(f"image_size for synthetic-faces must be one int (square), "
+                             f"got {image_size!r}")
+        image_size = hw[0]
+    config = SyntheticFacesConfig(n_identities=int(n_identities),
+                                  image_size=int(image_size or 64), yaws=tuple(yaws),
+                                  lights=tuple(lights), seed=int(data_seed),
+                                  supersample=int(supersample), background=float(background),
+                                  ambient=float(ambient))
+    images = synthetic_faces_images(config, cache)
+    n, Y, L, H, W = images.shape
+    target_yaw = config.yaws.index(0.0)
+    inputs = images.reshape(n * Y * L, 1, H, W).astype(np.float32) / np.float32(255.0)
+    frontal = images[:, target_yaw, 0].astype(np.float32) / np.float32(255.0)  # (n, H, W)
+    identity = np.repeat(np.arange(n, dtype=np.int64), Y * L)
+    targets = frontal[identity][:, None]
+    labels = {
+        "identity": identity,
+        "yaw": np.tile(np.repeat(np.array(config.yaws, dtype=np.float32), L), n),
+        "light": np.tile(np.arange(L, dtype=np.int64), n * Y),
+    }
+    return PairDataset(inputs, targets, labels, name="synthetic-faces", check=False)
