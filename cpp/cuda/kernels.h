@@ -88,16 +88,18 @@ Status gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha
 int optim_num_versions();
 const char* optim_version_name(int version);
 
-// The formulas of cpp/optim.h / optim.cpp, element for element.
+// The formulas of cpp/optim.h / optim.cpp, element for element.  The hyperparameters come
+// in double, as PyTorch holds them (Python floats): every derived constant (1 - beta2,
+// lr / (1 - beta1^step), ...) is formed in double and rounded once to T, as the CPU does.
 template <typename T>
-Status sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, T lr, T momentum,
-                T dampening, T weight_decay, bool nesterov, bool first_step, int version,
-                cudaStream_t stream);
+Status sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, double lr, double momentum,
+                double dampening, double weight_decay, bool nesterov, bool first_step,
+                int version, cudaStream_t stream);
 
 template <typename T>
 Status adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step,
-                 T lr, T beta1, T beta2, T eps, T weight_decay, bool decoupled, int version,
-                 cudaStream_t stream);
+                 double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool decoupled, int version, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace gasca

@@ -8,13 +8,15 @@
 //      instructions by that factor; the update is memory-bound, so this is where the time
 //      goes.  Unaligned buffers fall back to version 0's loop.
 //
-// The formulas (torch.optim.SGD / Adam / AdamW, see cpp/optim.h):
+// The formulas (torch.optim.SGD / Adam / AdamW, see cpp/optim.h and cpp/optim.cpp):
 //   SGD:   g = grad + wd*p;  buf = first ? g : momentum*buf + (1 - dampening)*g
 //          g = nesterov ? g + momentum*buf : buf;  p -= lr*g
 //   Adam:  g = grad + wd*p (Adam) | p *= 1 - lr*wd (AdamW)
-//          m += (1 - b1)*(g - m);  v = b2*v + (1 - b2)*g*g
+//          m = lerp(m, g, 1 - b1)   (torch's lerp, = b1*m + (1 - b1)*g)
+//          v = b2*v + (1 - b2)*g*g
 //          p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// with the bias corrections computed on the host in double, as the CPU code does.
+// Every scalar constant is formed in double on the host and rounded once to T, exactly as
+// the CPU kernels form them, so the two differ only by the GPU's fused multiply-adds.
 #include <cmath>
 #include <cstdint>
 
@@ -34,16 +36,18 @@ const char* optim_version_name(int version) {
   return (version >= 0 && version < kOptimVersions) ? kOptimVersionNames[version] : "";
 }
 
+// The per-call scalars, rounded to T once (the same constants as cpp/optim.cpp forms).
 template <typename T>
 struct SgdArgs {
-  T lr, momentum, dampening, weight_decay;
-  bool nesterov, first_step;
+  T lr, momentum, keep, wd;  // keep = 1 - dampening
+  bool has_wd, has_momentum, nesterov, first_step;
 };
 
 template <typename T>
 struct AdamArgs {
-  T lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt;
-  bool decoupled;
+  T one_b1, one_b2, b2, eps, l2, decay, step_size, bc2_sqrt;
+  bool lerp_low;  // torch's lerp takes its exact-at-the-ends form for weights >= 0.5
+  bool has_l2, has_decay;
 };
 
 // One element of each update, shared by both versions.  buf/m/v are read and written
@@ -51,26 +55,21 @@ struct AdamArgs {
 template <typename T>
 __device__ __forceinline__ void sgd_update(T& p, T grad, T& buf, const SgdArgs<T>& s) {
   T g = grad;
-  if (s.weight_decay != T(0)) g = g + s.weight_decay * p;  // wd == 0 never touches p
-  if (s.momentum != T(0)) {
-    buf = s.first_step ? g : s.momentum * buf + (T(1) - s.dampening) * g;
+  if (s.has_wd) g = g + s.wd * p;  // wd == 0 never reads p (0 * inf would be NaN)
+  if (s.has_momentum) {
+    buf = s.first_step ? g : s.momentum * buf + s.keep * g;
     g = s.nesterov ? g + s.momentum * buf : buf;
   }
-  p -= s.lr * g;
+  p = p - s.lr * g;
 }
 
 template <typename T>
 __device__ __forceinline__ void adam_update(T& p, T grad, T& m, T& v, const AdamArgs<T>& s) {
-  T g = grad;
-  if (s.weight_decay != T(0)) {
-    if (s.decoupled)
-      p *= T(1) - s.lr * s.weight_decay;  // AdamW: decay the weight itself
-    else
-      g = g + s.weight_decay * p;  // Adam: L2 penalty through the gradient
-  }
-  m += (T(1) - s.beta1) * (g - m);
-  v = s.beta2 * v + (T(1) - s.beta2) * g * g;
-  p -= s.step_size * (m / (sqrt(v) / s.bc2_sqrt + s.eps));
+  if (s.has_decay) p = p * s.decay;  // AdamW: decay the weight itself
+  const T g = s.has_l2 ? grad + s.l2 * p : grad;  // Adam: L2 penalty through the gradient
+  m = s.lerp_low ? m + s.one_b1 * (g - m) : g - (g - m) * (T(1) - s.one_b1);
+  v = v * s.b2 + s.one_b2 * g * g;
+  p = p - s.step_size * (m / (sqrt(v) / s.bc2_sqrt + s.eps));
 }
 
 // ============================================================ version 0: naive
@@ -156,14 +155,15 @@ static bool aligned16(const void* ptr) {
 }
 
 template <typename T>
-Status sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, T lr, T momentum,
-                T dampening, T weight_decay, bool nesterov, bool first_step, int version,
-                cudaStream_t stream) {
+Status sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, double lr, double momentum,
+                double dampening, double weight_decay, bool nesterov, bool first_step,
+                int version, cudaStream_t stream) {
   if (version < 0) version = kOptimVersions - 1;
   if (n == 0) return Status{};
   // momentum == 0 never touches the buffer (the bindings allow None for it then).
-  T* buf = momentum != T(0) ? momentum_buf : nullptr;
-  const SgdArgs<T> s{lr, momentum, dampening, weight_decay, nesterov, first_step};
+  T* buf = momentum != 0.0 ? momentum_buf : nullptr;
+  const SgdArgs<T> s{T(lr),          T(momentum),      T(1.0 - dampening), T(weight_decay),
+                     weight_decay != 0.0, momentum != 0.0, nesterov,           first_step};
   if (version == 1 && aligned16(param) && aligned16(grad) && aligned16(buf)) {
     const int64_t packs = n / Pack<T>::size;
     sgd_vectorised<T><<<elementwise_blocks(packs > 0 ? packs : n), kElementwiseThreads, 0,
@@ -177,21 +177,24 @@ Status sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, T lr, T mom
 
 template <typename T>
 Status adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step,
-                 T lr, T beta1, T beta2, T eps, T weight_decay, bool decoupled, int version,
-                 cudaStream_t stream) {
+                 double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool decoupled, int version, cudaStream_t stream) {
   if (version < 0) version = kOptimVersions - 1;
   if (n == 0) return Status{};
-  // As cpp/optim.cpp: bias corrections in double, then rounded to T.
-  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
-  const AdamArgs<T> s{lr,
-                      beta1,
-                      beta2,
-                      eps,
-                      weight_decay,
-                      static_cast<T>(static_cast<double>(lr) / bc1),
-                      static_cast<T>(std::sqrt(bc2)),
-                      decoupled};
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  AdamArgs<T> s;
+  s.one_b1 = T(1.0 - beta1);
+  s.one_b2 = T(1.0 - beta2);
+  s.b2 = T(beta2);
+  s.eps = T(eps);
+  s.l2 = T(weight_decay);
+  s.decay = T(1.0 - lr * weight_decay);
+  s.step_size = T(lr / bc1);
+  s.bc2_sqrt = T(std::sqrt(bc2));
+  s.lerp_low = (1.0 - beta1) < 0.5;
+  s.has_l2 = !decoupled && weight_decay != 0.0;
+  s.has_decay = decoupled && weight_decay != 0.0;
   if (version == 1 && aligned16(param) && aligned16(grad) && aligned16(exp_avg) &&
       aligned16(exp_avg_sq)) {
     const int64_t packs = n / Pack<T>::size;
@@ -204,12 +207,12 @@ Status adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, 
   return launch_status("adam_naive");
 }
 
-template Status sgd_step<float>(int64_t, float*, const float*, float*, float, float, float, float,
-                                bool, bool, int, cudaStream_t);
-template Status sgd_step<double>(int64_t, double*, const double*, double*, double, double, double,
-                                 double, bool, bool, int, cudaStream_t);
-template Status adam_step<float>(int64_t, float*, const float*, float*, float*, int64_t, float,
-                                 float, float, float, float, bool, int, cudaStream_t);
+template Status sgd_step<float>(int64_t, float*, const float*, float*, double, double, double,
+                                double, bool, bool, int, cudaStream_t);
+template Status sgd_step<double>(int64_t, double*, const double*, double*, double, double,
+                                 double, double, bool, bool, int, cudaStream_t);
+template Status adam_step<float>(int64_t, float*, const float*, float*, float*, int64_t, double,
+                                 double, double, double, double, bool, int, cudaStream_t);
 template Status adam_step<double>(int64_t, double*, const double*, double*, double*, int64_t,
                                   double, double, double, double, double, bool, int,
                                   cudaStream_t);
