@@ -1,0 +1,120 @@
+"""Look at the data before training.
+
+    python -m gasca_core.data preview [--dataset NAME] [--data PATH] --out grid.png
+    python -m gasca_core.data info    [--dataset NAME] [--data PATH]
+
+preview saves a grid: the top row holds inputs, the row below their targets; columns are
+random pairs (seeded), sorted by yaw where the labels have one. info prints the sizes of
+the dataset and its splits and the values each label takes.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .datasets import DATASET_NAMES, PairDataset, get_splits, infer_dataset, load_dataset
+from .grid import save_image_grid
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE -> (key, value); the value is a Python literal if it parses as one."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--opt expects KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=DATASET_NAMES, default=None,
+                   help="which data (default: synthetic-faces, or inferred from --data: "
+                        "*.npz -> npz, a folder with inputs/ or pairs.csv -> folder, "
+                        "another folder -> multipie)")
+    p.add_argument("--data", default=None, help="path of your data (folder, tree or .npz)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="resize (or render) images to this many pixels square (default 64); "
+                        "0 keeps the files' own size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the pick")
+    p.add_argument("--opt", type=_parse_option, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="a loader option, repeatable, e.g. --opt n_identities=20 "
+                        "--opt target_light=7 --opt on_missing=skip")
+
+
+def _label_text(labels: dict[str, np.ndarray], i: int) -> str:
+    parts = []
+    if "yaw" in labels:
+        parts.append(f"{float(labels['yaw'][i]):+.0f}")
+    if "light" in labels:
+        parts.append(f"L{int(labels['light'][i])}")
+    return " ".join(parts)
+
+
+def preview(ds: PairDataset, out: str, n: int, seed: int, scale: int) -> None:
+    """Save a grid of n pairs of ds: inputs above, targets below."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
+    if "yaw" in ds.labels:
+        pick = pick[np.argsort(ds.labels["yaw"][pick], kind="stable")]
+    col_labels = [_label_text(ds.labels, int(i)) for i in pick]
+    save_image_grid([ds.inputs[pick], ds.targets[pick]], out, labels=["input", "target"],
+                    col_labels=col_labels if any(col_labels) else None, scale=scale)
+
+
+def info(name: Optional[str], data: Optional[str], seed: int, image_size: Optional[int],
+         opts: dict[str, Any]) -> None:
+    train, val, test = get_splits(name, data, seed=seed, image_size=image_size, **opts)
+    whole = len(train) + len(val) + len(test)
+    print(f"dataset: {name or infer_dataset(data)}, {whole} pairs of {train.image_shape}")
+    for split in (train, val, test):
+        groups = split.groups()
+        persons = f", {len(np.unique(groups))} persons" if groups is not None else ""
+        print(f"  {split.name}: {len(split)} pairs{persons}")
+    for key, values in train.labels.items():
+        distinct = np.unique(values)
+        shown = ", ".join(str(v) for v in distinct[:15])
+        more = f", ... ({len(distinct)} distinct)" if len(distinct) > 15 else ""
+        print(f"  label {key}: {shown}{more}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gasca_core.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_prev = sub.add_parser("preview", help="save a grid of (input, target) pairs")
+    _common(p_prev)
+    p_prev.add_argument("--out", required=True, help="where to write the grid (.png)")
+    p_prev.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                        help="which split to draw from (default all)")
+    p_prev.add_argument("-n", "--n", type=int, default=9, help="pairs to show (default 9)")
+    p_prev.add_argument("--scale", type=int, default=2, help="magnification (default 2)")
+    p_info = sub.add_parser("info", help="print sizes of the dataset, its splits and labels")
+    _common(p_info)
+    args = parser.parse_args(argv)
+    opts = dict(args.opt)
+    image_size = args.image_size or None
+    try:
+        if args.command == "preview":
+            if args.n < 1 or args.scale < 1:
+                parser.error("--n and --scale must be >= 1")
+            ds = load_dataset(args.dataset, args.data, split=args.split, seed=args.seed,
+                              image_size=image_size, **opts)
+            preview(ds, args.out, args.n, args.seed, args.scale)
+            print(f"wrote {args.out}: {min(args.n, len(ds))} pairs of {ds.name} "
+                  f"(top: inputs, bottom: targets)")
+        else:
+            info(args.dataset, args.data, args.seed, image_size, opts)
+    except (ValueError, TypeError) as e:  # bad data or options: one clear line, no trace
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
