@@ -226,3 +226,35 @@ def test_repr_lists_layers():
     text = repr(TinyAE())
     assert "Conv2d(1, 4, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1))" in text
     assert "output_padding=(1, 1)" in text and "LeakyReLU(negative_slope=0.2)" in text
+
+
+def test_modules_deepcopy_and_pickle(rng):
+    import copy
+    import pickle
+    m = TinyAE()
+    x = gc.Tensor(rng.random((1, 1, 4, 4)).astype(np.float32))
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        np.testing.assert_array_equal(clone(x).data, m(x).data)
+        clone.enc[0].weight.data[...] = 0  # an independent copy
+        assert np.any(m.enc[0].weight.data != 0)
+
+
+def test_cuda_requests_fail_clearly_without_cupy():
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed: this checks the message on machines without it")
+    except Exception:
+        pass
+    with pytest.raises(RuntimeError, match="CuPy"):
+        nn.Linear(2, 2).to("cuda")
+    with pytest.raises(RuntimeError, match="CuPy"):
+        gc.Tensor([1.0]).to("cuda")
+
+
+def test_importing_gasca_core_does_not_import_cupy():
+    import subprocess
+    import sys
+    code = "import sys, gasca_core; print('cupy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")

@@ -147,9 +147,23 @@ def _kernels_for(array: Any):
 
 
 def _c(array: Any) -> Any:
-    """A C-contiguous version of `array` (the same object when it already is)."""
+    """A C-contiguous version of `array` (the same object when it already is), whose dtype
+    is NumPy's canonical dtype object (see `_canonical`)."""
     xp = get_array_module(array)
-    return xp.ascontiguousarray(array)
+    return _canonical(xp.ascontiguousarray(array))
+
+
+def _canonical(array: Any) -> Any:
+    """A view of `array` whose dtype is the canonical np.dtype(np.float32/float64) object.
+
+    Arrays restored by pickle carry an equal but distinct dtype object, which an identity
+    check in a binding would reject; a view shares the memory, so in-place updates still
+    reach the original array.
+    """
+    if array is None or is_cupy_array(array):
+        return array
+    canonical = np.dtype(array.dtype.type)
+    return array if array.dtype is canonical or not array.dtype.isnative else array.view(canonical)
 
 
 def versions() -> dict:
@@ -196,8 +210,8 @@ def conv2d_forward(x, weight, bias, stride: Pair, padding: Pair, dilation: Pair,
     oh, ow = conv2d_output_size((h, w), (kh, kw), stride, padding, dilation)
     out = xp.empty((n, co, oh, ow), dtype=x.dtype)
     module, extra = _kernels_for(x)
-    module.conv2d_forward(_c(x), _c(weight), None if bias is None else _c(bias), out,
-                          tuple(stride), tuple(padding), tuple(dilation), version=version, **extra)
+    module.conv2d_forward(_c(x), _c(weight), None if bias is None else _c(bias),
+                          _canonical(out), tuple(stride), tuple(padding), tuple(dilation), version=version, **extra)
     return out
 
 
@@ -207,7 +221,7 @@ def conv2d_backward_input(grad_out, weight, input_shape, stride: Pair, padding: 
     xp = get_array_module(grad_out)
     grad_in = xp.empty(tuple(input_shape), dtype=grad_out.dtype)
     module, extra = _kernels_for(grad_out)
-    module.conv2d_backward_input(_c(grad_out), _c(weight), grad_in, tuple(stride),
+    module.conv2d_backward_input(_c(grad_out), _c(weight), _canonical(grad_in), tuple(stride),
                                  tuple(padding), tuple(dilation), version=version, **extra)
     return grad_in
 
@@ -218,7 +232,7 @@ def conv2d_backward_weight(x, grad_out, weight_shape, stride: Pair, padding: Pai
     xp = get_array_module(x)
     grad_weight = xp.empty(tuple(weight_shape), dtype=x.dtype)
     module, extra = _kernels_for(x)
-    module.conv2d_backward_weight(_c(x), _c(grad_out), grad_weight, tuple(stride),
+    module.conv2d_backward_weight(_c(x), _c(grad_out), _canonical(grad_weight), tuple(stride),
                                   tuple(padding), tuple(dilation), version=version, **extra)
     return grad_weight
 
@@ -228,7 +242,7 @@ def conv2d_backward_bias(grad_out):
     xp = get_array_module(grad_out)
     grad_bias = xp.empty((grad_out.shape[1],), dtype=grad_out.dtype)
     module, extra = _kernels_for(grad_out)
-    module.conv2d_backward_bias(_c(grad_out), grad_bias, **extra)
+    module.conv2d_backward_bias(_c(grad_out), _canonical(grad_bias), **extra)
     return grad_bias
 
 
@@ -243,8 +257,8 @@ def conv_transpose2d_forward(x, weight, bias, stride: Pair, padding: Pair, outpu
                                           dilation)
     out = xp.empty((n, co, oh, ow), dtype=x.dtype)
     module, extra = _kernels_for(x)
-    module.conv_transpose2d_forward(_c(x), _c(weight), None if bias is None else _c(bias), out,
-                                    tuple(stride), tuple(padding), tuple(output_padding),
+    module.conv_transpose2d_forward(_c(x), _c(weight), None if bias is None else _c(bias),
+                                    _canonical(out), tuple(stride), tuple(padding), tuple(output_padding),
                                     tuple(dilation), version=version, **extra)
     return out
 
@@ -255,7 +269,7 @@ def conv_transpose2d_backward_input(grad_out, weight, input_shape, stride: Pair,
     xp = get_array_module(grad_out)
     grad_in = xp.empty(tuple(input_shape), dtype=grad_out.dtype)
     module, extra = _kernels_for(grad_out)
-    module.conv_transpose2d_backward_input(_c(grad_out), _c(weight), grad_in, tuple(stride),
+    module.conv_transpose2d_backward_input(_c(grad_out), _c(weight), _canonical(grad_in), tuple(stride),
                                            tuple(padding), tuple(output_padding),
                                            tuple(dilation), version=version, **extra)
     return grad_in
@@ -267,7 +281,7 @@ def conv_transpose2d_backward_weight(x, grad_out, weight_shape, stride: Pair, pa
     xp = get_array_module(x)
     grad_weight = xp.empty(tuple(weight_shape), dtype=x.dtype)
     module, extra = _kernels_for(x)
-    module.conv_transpose2d_backward_weight(_c(x), _c(grad_out), grad_weight, tuple(stride),
+    module.conv_transpose2d_backward_weight(_c(x), _c(grad_out), _canonical(grad_weight), tuple(stride),
                                             tuple(padding), tuple(output_padding),
                                             tuple(dilation), version=version, **extra)
     return grad_weight
@@ -280,7 +294,7 @@ def gemm(a, b, trans_a: bool = False, trans_b: bool = False, version: int = -1):
     n = b.shape[0] if trans_b else b.shape[1]
     c = xp.empty((m, n), dtype=a.dtype)
     module, extra = _kernels_for(a)
-    module.gemm(_c(a), _c(b), c, trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0,
+    module.gemm(_c(a), _c(b), _canonical(c), trans_a=trans_a, trans_b=trans_b, alpha=1.0, beta=0.0,
                 version=version, **extra)
     return c
 
@@ -296,7 +310,8 @@ def sgd_step(param, grad, momentum_buf: Optional[Any], lr: float, momentum: floa
     `grad` is made contiguous and cast to the parameter's dtype here.
     """
     module, extra = _kernels_for(param)
-    module.sgd_step(param, _c(grad.astype(param.dtype, copy=False)), momentum_buf, float(lr),
+    module.sgd_step(_canonical(param), _c(grad.astype(param.dtype, copy=False)),
+                    _canonical(momentum_buf), float(lr),
                     float(momentum), float(dampening), float(weight_decay), bool(nesterov),
                     bool(first_step), version=version, **extra)
 
@@ -307,6 +322,6 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step: int, lr: float, beta1: flo
     """Fused in-place Adam (decoupled=False) or AdamW (decoupled=True) update; see
     cpp/optim.h.  `step` is the 1-based step count after this update."""
     module, extra = _kernels_for(param)
-    module.adam_step(param, _c(grad.astype(param.dtype, copy=False)), exp_avg, exp_avg_sq,
-                     int(step), float(lr), float(beta1), float(beta2), float(eps),
+    module.adam_step(_canonical(param), _c(grad.astype(param.dtype, copy=False)),
+                     _canonical(exp_avg), _canonical(exp_avg_sq), int(step), float(lr), float(beta1), float(beta2), float(eps),
                      float(weight_decay), bool(decoupled), version=version, **extra)

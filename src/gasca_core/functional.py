@@ -327,6 +327,12 @@ class Permute(Function):
         return grad.transpose(np.argsort(ctx.axes)), None
 
 
+def _is_basic_index(index: Any) -> bool:
+    """True for NumPy "basic" indexing (ints, slices, ..., None): a view, no repeats."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis for i in parts)
+
+
 class GetItem(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, index: Any) -> Any:
@@ -337,7 +343,9 @@ class GetItem(Function):
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
         xp = _xp(grad)
         out = xp.zeros(ctx.in_shape, dtype=grad.dtype)
-        if xp is np:
+        if _is_basic_index(ctx.index):  # slices and ints never select an element twice
+            out[ctx.index] = grad
+        elif xp is np:
             np.add.at(out, ctx.index, grad)  # sums repeated indices, like PyTorch
         else:
             import cupyx
