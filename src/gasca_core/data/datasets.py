@@ -120,14 +120,29 @@ def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     return f  # type: ignore[return-value]
 
 
+def _share_out(g: int, f: tuple[float, float, float]) -> list[int]:
+    """Split g items by fractions f: largest remainders (ties: train, val, test), then at
+    least one for every non-zero fraction, taken from the biggest share."""
+    exact = [x * g for x in f]
+    counts = [int(np.floor(e + 1e-9)) for e in exact]
+    for i in sorted(range(3), key=lambda i: counts[i] - exact[i])[:g - sum(counts)]:
+        counts[i] += 1
+    for i in range(3):
+        if counts[i] == 0 and f[i] > 0:
+            j = int(np.argmax(counts))
+            if counts[j] > 1:
+                counts[i], counts[j] = 1, counts[j] - 1
+    return counts
+
+
 def split_indices(n: int, groups: Optional[np.ndarray] = None,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices (train, val, test), each sorted, that partition range(n).
 
     With ``groups`` (n,) (e.g. identity), whole groups go to one split: the distinct groups
-    are shuffled with ``seed`` and cut by ``fractions`` (rounded; a non-zero fraction gets
-    at least one group when there are enough). Without, single pairs are shuffled and cut.
+    are shuffled with ``seed`` and cut by ``fractions`` (largest remainders; a non-zero
+    fraction gets at least one group, else ValueError). Without, pairs are shuffled and cut.
     The shuffle uses its own stream, SeedSequence([seed, 1]), so that a batch iterator with
     the same seed does not repeat it.
     """
@@ -138,14 +153,12 @@ def split_indices(n: int, groups: Optional[np.ndarray] = None,
     unique, inverse = np.unique(keys, return_inverse=True)
     g = len(unique)
     order = np.random.default_rng(np.random.SeedSequence([int(seed), 1])).permutation(g)
-    n_val, n_test = (int(round(x * g)) for x in f[1:])
-    if g >= 3:
-        n_val, n_test = (max(k, 1) if x > 0 else k for k, x in zip((n_val, n_test), f[1:]))
-    n_train = g - n_val - n_test
-    if n_train < 1 and f[0] > 0:
+    counts = _share_out(g, f)
+    if any(k == 0 and x > 0 for k, x in zip(counts, f)):
         what = "groups (persons)" if groups is not None else "pairs"
-        raise ValueError(f"cannot split {g} {what} into train/val/test by {f}: "
-                         f"too few to give every split one")
+        raise ValueError(f"cannot split {g} {what} into train/val/test by {f}: too few to "
+                         f"give every split with a non-zero fraction at least one")
+    n_train, n_val, _ = counts
     part = np.empty(g, dtype=np.int64)
     part[order[:n_train]] = 0
     part[order[n_train:n_train + n_val]] = 1

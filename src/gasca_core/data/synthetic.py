@@ -90,7 +90,7 @@ class SyntheticFacesConfig:
     ambient: share of light that reaches every surface, in [0, 1].
     """
 
-    n_identities: int = 150
+    n_identities: int = 120
     image_size: int = 64
     yaws: tuple[float, ...] = DEFAULT_YAWS
     lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS
@@ -266,8 +266,20 @@ def render_heads(params: dict[str, np.ndarray], identity: np.ndarray, yaw_deg: n
     return out
 
 
+def render_parts(params: dict[str, np.ndarray], identity: np.ndarray, yaw_deg: np.ndarray,
+                 image_size: int, supersample: int = 1) -> np.ndarray:
+    """Which part (CRANIUM, ..., HAIR; -1 = background) each pixel sees after the z-buffer:
+    int8 (B, image_size * supersample, image_size * supersample). For tests and teaching:
+    shows what is visible, e.g. that the far eye hides behind the nose at large yaw."""
+    identity = np.asarray(identity, dtype=np.int64)
+    centers, axes, albedo = build_primitives(params)
+    return _render_chunk(params, centers, axes, albedo, identity,
+                         np.asarray(yaw_deg, dtype=np.float64), np.zeros((1, 3)), image_size,
+                         supersample, 0.0, 0.0, parts=True)
+
+
 def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_size,
-                  supersample, background, ambient) -> np.ndarray:
+                  supersample, background, ambient, parts=False) -> np.ndarray:
     f = np.float32
     B, S = len(idx), image_size * supersample
     # Pixel centres on the image plane, a square window around the head; v grows upward.
@@ -342,6 +354,9 @@ def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_siz
         t_min[:, rs, cs][nearer] = t[nearer]
         kind[:, rs, cs][nearer] = k
 
+    if parts:  # which ellipsoid each ray sees, -1 for the background: (B, S, S)
+        return np.where(np.isfinite(t_min), kind, -1).astype(np.int8)
+
     # From here on only the M rays that hit a head are touched: flat arrays (M,).
     bi, row, col = np.nonzero(np.isfinite(t_min))
     kind, t = kind[bi, row, col].astype(np.intp), t_min[bi, row, col]
@@ -354,15 +369,13 @@ def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_siz
     # Cranium and jaw meet in a crease; blend their normals near it (the weight falls off
     # with the depth gap between the two surfaces) so that the union reads as one head.
     on_cranium = kind == CRANIUM
-    skin = on_cranium | (kind == JAW)
-    other = np.where(on_cranium, JAW, CRANIUM)
     t_other = np.where(on_cranium, t_skin[JAW][bi, row, col], t_skin[CRANIUM][bi, row, col])
-    both = skin & np.isfinite(t_other)
-    t_other = np.where(both, t_other, t)
-    w = np.where(both, np.exp(-(t_other - t) / 0.04), 0.0).astype(f)
-    c_o, ax_o = c[bi, other], ax[bi, other]
-    p_o = np.stack(points(uk, vk, t_other, cb, sb), axis=-1)
-    n = _unit(n + w[:, None] * _unit((p_o - c_o) / (ax_o * ax_o)))
+    near = np.flatnonzero(((kind == CRANIUM) | (kind == JAW)) & (t_other - t < 0.3))
+    other = np.where(on_cranium[near], JAW, CRANIUM)
+    c_o, ax_o = c[bi[near], other], ax[bi[near], other]
+    p_o = np.stack(points(uk[near], vk[near], t_other[near], cb[near], sb[near]), axis=-1)
+    w = np.exp(-(t_other[near] - t[near]) / 0.04)[:, None]
+    n[near] = _unit(n[near] + w * _unit((p_o - c_o) / (ax_o * ax_o)))
 
     alb = albedo[idx[bi], kind].astype(f)                              # (M,)
     alb = _paint(params, idx[bi], kind, p, c_hit, alb)
@@ -506,7 +519,7 @@ def synthetic_faces_images(config: SyntheticFacesConfig, cache: bool = True) -> 
 
 
 def load_synthetic_faces(data: None = None, image_size: Optional[int] = 64, *,
-                         n_identities: int = 150, data_seed: int = 0,
+                         n_identities: int = 120, data_seed: int = 0,
                          yaws: tuple[float, ...] = DEFAULT_YAWS,
                          lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS,
                          supersample: int = 2, background: float = 0.25, ambient: float = 0.3,
