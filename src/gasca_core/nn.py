@@ -186,6 +186,12 @@ class Module:
         for _, buf in self.named_buffers(recurse=recurse):
             yield buf
 
+    def apply(self, fn: Any) -> "Module":
+        """Call fn(module) on every sub-module, children before parents (e.g. a custom init)."""
+        for module in reversed(list(self.modules())):
+            fn(module)
+        return self
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Total number of scalar parameters (only those with requires_grad, if asked)."""
         return int(sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only))
