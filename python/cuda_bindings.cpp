@@ -90,7 +90,9 @@ struct Arg {
 // The device memory check: the pointer must be device (or managed) memory of the current
 // device, or the kernels would read another GPU's (or the host's) addresses.
 void check_device_pointer(const Arg& a) {
-  if (a.ptr == 0) return;  // empty arrays are rejected later, with a better message
+  // Empty arrays may carry any pointer (or none); the functions that cannot take them
+  // reject them later, with a better message.
+  if (a.ptr == 0 || a.numel == 0) return;
   int current = 0;
   if (cudaGetDevice(&current) != cudaSuccess) {
     const cudaError_t err = cudaGetLastError();
