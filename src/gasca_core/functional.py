@@ -324,7 +324,7 @@ class Permute(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
-        return grad.transpose(np.argsort(ctx.axes)), None
+        return grad.transpose(tuple(int(a) for a in np.argsort(ctx.axes))), None
 
 
 def _is_basic_index(index: Any) -> bool:
@@ -586,13 +586,17 @@ class Clamp(Function):
     @staticmethod
     def forward(ctx: Context, x: Any, lo: Optional[float], hi: Optional[float]) -> Any:
         # The gradient passes where lo <= x <= hi (inclusive, as in PyTorch).
-        inside = _xp(x).ones(x.shape, dtype=bool)
+        xp = _xp(x)
+        inside = xp.ones(x.shape, dtype=bool)
+        out = x
         if lo is not None:
             inside &= x >= lo
+            out = xp.maximum(out, x.dtype.type(lo))
         if hi is not None:
             inside &= x <= hi
+            out = xp.minimum(out, x.dtype.type(hi))
         ctx.save_for_backward(inside)
-        return _xp(x).clip(x, lo, hi)
+        return out if out is not x else x.copy()
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:

@@ -6,13 +6,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import backend
-from .tensor import Tensor
+from .tensor import Tensor, no_grad
 
 
 def numerical_grad(fn: Callable[..., Tensor], inputs: Sequence[Tensor], index: int,
                    eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of sum(fn(*inputs) * weights) with respect to inputs[index],
     where `weights` is a fixed random projection (so every output element matters)."""
+    with no_grad():  # plain evaluations: no graph needed
+        return _numerical_grad(fn, inputs, index, eps)
+
+
+def _numerical_grad(fn: Callable[..., Tensor], inputs: Sequence[Tensor], index: int,
+                    eps: float) -> np.ndarray:
     x = inputs[index]
     data = x.data
     out = fn(*inputs).data
