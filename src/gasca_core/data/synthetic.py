@@ -357,88 +357,114 @@ def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_siz
     if parts:  # which ellipsoid each ray sees, -1 for the background: (B, S, S)
         return np.where(np.isfinite(t_min), kind, -1).astype(np.int8)
 
-    # From here on only the M rays that hit a head are touched: flat arrays (M,).
-    bi, row, col = np.nonzero(np.isfinite(t_min))
-    kind, t = kind[bi, row, col].astype(np.intp), t_min[bi, row, col]
-    cb, sb = cos[bi].astype(f), sin[bi].astype(f)
+    # From here on only the M rays that hit a head are touched: flat arrays (M,), one per
+    # coordinate (x, y, z kept apart: contiguous vectors are much faster than (M, 3)).
+    P = S * S
+    flat = np.flatnonzero(np.isfinite(t_min).ravel())
+    bi, pix = flat // P, flat % P
+    row, col = pix // S, pix % S
+    kind, t = kind.ravel()[flat].astype(np.intp), t_min.ravel()[flat]
+    cb, sb = cos.astype(f)[bi], sin.astype(f)[bi]
     uk, vk = u.astype(f)[col], v.astype(f)[row]
-    p = np.stack(points(uk, vk, t, cb, sb), axis=-1)                   # (M, 3)
-    c, ax = c.astype(f), ax.astype(f)
-    c_hit, ax_hit = c[bi, kind], ax[bi, kind]
-    n = _unit((p - c_hit) / (ax_hit * ax_hit))
+    c_all = c.astype(f).reshape(-1, 3).T.copy()                        # (3, B*K)
+    ax_all = ax.astype(f).reshape(-1, 3).T.copy()
+
+    def surface_normal(sel, k, t_sel):
+        """Unit normals (3 arrays) of ellipsoid k (per ray) at depth t_sel, rays sel."""
+        prim = bi[sel] * N_PRIMITIVES + k
+        q = points(uk[sel], vk[sel], t_sel, cb[sel], sb[sel])
+        n = [(q[i] - c_all[i][prim]) / ax_all[i][prim] ** 2 for i in range(3)]
+        norm = np.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2) + 1e-12
+        return [x / norm for x in n]
+
+    everything = slice(None)
+    px, py, pz = points(uk, vk, t, cb, sb)
+    nx, ny, nz = surface_normal(everything, kind, t)
     # Cranium and jaw meet in a crease; blend their normals near it (the weight falls off
     # with the depth gap between the two surfaces) so that the union reads as one head.
     on_cranium = kind == CRANIUM
-    t_other = np.where(on_cranium, t_skin[JAW][bi, row, col], t_skin[CRANIUM][bi, row, col])
+    t_other = np.where(on_cranium, t_skin[JAW].ravel()[flat], t_skin[CRANIUM].ravel()[flat])
     near = np.flatnonzero(((kind == CRANIUM) | (kind == JAW)) & (t_other - t < 0.3))
-    other = np.where(on_cranium[near], JAW, CRANIUM)
-    c_o, ax_o = c[bi[near], other], ax[bi[near], other]
-    p_o = np.stack(points(uk[near], vk[near], t_other[near], cb[near], sb[near]), axis=-1)
-    w = np.exp(-(t_other[near] - t[near]) / 0.04)[:, None]
-    n[near] = _unit(n[near] + w * _unit((p_o - c_o) / (ax_o * ax_o)))
+    w = np.exp(-(t_other[near] - t[near]) / 0.04)
+    n_other = surface_normal(near, np.where(on_cranium[near], JAW, CRANIUM), t_other[near])
+    blended = [n[near] + w * o for n, o in zip((nx, ny, nz), n_other)]
+    norm = np.sqrt(blended[0] ** 2 + blended[1] ** 2 + blended[2] ** 2) + 1e-12
+    nx[near], ny[near], nz[near] = (x / norm for x in blended)
 
-    alb = albedo[idx[bi], kind].astype(f)                              # (M,)
-    alb = _paint(params, idx[bi], kind, p, c_hit, alb)
+    alb = albedo.astype(f)[idx].ravel()[bi * N_PRIMITIVES + kind]      # (M,)
+    prim = bi * N_PRIMITIVES + kind
+    _paint(params, idx, bi, kind, px, py, pz,
+           [c_all[i][prim] for i in range(3)], alb)
 
-    # Normals to world coordinates (n_world = R n) and Lambert + ambient for every light.
-    n_world = np.stack([cb * n[:, 0] + sb * n[:, 2], n[:, 1], -sb * n[:, 0] + cb * n[:, 2]],
-                       axis=-1)
-    lambert = np.maximum(n_world @ lights.T.astype(f), 0.0)            # (M, L)
+    # Normals to world coordinates (n_world = R n), then Lambert + ambient for each light.
+    wx, wz = cb * nx + sb * nz, -sb * nx + cb * nz
     L = len(lights)
-    shade = np.full((B, S, S, L), background, dtype=f)
-    shade[bi, row, col] = alb[:, None] * (ambient + (1.0 - ambient) * lambert)
-    # Box-average supersample x supersample blocks: (B, S, S, L) -> (B, L, H, W).
-    # (A sum of strided views: much faster than .mean over the inner axes.)
-    img = np.zeros((B, image_size, image_size, L), dtype=f)
+    shade = np.full((L, B * P), background, dtype=f)
+    for j, (lx, ly, lz) in enumerate(lights.astype(f)):
+        lambert = np.maximum(wx * lx + ny * ly + wz * lz, 0.0)
+        shade[j, flat] = alb * (ambient + (1.0 - ambient) * lambert)
+    # Box-average supersample x supersample blocks: (L, B, S, S) -> (B, L, H, W), as a sum
+    # of strided views (much faster than .mean over inner axes).
+    shade = shade.reshape(L, B, S, S)
+    img = np.zeros((L, B, image_size, image_size), dtype=f)
     for i in range(supersample):
         for j in range(supersample):
-            img += shade[:, i::supersample, j::supersample]
+            img += shade[:, :, i::supersample, j::supersample]
     img *= 1.0 / supersample**2
-    return np.clip(img.transpose(0, 3, 1, 2), 0.0, 1.0)
+    return np.clip(img.transpose(1, 0, 2, 3), 0.0, 1.0)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """x / |x| along the last axis."""
-    return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
+def _paint(params, idx, bi, kind, px, py, pz, c_hit, alb) -> None:
+    """Surface details on top of each part's base albedo, in place on alb (M,).
 
+    M hit points (px, py, pz) in head coordinates, of image bi (person idx[bi]) on part
+    kind; c_hit: the 3 coordinates of that part's centre. Each detail only visits the
+    points of its part.
+    """
+    f = np.float32
 
-def _paint(params, idx, kind, p, c_hit, alb) -> np.ndarray:
-    """Surface details on top of each primitive's base albedo, at M hit points: (M,)."""
-    used = ("hair", "eye_x", "eye_y", "eye_r", "brow_dy", "brow_w", "brow_t", "iris",
-            "iris_deg", "nose_drop", "nose_w", "nose_h", "mouth_gap", "mouth_h")
-    g = {k: params[k].astype(np.float32)[idx] for k in used}  # (M,) each
-    px, py, pz = p[..., 0], p[..., 1], p[..., 2]
-    skin = (kind == CRANIUM) | (kind == JAW)
-    # Hair painted on the cranium too, so that a thin shell never leaves a bald seam.
-    on_hair = skin & (py > _hairline(params, px, pz, idx) - 0.01)
-    alb = np.where(on_hair, g["hair"], alb)
-    front = pz > 0.0
+    def person(name, sel):  # a parameter of the person seen by rays sel
+        return params[name].astype(f)[idx][bi[sel]]
+
+    # Skin: hair painted on the cranium too (so a thin shell never leaves a bald seam),
+    # darker eye sockets, arched eyebrows the colour of darkened hair.
+    sk = np.flatnonzero((kind == CRANIUM) | (kind == JAW))
+    x, y, z = px[sk], py[sk], pz[sk]
+    hair = person("hair", sk)
+    on_hair = y > _hairline(params, x, z, idx[bi[sk]]) - 0.01
+    a = np.where(on_hair, hair, alb[sk])
+    face = (z > 0.0) & ~on_hair
+    ex, ey, er = person("eye_x", sk), person("eye_y", sk), person("eye_r", sk)
+    brow_dy, brow_w, brow_t = person("brow_dy", sk), person("brow_w", sk), person("brow_t", sk)
     for side in (-1.0, 1.0):
-        dx = px - side * g["eye_x"]
-        # Darker eye socket: a soft blob around each eye.
-        r2 = (dx**2 + (py - g["eye_y"]) ** 2) / (1.6 * g["eye_r"]) ** 2
-        alb = np.where(skin & front & ~on_hair, alb * (1.0 - 0.3 * np.exp(-r2)), alb)
-        # Eyebrow: an arched band above the eye, the colour of darkened hair.
-        brow_y = g["eye_y"] + g["brow_dy"] - 1.2 * dx**2 - 0.15 * side * dx
-        brow = (np.abs(dx) < g["brow_w"]) & (np.abs(py - brow_y) < g["brow_t"] / 2)
-        alb = np.where(skin & front & brow, np.minimum(0.6 * g["hair"], 0.25), alb)
-    # Eyes: angle from the eyeball's forward axis picks pupil, iris, sclera; dark upper lid.
-    eye = (kind == EYE_L) | (kind == EYE_R)
-    q = (p - c_hit) / g["eye_r"][:, None]
-    cos_iris = np.cos(np.radians(g["iris_deg"]))
-    eye_alb = np.where(q[..., 2] > cos_iris, g["iris"], 0.9)
-    eye_alb = np.where(q[..., 2] > 0.97, 0.04, eye_alb)
-    eye_alb = np.where(q[..., 1] > 0.55, 0.08, eye_alb)
-    alb = np.where(eye, eye_alb, alb)
+        dx = x - side * ex
+        r2 = (dx**2 + (y - ey) ** 2) / (1.6 * er) ** 2
+        a = np.where(face, a * (1.0 - 0.3 * np.exp(-r2)), a)
+        brow_y = ey + brow_dy - 1.2 * dx**2 - 0.15 * side * dx
+        brow = face & (np.abs(dx) < brow_w) & (np.abs(y - brow_y) < brow_t / 2)
+        a = np.where(brow, np.minimum(0.6 * hair, 0.25), a)
+    alb[sk] = a
+    # Eyes: the angle from the eyeball's forward axis picks pupil, iris or sclera; the top
+    # of the ball is the dark upper lid.
+    ey_ = np.flatnonzero((kind == EYE_L) | (kind == EYE_R))
+    r = person("eye_r", ey_)
+    qy, qz = (py[ey_] - c_hit[1][ey_]) / r, (pz[ey_] - c_hit[2][ey_]) / r
+    a = np.where(qz > np.cos(np.radians(person("iris_deg", ey_))), person("iris", ey_), 0.9)
+    a = np.where(qz > 0.97, 0.04, a)
+    alb[ey_] = np.where(qy > 0.55, 0.08, a)
     # Nostrils: two dark ellipses on the underside of the nose.
-    ny = g["eye_y"] - g["nose_drop"]
-    nostril = ((np.abs(px) - 0.45 * g["nose_w"]) / (0.3 * g["nose_w"])) ** 2 + \
-              ((py - ny + 0.75 * g["nose_h"]) / (0.22 * g["nose_h"])) ** 2 < 1.0
-    alb = np.where((kind == NOSE) & nostril, 0.1, alb)
+    no = np.flatnonzero(kind == NOSE)
+    nw, nh = person("nose_w", no), person("nose_h", no)
+    nose_y = person("eye_y", no) - person("nose_drop", no)
+    nostril = ((np.abs(px[no]) - 0.45 * nw) / (0.3 * nw)) ** 2 + \
+              ((py[no] - nose_y + 0.75 * nh) / (0.22 * nh)) ** 2 < 1.0
+    alb[no[nostril]] = 0.1
     # Mouth: a dark line across the middle of the lips.
-    my = ny - g["nose_h"] - g["mouth_gap"] + 0.5 * g["mouth_h"]
-    alb = np.where((kind == LIPS) & (np.abs(py - my) < 0.28 * g["mouth_h"]), 0.08, alb)
-    return alb.astype(np.float32)
+    li = np.flatnonzero(kind == LIPS)
+    mh = person("mouth_h", li)
+    mouth_y = (person("eye_y", li) - person("nose_drop", li) - person("nose_h", li)
+               - person("mouth_gap", li) + 0.5 * mh)
+    alb[li[np.abs(py[li] - mouth_y) < 0.28 * mh]] = 0.08
 
 
 def render_dataset(config: SyntheticFacesConfig) -> np.ndarray:
