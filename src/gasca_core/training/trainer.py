@@ -496,6 +496,11 @@ class Trainer:
         """Train through every phase; returns the final validation metrics and counters."""
         if self.out_dir:
             os.makedirs(self.out_dir, exist_ok=True)
+            # A process killed while writing a checkpoint leaves its temporary file behind
+            # (the checkpoint itself is whole: the rename never happened).  Sweep them.
+            for name in os.listdir(self.out_dir):
+                if name.startswith(".tmp-") and name.endswith(".npz"):
+                    os.unlink(os.path.join(self.out_dir, name))
         latest = os.path.join(self.out_dir, "latest.npz") if self.out_dir else None
         if resume:
             if not latest or not os.path.exists(latest):
