@@ -1,6 +1,5 @@
 """The folder, Multi-PIE and npz loaders on small fixtures built here, including the bad
 cases: each works (converted as documented) or stops with an error naming the file."""
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from PIL import Image
 from gasca_core.data import ImageReadError, get_splits, infer_dataset, load_dataset, read_gray
 from gasca_core.data.folder import load_folder
 from gasca_core.data.multipie import CAMERA_YAW, load_multipie
-from gasca_core.data.npz import load_npz
+from gasca_core.data.npz import load_npz, save_npz
 
 
 def write_gray(path, a):
@@ -43,6 +42,18 @@ def test_read_gray_8bit_rgb_16bit_rgba(tmp_path, rng):
     out = read_gray(tmp_path / "t.png")
     assert out[0, 0] == 0.0
     np.testing.assert_allclose(out[1, 1], (200 / 255) * (128 / 255), rtol=1e-6)
+
+
+def test_read_gray_float_and_32bit_integer_images(tmp_path, rng):
+    f = rng.random((5, 5)).astype(np.float32)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(read_gray(tmp_path / "f.tif"), f)
+    Image.fromarray(f * 3, mode="F").save(tmp_path / "hot.tif")
+    with pytest.raises(ImageReadError, match=r"hot\.tif: float image must hold finite values"):
+        read_gray(tmp_path / "hot.tif")
+    Image.fromarray(np.full((3, 3), 70000, dtype=np.int32), mode="I").save(tmp_path / "i.tif")
+    with pytest.raises(ImageReadError, match=r"i\.tif: 32-bit integer image"):
+        read_gray(tmp_path / "i.tif")
 
 
 def test_read_gray_resizes_and_keeps_range(tmp_path, rng):
@@ -263,6 +274,17 @@ def test_npz_uint8_float_and_labels(tmp_path, rng):
     np.savez(tmp_path / "w.npz", inputs=a16, targets=a16)
     np.testing.assert_allclose(load_npz(tmp_path / "w.npz", image_size=None).inputs[:, 0],
                                a16 / 65535.0, atol=1e-7)
+
+
+def test_npz_round_trip_with_save_npz(tmp_path, rng):
+    x = rng.random((4, 1, 6, 6)).astype(np.float32)
+    from gasca_core.data import PairDataset
+    ds = PairDataset(x, x[::-1].copy(), {"identity": np.arange(4), "camera": np.array(list("abcd"))})
+    back = load_npz(save_npz(ds, tmp_path / "out" / "pairs.npz"), image_size=None)
+    np.testing.assert_array_equal(back.inputs, ds.inputs)
+    np.testing.assert_array_equal(back.targets, ds.targets)
+    assert back.labels["camera"].tolist() == list("abcd")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pairs.npz"]
 
 
 @pytest.mark.parametrize("arrays, match", [

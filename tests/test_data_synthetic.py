@@ -1,7 +1,5 @@
 """The built-in synthetic faces: shapes, ranges, labels, determinism, the target rule, real
 3D rotation (occlusion, mirror symmetry), the cache, and identity-disjoint splits."""
-import os
-import warnings
 
 import numpy as np
 import pytest

@@ -21,9 +21,10 @@ from .datasets import (DATASET_NAMES, DEFAULT_FRACTIONS, Batch, BatchIterator, P
                        split_indices)
 from .grid import make_image_grid, save_image_grid
 from .images import ImageReadError, read_gray
+from .npz import save_npz
 
 __all__ = [
     "DATASET_NAMES", "DEFAULT_FRACTIONS", "Batch", "BatchIterator", "PairDataset", "Splits",
     "get_splits", "infer_dataset", "load_dataset", "split_dataset", "split_indices",
-    "make_image_grid", "save_image_grid", "ImageReadError", "read_gray",
+    "make_image_grid", "save_image_grid", "ImageReadError", "read_gray", "save_npz",
 ]

@@ -14,11 +14,13 @@ Other arrays in the file are ignored. Pickled (object) arrays are never loaded.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .datasets import PairDataset
+from .grid import file_mode
 from .images import ImageSize, normalize_size, resize_gray
 
 
@@ -97,3 +99,25 @@ def load_npz(data: "str | os.PathLike[str]", image_size: ImageSize = 64) -> Pair
         inputs = np.stack([resize_gray(a[0], size) for a in inputs])[:, None]
         targets = np.stack([resize_gray(a[0], size) for a in targets])[:, None]
     return PairDataset(inputs, targets, labels, name=f"npz:{path.stem}", check=False)
+
+
+def save_npz(ds: PairDataset, path: "str | os.PathLike[str]") -> Path:
+    """Write ds in the format load_npz reads (float32 inputs/targets, label_<name> arrays),
+    atomically (temp file + rename). E.g. to hand the synthetic faces to another tool."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"path {str(path)!r} must end in .npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, inputs=ds.inputs, targets=ds.targets,
+                     **{f"label_{k}": v for k, v in ds.labels.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
