@@ -6,8 +6,9 @@ frontally under neutral light.
 
 The head
 --------
-Each identity is a union of ten axis-aligned ellipsoids in *head coordinates* (x to the
-subject's left as seen by the viewer, i.e. image right at yaw 0; y up; z out of the face):
+Each identity is a union of ten axis-aligned ellipsoids in *head coordinates* (x toward the
+subject's left, which is the image's right at yaw 0; y up; z out of the face; lengths in
+image half-widths, the image spanning about [-1, 1]):
 
     cranium, jaw (together: head shape and chin), neck, two eyeballs (a cap of each sticks
     out of the face: white sclera, dark iris and pupil, dark upper lid), nose, lips, two
@@ -23,8 +24,9 @@ vertical axis (positive yaw: the face turns toward the image's right, the subjec
 Rather than moving the head we move the rays into head coordinates (x_head = R^T x_world),
 intersect each ray with every ellipsoid in closed form (a quadratic), and keep the nearest
 entry point: a z-buffer over analytic surfaces, so features really move in 3D and hide one
-another (at 60 degrees the far eye slips behind the nose and the far cheek). The normal of
-an ellipsoid (x/a^2, y/b^2, z/c^2) gives per-pixel Lambertian + ambient shading:
+another (turned by 60 degrees, the far eye is half hidden and the far ear gone, while the
+near ear comes into view). The normal of an ellipsoid, (x/a^2, y/b^2, z/c^2) about its
+centre, gives per-pixel Lambertian + ambient shading (attached shadows, no cast shadows):
 
     I = albedo * (ambient + (1 - ambient) * max(0, n . l))
 
@@ -32,7 +34,13 @@ for each light direction l. Geometry is computed once per (identity, yaw) and sh
 all lights. Each image is rendered at ``supersample`` times the resolution and box-averaged
 (anti-aliasing), then quantized to 8 bits like a photograph, so the cache can hold uint8.
 
-Everything is vectorised NumPy over a chunk of (identity, yaw) images and their pixels.
+Everything is vectorised NumPy over a chunk of (identity, yaw) images and their pixels;
+the default set (120 persons x 9 yaws x 5 lights) renders in a few seconds on one core and
+is then cached (see :func:`cache_dir`).
+
+Lights (``DEFAULT_LIGHTS``, azimuth/elevation in degrees, positive azimuth = from the
+image's right): 0 frontal (neutral: the targets), 1 left 35 / up 15, 2 right 35 / up 15,
+3 left 70 / up 25, 4 right 70 / up 25.
 """
 from __future__ import annotations
 
