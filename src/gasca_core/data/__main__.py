@@ -50,7 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _label_text(labels: dict[str, np.ndarray], i: int) -> str:
     parts = []
     if "yaw" in labels:
-        parts.append(f"{float(labels['yaw'][i]):+.0f}")
+        yaw = float(labels["yaw"][i])
+        parts.append(f"{yaw:+.0f}" if yaw else "0")
     if "light" in labels:
         parts.append(f"L{int(labels['light'][i])}")
     return " ".join(parts)
