@@ -115,6 +115,8 @@ TILE_GEOMETRIES = [
     dict(n=2, ci=64, co=128, h=16, w=16, kh=3, kw=3, stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
     dict(n=1, ci=3, co=2, h=5, w=5, kh=5, kw=5, stride=(1, 1), padding=(0, 0), dilation=(1, 1)),
     dict(n=2, ci=2, co=3, h=6, w=7, kh=1, kw=1, stride=(4, 3), padding=(0, 0), dilation=(1, 1)),
+    # 81 stride phases: version 1's backward-input falls back to the gather.
+    dict(n=1, ci=2, co=3, h=20, w=21, kh=2, kw=3, stride=(9, 9), padding=(1, 0), dilation=(1, 2)),
 ]
 
 GEOMETRIES = random_geometries(30, seed=5) + TILE_GEOMETRIES

@@ -16,6 +16,7 @@
 //        forward          M = Co,  N = N*OH*OW,  K = Ci*KH*KW
 //        backward-input   one GEMM per stride phase (SH*SW of them), each over its live
 //                         taps only, so a stride-2 pass does no multiplications by zero
+//                         (strides with more than 64 phases use version 0's gather)
 //        backward-weight  M = Co,  N = Ci*KH*KW,  K = N*OH*OW, split-K over the batch
 //                         (atomic adds into a zeroed dw) where Co x Ci*KH*KW is too few
 //                         tiles to fill the GPU
@@ -152,6 +153,9 @@ __global__ void __launch_bounds__(kBiasThreads)
 
 // ============================================================ dispatch
 
+// Above this many stride phases, backward-input falls back to the gather (see below).
+constexpr int64_t kMaxPhases = 64;
+
 template <typename T>
 Status conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
                       int version, cudaStream_t stream) {
@@ -179,15 +183,20 @@ Status conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, con
   if (version < 0) version = kConvVersions - 1;
   const int64_t total = g.batch * g.in_channels * g.in_h * g.in_w;
   if (total == 0) return Status{};
-  if (version == 0) {
+  // The tiled pass launches one GEMM per stride phase that holds any rows of dx; with an
+  // absurd stride (far larger than the kernel, so most of dx is untouched by any tap) that
+  // would be many tiny launches, and the gather does the job better.
+  const int64_t phases = (g.stride_h < g.in_h ? g.stride_h : g.in_h) *
+                         (g.stride_w < g.in_w ? g.stride_w : g.in_w);
+  if (version == 0 || phases > kMaxPhases) {
     conv2d_backward_input_naive<T><<<elementwise_blocks(total), kElementwiseThreads, 0, stream>>>(
         g, dy, w, bias, dx);
     return launch_status("conv2d_backward_input_naive");
   }
   // One dense GEMM per stride phase; together the phases write every element of dx once
   // (a phase with no live taps writes zeros, or the bias).
-  for (int64_t rh = 0; rh < g.stride_h; ++rh)
-    for (int64_t rw = 0; rw < g.stride_w; ++rw) {
+  for (int64_t rh = 0; rh < g.stride_h && rh < g.in_h; ++rh)
+    for (int64_t rw = 0; rw < g.stride_w && rw < g.in_w; ++rw) {
       const PhaseAxis ph =
           make_phase_axis(rh, g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
       const PhaseAxis pw =

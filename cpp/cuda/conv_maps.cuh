@@ -114,7 +114,9 @@ GASCA_HD PhaseAxis make_phase_axis(int64_t r, int64_t L, int64_t K, int64_t S, i
   a.count = r < L ? (L - r + S - 1) / S : 0;
   a.step = S / gcd64(S, D);
   a.i0 = -1;
-  for (int64_t i = 0; i < a.step && a.i0 < 0; ++i) {
+  // Only taps i < K matter: a first live tap at K or beyond means no live taps at all (and
+  // the bound keeps this loop short for absurd strides).
+  for (int64_t i = 0; i < a.step && i < K && a.i0 < 0; ++i) {
     const int64_t num = r + P - i * D;  // must be a multiple of S
     if (((num % S) + S) % S == 0) a.i0 = i;
   }
