@@ -316,3 +316,14 @@ def test_npz_not_an_archive(tmp_path):
     np.savez(tmp_path / "pickled.npz", inputs=obj, targets=obj)
     with pytest.raises(ValueError, match="pickled.npz: cannot read its arrays"):
         load_npz(tmp_path / "pickled.npz")
+
+
+def test_npz_plain_labels_array_becomes_label(tmp_path):
+    from gasca_core.data import load_dataset
+    x = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "p.npz", inputs=x, targets=x, labels=np.arange(6) % 3)
+    ds = load_dataset("npz", tmp_path / "p.npz", image_size=None)
+    np.testing.assert_array_equal(ds.labels["label"], np.arange(6) % 3)
+    np.savez(tmp_path / "bad.npz", inputs=x, targets=x, labels=np.zeros((6, 2)))
+    with pytest.raises(ValueError, match="bad.npz.*'labels' must be"):
+        load_dataset("npz", tmp_path / "bad.npz", image_size=None)

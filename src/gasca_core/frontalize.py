@@ -1,6 +1,6 @@
 """python -m gasca_core.frontalize CHECKPOINT IMAGES... --out DIR: apply a trained G to your
 own image files.  Each image is read with Pillow, converted to grayscale, resized to the
-model's input size, run through G, and written to DIR under its own name (as PNG)."""
+model's input size (as the training pairs are), run through G, and written to DIR under its own name (as PNG)."""
 from __future__ import annotations
 
 import argparse
@@ -16,29 +16,11 @@ from .training.trainer import batched_apply, load_generator
 
 
 def read_image(path: str, size: int) -> np.ndarray:
-    """A (1, size, size) float32 image in [0, 1]; errors name the file and the problem."""
-    from PIL import Image, UnidentifiedImageError
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                a = a / (65535.0 if a.max() > 255 else 255.0)
-                im = Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
-                im = Image.alpha_composite(bg, im)
-            im = im.convert("L")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return (np.asarray(im, dtype=np.float32) / 255.0)[None]
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read") from None
-    except OSError as e:
-        raise ValueError(f"{path}: unreadable image ({e})") from None
+    """A (1, size, size) float32 image in [0, 1], converted exactly as the training pairs are
+    (gasca_core.data.read_gray: colour to luma, 16-bit scaled, alpha over black, resized).
+    Raises ValueError naming the file and the problem."""
+    from .data import read_gray
+    return read_gray(path, (size, size))[None]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

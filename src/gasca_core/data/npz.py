@@ -6,7 +6,8 @@ Arrays:
   Other types (signed integers, bool, complex) are refused.
 - labels, optional, either way:
   ``labels``: a structured array (N,) with one field per label
-  (e.g. ``np.rec.fromarrays([ids, yaws], names="identity,yaw")``), or
+  (e.g. ``np.rec.fromarrays([ids, yaws], names="identity,yaw")``), or a plain (N,) array
+  (one label per pair, available as the label named ``label``), or
   ``label_<name>``: one array (N,) per label (e.g. ``label_identity``, ``label_yaw``).
   A label named ``identity`` or ``subject`` makes the splits keep each person in one split.
 Other arrays in the file are ignored. Pickled (object) arrays are never loaded.
@@ -83,10 +84,14 @@ def load_npz(data: "str | os.PathLike[str]", image_size: ImageSize = 64) -> Pair
     labels: dict[str, np.ndarray] = {}
     if "labels" in arrays:
         rec = arrays["labels"]
-        if rec.dtype.names is None:
-            raise ValueError(f"{path}: 'labels' must be a structured array with one field per "
-                             f"label (or store arrays named label_<name>), got dtype {rec.dtype}")
-        labels.update({f: np.asarray(rec[f]) for f in rec.dtype.names})
+        if rec.dtype.names is not None:
+            labels.update({f: np.asarray(rec[f]) for f in rec.dtype.names})
+        elif rec.ndim == 1:  # one plain label per pair, e.g. a class index
+            labels["label"] = rec
+        else:
+            raise ValueError(f"{path}: 'labels' must be (N,) (one label per pair, named 'label'), "
+                             f"a structured array with one field per label, or stored as arrays "
+                             f"named label_<name>; got shape {rec.shape}")
     for key, value in arrays.items():
         if key.startswith("label_"):
             labels[key[len("label_"):]] = value
