@@ -144,3 +144,15 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, n
         for k in states[net]:
             np.testing.assert_array_equal(states[net][k], ref_states[net][k], err_msg=f"{net}/{k}")
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]  # torn temporaries swept
+
+
+def test_device_cuda_without_a_gpu_says_what_is_missing(tmp_path):
+    from gasca_core import backend
+    try:
+        backend.require_cuda()
+        pytest.skip("a usable GPU is present")
+    except RuntimeError:
+        pass
+    r = run(["gasca_core.train", "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert any(w in r.stderr for w in ("CuPy", "GPU", "_C_cuda")), r.stderr

@@ -451,6 +451,11 @@ class Trainer:
             "train_config": self.tc.to_dict(),
             "phase_index": self.phase_index,
             "phase_step": self.phase_step,
+            "epoch": self.phase_step // getattr(self, "_per_epoch", 1),
+            # Batches are drawn from np.random.default_rng([seed, 7, phase, epoch]) and new
+            # levels initialised from default_rng([seed, G/D, level]): this is all the RNG
+            # state there is, so (seed, phase, step) restores it exactly.
+            "rng": {"seed": self.tc.seed, "batch_stream": "default_rng([seed, 7, phase_index, epoch])"},
             "phase_name": self.phases[min(self.phase_index, len(self.phases) - 1)].name,
             "finished": self.phase_index >= len(self.phases),
             "g_depth": self.G.depth,
@@ -541,7 +546,7 @@ class Trainer:
                 opt_d.load_state_dict(self._opt_states["opt_d"])
             self._opt_states = {}
         use_adv = phase.kind != "finetune_d" and tc.adv_weight > 0
-        per_epoch = max(1, math.ceil(len(tr) / tc.batch_size))
+        per_epoch = self._per_epoch = max(1, math.ceil(len(tr) / tc.batch_size))
         eval_every = tc.eval_every or min(per_epoch, 200)
         # A time budget gives each phase its share of the seconds (restarted on resume).
         deadline = (time.perf_counter() + phase.time_share * tc.time_budget
@@ -584,7 +589,8 @@ class Trainer:
                 t_last = now
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+                    bar.set_postfix({"epoch": epoch, **{k: f"{v:.4g}" for k, v in losses.items()}},
+                                    refresh=False)
                 last = self.phase_step == phase.steps
                 if self.phase_step % eval_every == 0 or last:
                     record = {k: v / count for k, v in sums.items()}
