@@ -3,9 +3,20 @@
 // Versions (pick one with `version`; -1 = the last, fastest):
 //   0  reference: the direct 7-deep loop nest, read straight off the definition.
 //   1  im2col + gemm: unfold each image into a (C_in*KH*KW) x (OH*OW) column matrix and
-//      hand the whole convolution to gemm (the fastest gemm version).  backward-input is
-//      gemm into columns then col2im (scatter-add); backward-weight is gemm of dy with the
-//      columns transposed, accumulated over the batch.
+//      hand the whole convolution to gemm (its fastest version).  backward-input is gemm into
+//      columns then col2im (scatter-add); backward-weight is gemm of dy with the columns
+//      transposed, accumulated over the batch.  One image at a time; only gemm is parallel.
+//   2  fast: the same three products, restructured around the fast gemm's pieces
+//      (gemm_internal.h) so that nothing is materialised whole and both cores work on
+//      separate images with no synchronisation:
+//        forward          im2col writes straight into gemm's packed B panels (no column
+//                         matrix at all), the packed weight is shared, bias added per block;
+//        backward-input   W^T dy in cache-sized column blocks, each scattered back by col2im
+//                         at once (the column matrix never exists beyond one block);
+//        backward-weight  each thread accumulates dy_n col_n^T over its own images into a
+//                         private dW, the partial sums are added at the end.
+//      im2col/col2im copy whole row segments (memcpy for stride 1, a strided loop otherwise)
+//      with the padding handled once per segment, not per element.
 //
 // Every faster version is checked against version 0 by tests/test_kernels_conv.py.
 #include "conv2d.h"
@@ -15,7 +26,12 @@
 #include <stdexcept>
 
 #include "gemm.h"
+#include "gemm_internal.h"
 #include "workspace.h"
+
+#ifdef GASCA_OPENMP
+#include <omp.h>
+#endif
 
 namespace gasca {
 
@@ -213,6 +229,323 @@ static void backward_weight_im2col(const ConvGeometry& g, const T* x, const T* d
   if (g.batch == 0) std::fill(dw, dw + g.out_channels * kdim, T(0));
 }
 
+
+// ============================================================ version 2: fast
+namespace {
+
+using detail::ceil_div;
+using detail::round_up;
+
+// Output pixels [q0, q1) come in runs along output rows: run (oh, ow0, ow1) covers pixels
+// (oh, ow) for ow in [ow0, ow1), at column pos = q - q0 of the block.  Computing the runs
+// once per block keeps integer division out of the per-tap loops.
+struct Run {
+  int64_t oh, ow0, ow1, pos;
+};
+
+// For kernel column j: the output columns whose input column ow*sw - pw + j*dw is inside
+// the image are exactly [first, last).
+struct ColRange {
+  int64_t off, first, last;
+};
+
+constexpr int kMaxRuns = 64;
+constexpr int kMaxKernelW = 64;
+
+inline int make_runs(const ConvGeometry& g, int64_t q0, int64_t q1, Run* runs) {
+  int count = 0;
+  for (int64_t q = q0; q < q1;) {
+    const int64_t oh = q / g.out_w, ow0 = q % g.out_w;
+    const int64_t ow1 = std::min(g.out_w, ow0 + (q1 - q));
+    runs[count++] = Run{oh, ow0, ow1, q - q0};
+    q += ow1 - ow0;
+  }
+  return count;
+}
+
+inline void make_col_ranges(const ConvGeometry& g, ColRange* cr) {
+  for (int64_t j = 0; j < g.kernel_w; ++j) {
+    const int64_t off = j * g.dilation_w - g.pad_w, sw = g.stride_w;
+    // ow*sw + off >= 0  <=>  ow >= ceil(-off/sw);  ow*sw + off <= W-1  <=>  ow <= floor((W-1-off)/sw)
+    const int64_t first = off >= 0 ? 0 : (-off + sw - 1) / sw;
+    const int64_t last = (g.in_w - 1 - off) < 0 ? 0 : (g.in_w - 1 - off) / sw + 1;
+    cr[j] = ColRange{off, first, std::max(first, last)};
+  }
+}
+
+// Pixel blocks are cut so that a block never has more than kMaxRuns runs.
+inline int64_t max_pixels_per_chunk(const ConvGeometry& g) {
+  return (kMaxRuns - 2) * g.out_w;
+}
+
+// Rows [r0, r1) (taps (ci, i, j)) and columns [q0, q1) (output pixels) of image x's column
+// matrix, written to dst with row stride ld.  Each run of a row is a strided copy of one
+// input row segment, with zeros where it reads the padding.
+template <typename T>
+void im2col_block(const ConvGeometry& g, const T* x, int64_t r0, int64_t r1, int64_t q0,
+                  int64_t q1, T* dst, int64_t ld) {
+  if (g.kernel_w > kMaxKernelW) throw std::invalid_argument("conv2d: kernel width above 64");
+  ColRange cr[kMaxKernelW];
+  make_col_ranges(g, cr);
+  Run runs[kMaxRuns];
+  const int64_t chunk = max_pixels_per_chunk(g);
+  const int64_t kk = g.kernel_h * g.kernel_w, sw = g.stride_w;
+  for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
+    const int64_t c1 = std::min(q1, c0 + chunk);
+    const int nruns = make_runs(g, c0, c1, runs);
+    int64_t ci = r0 / kk, i = (r0 % kk) / g.kernel_w, j = r0 % g.kernel_w;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xc = x + ci * g.in_h * g.in_w;
+      T* row = dst + (r - r0) * ld + (c0 - q0);
+      const ColRange c = cr[j];
+      for (int k = 0; k < nruns; ++k) {
+        const Run& u = runs[k];
+        T* out = row + u.pos - u.ow0;  // out[ow] is pixel (u.oh, ow)
+        const int64_t ih = u.oh * g.stride_h - g.pad_h + i * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) {
+          for (int64_t ow = u.ow0; ow < u.ow1; ++ow) out[ow] = T(0);
+          continue;
+        }
+        const int64_t lo = std::max(u.ow0, std::min(c.first, u.ow1));
+        const int64_t hi = std::max(lo, std::min(u.ow1, c.last));
+        for (int64_t ow = u.ow0; ow < lo; ++ow) out[ow] = T(0);
+        const T* src = xc + ih * g.in_w + c.off;
+        if (sw == 1) {
+          std::memcpy(out + lo, src + lo, sizeof(T) * (hi - lo));
+        } else if (sw == 2) {
+#pragma omp simd
+          for (int64_t ow = lo; ow < hi; ++ow) out[ow] = src[2 * ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) out[ow] = src[ow * sw];
+        }
+        for (int64_t ow = hi; ow < u.ow1; ++ow) out[ow] = T(0);
+      }
+      if (++j == g.kernel_w) {
+        j = 0;
+        if (++i == g.kernel_h) i = 0, ++ci;
+      }
+    }
+  }
+}
+
+// The adjoint of im2col_block: add rows [r0, r1), columns [q0, q1) of a column matrix (row
+// stride ld) back onto the input pixels they were read from.
+template <typename T>
+void col2im_block(const ConvGeometry& g, const T* col, int64_t r0, int64_t r1, int64_t q0,
+                  int64_t q1, int64_t ld, T* dx) {
+  if (g.kernel_w > kMaxKernelW) throw std::invalid_argument("conv2d: kernel width above 64");
+  ColRange cr[kMaxKernelW];
+  make_col_ranges(g, cr);
+  Run runs[kMaxRuns];
+  const int64_t chunk = max_pixels_per_chunk(g);
+  const int64_t kk = g.kernel_h * g.kernel_w, sw = g.stride_w;
+  for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
+    const int64_t c1 = std::min(q1, c0 + chunk);
+    const int nruns = make_runs(g, c0, c1, runs);
+    int64_t ci = r0 / kk, i = (r0 % kk) / g.kernel_w, j = r0 % g.kernel_w;
+    for (int64_t r = r0; r < r1; ++r) {
+      T* xc = dx + ci * g.in_h * g.in_w;
+      const T* row = col + (r - r0) * ld + (c0 - q0);
+      const ColRange c = cr[j];
+      for (int k = 0; k < nruns; ++k) {
+        const Run& u = runs[k];
+        const int64_t ih = u.oh * g.stride_h - g.pad_h + i * g.dilation_h;
+        if (ih < 0 || ih >= g.in_h) continue;
+        const T* in = row + u.pos - u.ow0;
+        const int64_t lo = std::max(u.ow0, std::min(c.first, u.ow1));
+        const int64_t hi = std::max(lo, std::min(u.ow1, c.last));
+        T* d = xc + ih * g.in_w + c.off;
+        if (sw == 1) {
+#pragma omp simd
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += in[ow];
+        } else {
+          for (int64_t ow = lo; ow < hi; ++ow) d[ow * sw] += in[ow];
+        }
+      }
+      if (++j == g.kernel_w) {
+        j = 0;
+        if (++i == g.kernel_h) i = 0, ++ci;
+      }
+    }
+  }
+}
+
+// Pack rows [k0, k0+kc) x columns [q0, q0+nc) of image x's column matrix straight into the
+// fast gemm's B panels ([kc][NR] each), zero columns past the last pixel.
+template <typename T>
+void pack_b_im2col(const ConvGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t q0,
+                   int64_t nc, T* dst) {
+  constexpr int NR = detail::GemmBlocking<T>::NR;
+  for (int64_t jp = 0; jp * NR < nc; ++jp) {
+    const int64_t a = q0 + jp * NR, cols = std::min<int64_t>(NR, nc - jp * NR);
+    T* panel = dst + jp * NR * kc;
+    im2col_block(g, x, k0, k0 + kc, a, a + cols, panel, NR);
+    if (cols < NR)
+      for (int64_t p = 0; p < kc; ++p)
+        for (int64_t c = cols; c < NR; ++c) panel[p * NR + c] = T(0);
+  }
+}
+
+inline int thread_id() {
+#ifdef GASCA_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Threads for a convolution: never more than there are independent work items.
+inline int conv_threads(int64_t items) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), items)));
+}
+
+}  // namespace
+
+template <typename T>
+static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  // Column blocks: at most NC pixels, balanced within an image.
+  const int64_t blocks_per_image = ceil_div(P, NC);
+  const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
+  const int64_t items = g.batch * blocks_per_image;
+  const int nt = conv_threads(items);
+
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
+  const int64_t b_size = round_up(std::min<int64_t>(KC, kdim) * nc_max, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * b_size);
+  detail::pack_a<T>(false, Co, kdim, w, kdim, ws);  // the weight, packed once for all images
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t n = item / blocks_per_image, blk = item % blocks_per_image;
+    const int64_t q0 = blk * nc_max, nc = std::min(nc_max, P - q0);
+    if (nc <= 0) continue;
+    T* bp = ws + a_size + thread_id() * b_size;
+    T* yn = y + n * Co * P;
+    for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+      const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+      pack_b_im2col(g, x + n * image, k0, kc, q0, nc, bp);
+      detail::macro_kernel<T>(Co, kdim, kb, ws, 0, m_panels, bp, kc, nc, yn + q0, P, T(1),
+                              kb == 0 ? T(0) : T(1));
+    }
+    if (bias)
+      for (int64_t co = 0; co < Co; ++co) {
+        T* row = yn + co * P + q0;
+        const T b = bias[co];
+#pragma omp simd
+        for (int64_t q = 0; q < nc; ++q) row[q] += b;
+      }
+  }
+}
+
+template <typename T>
+static void backward_input_fast(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  // Column blocks sized so that the block of W^T dy (kdim x nc) stays within ~256 KB (L2).
+  const int64_t want = std::max<int64_t>(NR, round_up((int64_t(256) << 10) / int64_t(sizeof(T)) / std::max<int64_t>(kdim, 1), NR));
+  const int64_t blocks_per_image = ceil_div(P, std::min(want, round_up(P, NR)));
+  const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
+  const int nt = conv_threads(g.batch);
+
+  const int64_t a_size = round_up(detail::packed_a_size<T>(kdim, Co), 64);
+  const int64_t b_size = round_up(std::min<int64_t>(KC, Co) * nc_max, 64);
+  const int64_t c_size = round_up(kdim * nc_max, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * (b_size + c_size));
+  detail::pack_a<T>(true, kdim, Co, w, kdim, ws);  // W^T: (kdim x Co), packed once
+  const int64_t m_panels = ceil_div(kdim, MR);
+
+  // Threads own whole images: col2im scatters into dx_n, which no other thread touches.
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t n = 0; n < g.batch; ++n) {
+    T* bp = ws + a_size + thread_id() * (b_size + c_size);
+    T* col = bp + b_size;
+    T* dxn = dx + n * image;
+    const T* dyn = dy + n * Co * P;
+    std::fill(dxn, dxn + image, T(0));
+    for (int64_t q0 = 0; q0 < P; q0 += nc_max) {
+      const int64_t nc = std::min(nc_max, P - q0);
+      for (int64_t kb = 0; kb * KC < Co; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, Co - k0);
+        detail::pack_b<T>(false, k0, kc, q0, nc, dyn, P, bp);
+        detail::macro_kernel<T>(kdim, Co, kb, ws, 0, m_panels, bp, kc, nc, col, nc, T(1),
+                                kb == 0 ? T(0) : T(1));
+      }
+      col2im_block(g, col, 0, kdim, q0, q0 + nc, nc, dxn);
+    }
+  }
+}
+
+template <typename T>
+static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const int nt = conv_threads(g.batch);
+  const int64_t wsize = Co * kdim;
+
+  // Per thread: the packed dy_n (A), a packed block of col_n^T (B), and (threads > 0) a
+  // private dW.  The column matrix is never materialised: B is packed straight from x.
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, P), 64);
+  const int64_t nc_max = std::min<int64_t>(NC, round_up(kdim, NR));
+  const int64_t b_size = round_up(std::min<int64_t>(KC, P) * nc_max, 64);
+  const int64_t col_size = round_up(std::min<int64_t>(KC, P) * kdim, 64);
+  const int64_t per_thread = a_size + b_size + col_size + round_up(wsize, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id();
+#ifdef GASCA_OPENMP
+    const int nth = omp_get_num_threads();
+#else
+    const int nth = 1;
+#endif
+    T* ap = ws + tid * per_thread;
+    T* bp = ap + a_size;
+    T* colt = bp + b_size;  // a KC-pixel slice of col_n^T: (pixels x kdim)
+    T* acc = tid == 0 ? dw : colt + col_size;
+    const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
+    bool first = true;
+    for (int64_t n = n0; n < n1; ++n) {
+      detail::pack_a<T>(false, Co, P, dy + n * Co * P, P, ap);
+      for (int64_t kb = 0; kb * KC < P; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
+        // col_n^T rows [k0, k0+kc): the im2col block for those pixels, transposed by the
+        // trans-B packing below.
+        im2col_block(g, x + n * image, 0, kdim, k0, k0 + kc, colt, kc);
+        for (int64_t jc = 0; jc < kdim; jc += nc_max) {
+          const int64_t nc = std::min(nc_max, kdim - jc);
+          detail::pack_b<T>(true, 0, kc, jc, nc, colt, kc, bp);
+          detail::macro_kernel<T>(Co, P, kb, ap, 0, m_panels, bp, kc, nc, acc + jc, kdim, T(1),
+                                  first ? T(0) : T(1));
+        }
+        first = false;
+      }
+    }
+    if (first) std::fill(acc, acc + wsize, T(0));  // a thread with no images
+#pragma omp barrier
+    // dw += the other threads' partial sums, the elements split between the threads.
+    const int64_t e0 = wsize * tid / nth, e1 = wsize * (tid + 1) / nth;
+    for (int t = 1; t < nth; ++t) {
+      const T* part = ws + t * per_thread + a_size + b_size + col_size;
+#pragma omp simd
+      for (int64_t e = e0; e < e1; ++e) dw[e] += part[e];
+    }
+  }
+}
+
 // ============================================================ bias gradient
 template <typename T>
 void conv2d_backward_bias(const ConvGeometry& g, const T* dy, T* db) {
@@ -232,6 +565,7 @@ void conv2d_backward_bias(const ConvGeometry& g, const T* dy, T* db) {
 static const char* const kConvVersionNames[] = {
     "reference direct loops",
     "im2col + gemm, one image at a time",
+    "fast: im2col packed straight into gemm panels, blocked col2im, threads over images",
 };
 static constexpr int kConvVersions = sizeof(kConvVersionNames) / sizeof(kConvVersionNames[0]);
 
@@ -251,7 +585,8 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
                     int version) {
   switch (resolve(version)) {
     case 0: forward_reference(g, x, w, bias, y); break;
-    default: forward_im2col(g, x, w, bias, y); break;
+    case 1: forward_im2col(g, x, w, bias, y); break;
+    default: forward_fast(g, x, w, bias, y); break;
   }
 }
 
@@ -259,7 +594,8 @@ template <typename T>
 void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int version) {
   switch (resolve(version)) {
     case 0: backward_input_reference(g, dy, w, dx); break;
-    default: backward_input_im2col(g, dy, w, dx); break;
+    case 1: backward_input_im2col(g, dy, w, dx); break;
+    default: backward_input_fast(g, dy, w, dx); break;
   }
 }
 
@@ -267,7 +603,8 @@ template <typename T>
 void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int version) {
   switch (resolve(version)) {
     case 0: backward_weight_reference(g, x, dy, dw); break;
-    default: backward_weight_im2col(g, x, dy, dw); break;
+    case 1: backward_weight_im2col(g, x, dy, dw); break;
+    default: backward_weight_fast(g, x, dy, dw); break;
   }
 }
 

@@ -1,0 +1,344 @@
+"""Benchmark of gasca_core's CPU kernels: ``python -m gasca_core.bench``.
+
+For the three gasca-64 encoder layers (DESIGN.md) and their mirror-image transposed
+convolutions, at batch 64 by default, prints the GFLOP/s of every pass for each of our
+kernel versions, beside a NumPy im2col + matmul baseline and PyTorch (when importable),
+all measured in the same run, and the ratio ours / PyTorch.  Then the GEMM alone against
+numpy.matmul.  Each section is one function taking the parsed arguments, so that more can
+be added (``SECTIONS``).
+
+Every pass of a layer does the same number of multiply-adds, so one FLOP count serves all:
+2 * N * C_out * C_in * KH * KW * OH * OW (OH, OW: the convolution's output size; for the
+transposed convolution, the convolution it is the adjoint of).  Times are the best of
+--repeat runs after one warm-up (the least disturbed by other work on the machine); the
+machine is shared, so compare ratios taken in one run, not numbers across runs.
+
+Usage:
+    python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
+                               [--threads N] [--reference] [--no-gemm]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from gasca_core import _C
+
+
+# ----------------------------------------------------------------------------- the layers
+@dataclass(frozen=True)
+class Layer:
+    """A gasca-64 encoder convolution; its transposed convolution is the mirror image
+    (C_out -> C_in, output_padding 1), i.e. the adjoint of this convolution."""
+    name: str
+    cin: int
+    size: int      # input H = W
+    cout: int
+    k: int
+    stride: int
+    pad: int
+
+    @property
+    def out(self) -> int:
+        return (self.size + 2 * self.pad - self.k) // self.stride + 1
+
+    def flops(self, batch: int) -> float:
+        return 2.0 * batch * self.cout * self.cin * self.k * self.k * self.out * self.out
+
+
+LAYERS = {
+    1: Layer("layer 1: conv 1->32 k5 s2 p2, 64x64", 1, 64, 32, 5, 2, 2),
+    2: Layer("layer 2: conv 32->64 k5 s2 p2, 32x32", 32, 32, 64, 5, 2, 2),
+    3: Layer("layer 3: conv 64->128 k3 s2 p1, 16x16", 64, 16, 128, 3, 2, 1),
+}
+
+PASSES = ["conv fwd", "conv bwd-in", "conv bwd-w", "convT fwd", "convT bwd-in", "convT bwd-w"]
+
+
+def best_time(fn: Callable[[], object], repeat: int) -> float:
+    fn()  # warm-up: first-touch of buffers, workspace growth, thread pool start
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ----------------------------------------------------------------------------- our kernels
+def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, Callable[[], None]]:
+    L = layer
+    s, p, d, op = (L.stride,) * 2, (L.pad,) * 2, (1, 1), (1, 1)
+    x = rng.standard_normal((batch, L.cin, L.size, L.size)).astype(dtype)
+    w = rng.standard_normal((L.cout, L.cin, L.k, L.k)).astype(dtype)
+    b = rng.standard_normal(L.cout).astype(dtype)
+    y = np.empty((batch, L.cout, L.out, L.out), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = np.empty_like(x)
+    dw = np.empty_like(w)
+    # The mirror transposed convolution: input (N, Co, OH, OW) -> output (N, Ci, H, W),
+    # weight (Co, Ci, K, K): the same memory as the convolution's weight.
+    tx = dy
+    tb = rng.standard_normal(L.cin).astype(dtype)
+    ty = np.empty_like(x)
+    tdy = x
+    tdx = np.empty_like(dy)
+    return {
+        "conv fwd": lambda: _C.conv2d_forward(x, w, b, y, s, p, d, version=version),
+        "conv bwd-in": lambda: _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version),
+        "conv bwd-w": lambda: _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version),
+        "convT fwd": lambda: _C.conv_transpose2d_forward(tx, w, tb, ty, s, p, op, d, version=version),
+        "convT bwd-in": lambda: _C.conv_transpose2d_backward_input(tdy, w, tdx, s, p, op, d, version=version),
+        "convT bwd-w": lambda: _C.conv_transpose2d_backward_weight(tx, tdy, dw, s, p, op, d, version=version),
+    }
+
+
+# ----------------------------------------------------------------------------- NumPy baseline
+def _im2col(xp: np.ndarray, k: int, s: int, oh: int) -> np.ndarray:
+    """(N, C, Hp, Wp) padded input -> (N, C*k*k, oh*oh) columns, via a strided view + copy."""
+    n, c = xp.shape[:2]
+    st = xp.strides
+    view = np.lib.stride_tricks.as_strided(
+        xp, shape=(n, c, k, k, oh, oh),
+        strides=(st[0], st[1], st[2], st[3], st[2] * s, st[3] * s), writeable=False)
+    return view.reshape(n, c * k * k, oh * oh)
+
+
+def _col2im(cols: np.ndarray, shape, k: int, s: int, p: int, oh: int) -> np.ndarray:
+    n, c, h, w = shape
+    cols = cols.reshape(n, c, k, k, oh, oh)
+    out = np.zeros((n, c, h + 2 * p + s, w + 2 * p + s), cols.dtype)
+    for i in range(k):
+        for j in range(k):
+            out[:, :, i:i + s * oh:s, j:j + s * oh:s] += cols[:, :, i, j]
+    return out[:, :, p:p + h, p:p + w]
+
+
+def numpy_passes(layer: Layer, batch: int, dtype, rng) -> Dict[str, Callable[[], object]]:
+    """im2col + matmul in NumPy: the baseline a hand-written kernel must beat."""
+    L = layer
+    k, s, p, oh = L.k, L.stride, L.pad, L.out
+    x = rng.standard_normal((batch, L.cin, L.size, L.size)).astype(dtype)
+    w = rng.standard_normal((L.cout, L.cin * k * k)).astype(dtype)
+    dy = rng.standard_normal((batch, L.cout, oh * oh)).astype(dtype)
+
+    def fwd(xin=x):
+        xp = np.pad(xin, ((0, 0), (0, 0), (p, p), (p, p)))
+        return np.matmul(w, _im2col(xp, k, s, oh))
+
+    def bwd_in(g=dy):
+        return _col2im(np.matmul(w.T, g), x.shape, k, s, p, oh)
+
+    def bwd_w(xin=x, g=dy):
+        xp = np.pad(xin, ((0, 0), (0, 0), (p, p), (p, p)))
+        cols = _im2col(xp, k, s, oh)
+        return np.einsum("nop,nkp->ok", g, cols, optimize=True)
+
+    # The transposed convolution's passes are the same three products, roles swapped.
+    return {"conv fwd": fwd, "conv bwd-in": bwd_in, "conv bwd-w": bwd_w,
+            "convT fwd": bwd_in, "convT bwd-in": fwd, "convT bwd-w": bwd_w}
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def _torch():
+    try:
+        import torch
+        return torch
+    except Exception:
+        return None
+
+
+def torch_passes(torch, layer: Layer, batch: int, dtype) -> Dict[str, Callable[[], object]]:
+    L = layer
+    tdt = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    s, p, op = [L.stride] * 2, [L.pad] * 2, [1, 1]
+    x = torch.randn(batch, L.cin, L.size, L.size, dtype=tdt)
+    w = torch.randn(L.cout, L.cin, L.k, L.k, dtype=tdt)
+    b = torch.randn(L.cout, dtype=tdt)
+    dy = torch.randn(batch, L.cout, L.out, L.out, dtype=tdt)
+    tb = torch.randn(L.cin, dtype=tdt)
+    cb = torch.ops.aten.convolution_backward
+    F = torch.nn.functional
+
+    def run(fn):
+        def go():
+            with torch.no_grad():
+                return fn()
+        return go
+
+    return {
+        "conv fwd": run(lambda: F.conv2d(x, w, b, s, p)),
+        "conv bwd-in": run(lambda: cb(dy, x, w, None, s, p, [1, 1], False, [0, 0], 1, [True, False, False])),
+        "conv bwd-w": run(lambda: cb(dy, x, w, None, s, p, [1, 1], False, [0, 0], 1, [False, True, False])),
+        "convT fwd": run(lambda: F.conv_transpose2d(dy, w, tb, s, p, op)),
+        "convT bwd-in": run(lambda: cb(x, dy, w, None, s, p, [1, 1], True, op, 1, [True, False, False])),
+        "convT bwd-w": run(lambda: cb(x, dy, w, None, s, p, [1, 1], True, op, 1, [False, True, False])),
+    }
+
+
+# ----------------------------------------------------------------------------- sections
+def section_layers(args) -> None:
+    """GFLOP/s of every pass of every layer: our versions, NumPy, PyTorch."""
+    dtype = np.dtype(args.dtype).type
+    rng = np.random.default_rng(0)
+    names = _C.versions()["conv2d"]
+    versions = list(range(len(names)))
+    torch = None if args.no_torch else _torch()
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+
+    print(f"\n== convolution passes, batch {args.batch}, {args.dtype}, {args.threads} thread(s), "
+          f"GFLOP/s (best of {args.repeat}) ==")
+    for v, name in enumerate(names):
+        print(f"  v{v}: {name}")
+    if not args.reference:
+        print("  (v0, the reference loops, is slow at these sizes: skipped; --reference times it once)")
+    if torch is None:
+        print("  (PyTorch not importable: its column and the ratio are left out)")
+
+    for key in args.layers:
+        L = LAYERS[key]
+        flops = L.flops(args.batch)
+        cols = [f"v{v}" for v in versions] + ["numpy"] + (["torch", "best/torch"] if torch else [])
+        print(f"\n{L.name}  ({flops / 1e9:.3f} GFLOP per pass)")
+        print(f"  {'pass':<13}" + "".join(f"{c:>11}" for c in cols))
+        table: Dict[str, List[Optional[float]]] = {}
+        ours = {v: our_passes(L, args.batch, dtype, v, rng) for v in versions}
+        base = numpy_passes(L, args.batch, dtype, rng)
+        ref = torch_passes(torch, L, args.batch, dtype) if torch else None
+        for pname in PASSES:
+            row: List[Optional[float]] = []
+            for v in versions:
+                if v == 0 and not args.reference:
+                    row.append(None)
+                    continue
+                rep = 0 if v == 0 else args.repeat
+                t = best_time(ours[v][pname], rep) if rep else _once(ours[v][pname])
+                row.append(flops / t / 1e9)
+            row.append(flops / best_time(base[pname], args.repeat) / 1e9)
+            if ref:
+                tg = flops / best_time(ref[pname], args.repeat) / 1e9
+                best = max(r for r in row[:len(versions)] if r is not None)
+                row += [tg, best / tg]
+            table[pname] = row
+            cells = []
+            for c, val in zip(cols, row):
+                if val is None:
+                    cells.append(f"{'-':>11}")
+                elif c == "best/torch":
+                    cells.append(f"{val:>10.2f}x")
+                else:
+                    cells.append(f"{val:>11.1f}")
+            print(f"  {pname:<13}" + "".join(cells), flush=True)
+        # The issue's summary figure: forward + both backward passes, 3x the forward FLOPs.
+        for kind, trio in (("conv", PASSES[:3]), ("convT", PASSES[3:])):
+            def rate(col):
+                vals = [table[pn][col] for pn in trio]
+                if any(v is None for v in vals):
+                    return None
+                return 3.0 / sum(1.0 / v for v in vals)
+            summary = [rate(c) for c in range(len(versions) + 1)]
+            msg = "  ".join(f"{c} {val:.1f}" for c, val in zip(cols, summary) if val is not None)
+            if ref:
+                tg = rate(len(versions) + 1)
+                best = max(v for v in summary[:len(versions)] if v is not None)
+                msg += f"  torch {tg:.1f}  best/torch {best / tg:.2f}x"
+            print(f"  {kind} fwd+bwd (3 passes): {msg}")
+
+
+def _once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def section_gemm(args) -> None:
+    """Our gemm versions against numpy.matmul on square and convolution-shaped products."""
+    dtype = np.dtype(args.dtype).type
+    rng = np.random.default_rng(1)
+    names = _C.versions()["gemm"]
+    print(f"\n== gemm, {args.dtype}, GFLOP/s (best of {args.repeat}) ==")
+    for v, name in enumerate(names):
+        print(f"  v{v}: {name}")
+    if os.environ.get("OPENBLAS_CORETYPE") or os.environ.get("OPENBLAS_L2_SIZE"):
+        print("  note: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set in this environment and can slow "
+              "numpy's matmul; unset both (in this command only) for numpy's best figure")
+    sizes = [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024),
+             (64, 16384, 800), (800, 16384, 64), (64, 800, 16384)]
+    print(f"  {'m x n x k':<18}" + "".join(f"{'v' + str(v):>9}" for v in range(1, len(names)))
+          + f"{'numpy':>9}{'ours/np':>9}")
+    for m, n, k in sizes:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        c = np.empty((m, n), dtype)
+        fl = 2.0 * m * n * k
+        row = [fl / best_time(lambda v=v: _C.gemm(a, b, c, version=v), args.repeat) / 1e9
+               for v in range(1, len(names))]
+        tn = fl / best_time(lambda: np.matmul(a, b, out=c), args.repeat) / 1e9
+        print(f"  {f'{m}x{n}x{k}':<18}" + "".join(f"{r:>9.1f}" for r in row)
+              + f"{tn:>9.1f}{row[-1] / tn:>8.2f}x", flush=True)
+
+
+def section_gpu(args) -> None:
+    """The GPU benchmark, when the CUDA extension imports and a GPU is present."""
+    try:
+        from gasca_core import _C_cuda  # noqa: F401
+        from gasca_core import _bench_gpu
+    except Exception:
+        return
+    _bench_gpu.run(args)
+
+
+SECTIONS: List[Tuple[str, Callable]] = [
+    ("layers", section_layers),
+    ("gemm", section_gemm),
+    ("gpu", section_gpu),
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m gasca_core.bench", description=__doc__.split("\n\n")[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (best is kept)")
+    ap.add_argument("--layers", default="1,2,3", help="comma-separated gasca-64 layers (default 1,2,3)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for our kernels and PyTorch (default: all cores)")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the reference version (v0) once per pass: slow")
+    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
+    ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS),
+                    help="which sections to run (default: all): " + ", ".join(n for n, _ in SECTIONS))
+    ap.add_argument("--no-gemm", action="store_true", help="skip the gemm section")
+    args = ap.parse_args(argv)
+    args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
+    for v in args.layers:
+        if v not in LAYERS:
+            ap.error(f"--layers: no layer {v}; choose from {sorted(LAYERS)}")
+    if args.batch < 1 or args.repeat < 1:
+        ap.error("--batch and --repeat must be >= 1")
+    if args.threads is None:
+        args.threads = os.cpu_count() or 1
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.no_gemm and "gemm" in args.sections:
+        args.sections.remove("gemm")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    _C.set_num_threads(args.threads)
+    print(f"gasca_core CPU kernel benchmark: {os.cpu_count()} CPU(s), kernels use {args.threads} thread(s)")
+    for name, fn in SECTIONS:
+        if name in args.sections:
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()
