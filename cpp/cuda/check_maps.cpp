@@ -8,6 +8,7 @@
 // backward-input pass write every element of dx exactly once.  No GPU needed:
 //
 //   g++ -std=c++17 -O1 -I cpp -I /usr/local/cuda/include cpp/cuda/check_maps.cpp -o /tmp/check_maps
+//   (tests/test_cuda_host.py builds and runs it)
 //   /tmp/check_maps
 #include <cmath>
 #include <cstdio>

@@ -21,8 +21,9 @@
 // and the output has  int64_t col_offset(int64_t n)  and  void write(m, col_offset, acc).
 //
 // How a block works (one 64 x 64 tile of C, BK = 16 (float) or 8 (double) k at a time):
-//   - every thread owns one row of the A tile and one column of the B tile, and loads the
-//     next BK/... k values of both into registers: loads of the next k-tile are in flight
+//   - every thread owns one row of the A tile and one column of the B tile, and loads its
+//     share of the next k-tile of both into registers (float: 64 threads, each 16 k of one
+//     row and 16 k of one column): loads of the next k-tile are in flight
 //     while the current one is multiplied out of shared memory (double buffering with
 //     register staging, one __syncthreads per k-tile);
 //   - the tile is stored k-major in shared memory (As[k][m], Bs[k][n]) so that the inner
@@ -55,7 +56,9 @@ struct TileConfig<double> {
   static constexpr int THREADS = (BM / TM) * (BN / TN);  // 256
 };
 
-#if defined(__CUDACC__)
+// GASCA_EMULATE_CUDA: check_tiles.cpp compiles the kernel for the CPU, one std::thread per
+// CUDA thread, to test the tiling itself without a GPU.
+#if defined(__CUDACC__) || defined(GASCA_EMULATE_CUDA)
 
 template <typename T, class AOp, class BOp, class Out>
 __global__ void __launch_bounds__(TileConfig<T>::THREADS)
@@ -174,6 +177,10 @@ __global__ void __launch_bounds__(TileConfig<T>::THREADS)
     }
   }
 }
+
+#endif  // __CUDACC__ || GASCA_EMULATE_CUDA
+
+#if defined(__CUDACC__)
 
 // Launches the engine on `stream`.  splits > 1 cuts K into that many slices (the output
 // must then accumulate atomically into a zeroed C).  Returns the launch status.

@@ -1,0 +1,185 @@
+// check_tiles.cpp: the tile engine of tiled_gemm.cuh run on the CPU, one std::thread per CUDA
+// thread and a std::barrier for __syncthreads, on the convolution maps of conv_maps.cuh.
+//
+// check_maps.cpp tests the index maps with a plain triple loop; this tests the tiling that
+// version 1 adds on top (thread roles, shared-memory double buffering, register blocking,
+// edge tiles, split-K slices, the grid-stride tile loop) by running the very kernel source,
+// with the same tile configurations, and comparing with a direct convolution.  Slow (a
+// thread per CUDA thread) but needs no GPU:
+//
+//   g++ -std=c++20 -O1 -pthread -I cpp -I /usr/local/cuda/include \
+//       cpp/cuda/check_tiles.cpp -o /tmp/check_tiles && /tmp/check_tiles
+#include <barrier>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+// ---- a minimal CUDA execution model on host threads
+#undef __global__
+#undef __shared__
+#undef __launch_bounds__
+#define __global__
+#define __shared__ static
+#define __launch_bounds__(n)
+struct EmuDim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local EmuDim3 emu_threadIdx, emu_blockIdx;
+EmuDim3 emu_gridDim;
+std::barrier<>* emu_barrier = nullptr;
+#define threadIdx emu_threadIdx
+#define blockIdx emu_blockIdx
+#define gridDim emu_gridDim
+inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+
+#define GASCA_EMULATE_CUDA 1
+#include "conv_maps.cuh"
+#include "tiled_gemm.cuh"
+
+using namespace gasca;
+using namespace gasca::cuda;
+
+// Runs the kernel over a (grid_x, 1, slices) grid, block by block (blocks share the kernel's
+// static "shared memory", so they must not overlap), threads of a block concurrently.
+template <typename T, class A, class B, class O>
+void emulate(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
+             int64_t splits, unsigned grid_cap) {
+  using Cfg = TileConfig<T>;
+  const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
+  if (tiles == 0) return;
+  int64_t k_chunk = ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK;
+  if (k_chunk < Cfg::BK) k_chunk = Cfg::BK;
+  const int64_t slices = K > 0 ? ceil_div(K, k_chunk) : 1;
+  emu_gridDim = {static_cast<unsigned>(tiles < grid_cap ? tiles : grid_cap), 1,
+                 static_cast<unsigned>(slices)};
+  for (unsigned z = 0; z < emu_gridDim.z; ++z)
+    for (unsigned x = 0; x < emu_gridDim.x; ++x) {
+      std::barrier<> bar(Cfg::THREADS);
+      emu_barrier = &bar;
+      std::vector<std::thread> threads;
+      for (int t = 0; t < Cfg::THREADS; ++t)
+        threads.emplace_back([&, t] {
+          emu_threadIdx = {static_cast<unsigned>(t), 0, 0};
+          emu_blockIdx = {x, 0, z};
+          tiled_gemm_kernel<T, A, B, O>(a, b, out, M, N, K, k_chunk);
+        });
+      for (auto& th : threads) th.join();
+    }
+}
+
+static int failures = 0;
+
+template <typename T>
+void check(const char* what, const std::vector<T>& got, const std::vector<double>& want,
+           int trial) {
+  double scale = 1;
+  for (double v : want) scale = std::max(scale, std::fabs(v));
+  const double tol = (sizeof(T) == 4 ? 1e-5 : 1e-12) * scale;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(got[i] - want[i]) <= tol)) {
+      if (++failures < 10)
+        std::printf("FAIL %s (%s) trial %d index %zu: %g vs %g\n", what,
+                    sizeof(T) == 4 ? "float" : "double", trial, i, double(got[i]), want[i]);
+      return;
+    }
+}
+
+template <typename T>
+void run_trial(const ConvGeometry& g, int trial, std::mt19937_64& gen) {
+  std::normal_distribution<double> normal;
+  const int64_t Nb = g.batch, Ci = g.in_channels, Co = g.out_channels, H = g.in_h, W = g.in_w,
+                KH = g.kernel_h, KW = g.kernel_w, OH = g.out_h, OW = g.out_w;
+  std::vector<T> x(Nb * Ci * H * W), w(Co * Ci * KH * KW), dy(Nb * Co * OH * OW), bias(Co),
+      bias_in(Ci);
+  for (auto* v : {&x, &w, &dy, &bias, &bias_in})
+    for (auto& e : *v) e = T(normal(gen));
+  std::vector<double> y_ref(dy.size(), 0), dx_ref(x.size(), 0), dw_ref(w.size(), 0);
+  for (int64_t n = 0; n < Nb; ++n)
+    for (int64_t co = 0; co < Co; ++co)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const int64_t yi = ((n * Co + co) * OH + oh) * OW + ow;
+          y_ref[yi] += bias[co];
+          for (int64_t ci = 0; ci < Ci; ++ci)
+            for (int64_t i = 0; i < KH; ++i)
+              for (int64_t j = 0; j < KW; ++j) {
+                const int64_t h = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+                const int64_t ww = ow * g.stride_w - g.pad_w + j * g.dilation_w;
+                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                const int64_t xi = ((n * Ci + ci) * H + h) * W + ww;
+                const int64_t wi = ((co * Ci + ci) * KH + i) * KW + j;
+                y_ref[yi] += double(w[wi]) * x[xi];
+                dx_ref[xi] += double(w[wi]) * dy[yi];
+                dw_ref[wi] += double(dy[yi]) * x[xi];
+              }
+        }
+  for (int64_t n = 0; n < Nb; ++n)
+    for (int64_t ci = 0; ci < Ci; ++ci)
+      for (int64_t p = 0; p < H * W; ++p) dx_ref[(n * Ci + ci) * H * W + p] += bias_in[ci];
+
+  const unsigned grid_cap = 1 + trial % 3;  // small caps exercise the grid-stride tile loop
+  const int64_t K = Ci * KH * KW;
+  std::vector<T> y(dy.size(), T(NAN));
+  emulate<T>(ForwardWeights<T>{w.data(), K},
+             ForwardImage<T>{x.data(), Ci, H, W, OH, OW, KH, KW, g.stride_h, g.stride_w, g.pad_h,
+                             g.pad_w, g.dilation_h, g.dilation_w},
+             ForwardOut<T>{y.data(), bias.data(), Co, OH * OW}, Co, Nb * OH * OW, K, 1, grid_cap);
+  check("forward", y, y_ref, trial);
+
+  std::vector<T> dx(x.size(), T(NAN));
+  for (int64_t rh = 0; rh < g.stride_h && rh < H; ++rh)
+    for (int64_t rw = 0; rw < g.stride_w && rw < W; ++rw) {
+      const PhaseAxis ph = make_phase_axis(rh, H, KH, g.stride_h, g.pad_h, g.dilation_h);
+      const PhaseAxis pw = make_phase_axis(rw, W, KW, g.stride_w, g.pad_w, g.dilation_w);
+      if (ph.count == 0 || pw.count == 0) continue;
+      emulate<T>(InputWeights<T>{w.data(), Ci, KH, KW, ph, pw},
+                 InputGrads<T>{dy.data(), Co, OH, OW, ph, pw},
+                 InputOut<T>{dx.data(), bias_in.data(), Ci, H, W, g.stride_h, g.stride_w, ph, pw},
+                 Ci, Nb * ph.count * pw.count, Co * ph.taps * pw.taps, 1, grid_cap);
+    }
+  check("backward-input", dx, dx_ref, trial);
+
+  std::vector<T> dw(w.size(), T(0));
+  const int64_t splits = 1 + trial % 4;  // split-K slices add into a zeroed dw
+  emulate<T>(WeightGrads<T>{dy.data(), Co, OH * OW},
+             WeightImage<T>{x.data(), Ci, H, W, OH, OW, KH, KW, g.stride_h, g.stride_w, g.pad_h,
+                            g.pad_w, g.dilation_h, g.dilation_w},
+             WeightOut<T>{dw.data(), K}, Co, K, Nb * OH * OW, splits, grid_cap);
+  check("backward-weight", dw, dw_ref, trial);
+}
+
+int main() {
+  std::mt19937_64 gen(11);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
+  int cases = 0;
+  for (int trial = 0; cases < 24; ++trial) {
+    ConvGeometry g;
+    const bool big = trial % 4 == 0;  // channels across the 64-wide tile edges
+    g.batch = pick(1, 3);
+    g.in_channels = big ? pick(20, 70) : pick(1, 5);
+    g.out_channels = big ? pick(50, 140) : pick(1, 6);
+    g.kernel_h = pick(1, 5);
+    g.kernel_w = pick(1, 5);
+    g.stride_h = pick(1, 3);
+    g.stride_w = pick(1, 3);
+    g.dilation_h = pick(1, 2);
+    g.dilation_w = pick(1, 2);
+    g.pad_h = pick(0, 2);
+    g.pad_w = pick(0, 2);
+    g.in_h = pick(1, 13);
+    g.in_w = pick(1, 13);
+    const int64_t sh = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1;
+    const int64_t sw = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1;
+    if (sh < 0 || sw < 0) continue;
+    g.out_h = sh / g.stride_h + 1;
+    g.out_w = sw / g.stride_w + 1;
+    ++cases;
+    run_trial<float>(g, trial, gen);
+    run_trial<double>(g, trial, gen);
+  }
+  std::printf("%d geometries checked (float and double), %d failures\n", cases, failures);
+  return failures == 0 ? 0 : 1;
+}
