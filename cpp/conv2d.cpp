@@ -21,6 +21,8 @@
 // Every faster version is checked against version 0 by tests/test_kernels_conv.py.
 #include "conv2d.h"
 
+#include "simd.h"  // first: it includes <immintrin.h> (see the note there)
+
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -236,89 +238,228 @@ namespace {
 using detail::ceil_div;
 using detail::round_up;
 
+// Row copies.  copy_run / add_run: dst[k] = src[k] / dst[k] += src[k] for short runs (a
+// run is one output row segment: 8 to 32 elements in gasca), a vector at a time with a
+// masked tail under AVX-512.  copy_stride2 / add_stride2 split / merge the even columns of
+// a row (stride 2: every gasca layer): a two-register permute (gather) and an expand
+// (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.
+template <typename T>
+inline void copy_stride2(T* out, const T* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) out[k] = src[2 * k];
+}
+template <typename T>
+inline void add_stride2(T* d, const T* in, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) d[2 * k] += in[k];
+}
+#if defined(__AVX512F__)
+inline __mmask16 low_mask16(int64_t count) {  // the lowest min(count, 16) lanes
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+inline __mmask8 low_mask8(int64_t count) {
+  return count >= 8 ? __mmask8(0xFF) : count <= 0 ? __mmask8(0) : __mmask8((1u << count) - 1);
+}
+template <>
+inline void copy_stride2<float>(float* out, const float* src, int64_t n) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (; n > 0; n -= 16, out += 16, src += 32) {
+    const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of src read
+    const __m512 a = _mm512_maskz_loadu_ps(low_mask16(span), src);
+    const __m512 b = _mm512_maskz_loadu_ps(low_mask16(span - 16), src + 16);
+    _mm512_mask_storeu_ps(out, low_mask16(n), _mm512_permutex2var_ps(a, even, b));
+  }
+}
+template <>
+inline void copy_stride2<double>(double* out, const double* src, int64_t n) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  for (; n > 0; n -= 8, out += 8, src += 16) {
+    const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
+    const __m512d a = _mm512_maskz_loadu_pd(low_mask8(span), src);
+    const __m512d b = _mm512_maskz_loadu_pd(low_mask8(span - 8), src + 8);
+    _mm512_mask_storeu_pd(out, low_mask8(n), _mm512_permutex2var_pd(a, even, b));
+  }
+}
+template <>
+inline void add_stride2<float>(float* d, const float* in, int64_t n) {
+  const __m512i upper = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; n > 0; n -= 16, in += 16, d += 32) {
+    const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of d touched
+    const __m512 v = _mm512_maskz_loadu_ps(low_mask16(n), in);
+    const __m512 lo = _mm512_maskz_expand_ps(0x5555, v);  // in[0..7] -> even lanes
+    const __m512 hi = _mm512_maskz_expand_ps(0x5555, _mm512_permutex2var_ps(v, upper, v));
+    const __mmask16 m0 = low_mask16(span) & 0x5555, m1 = low_mask16(span - 16) & 0x5555;
+    _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), lo));
+    _mm512_mask_storeu_ps(d + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), hi));
+  }
+}
+template <>
+inline void add_stride2<double>(double* d, const double* in, int64_t n) {
+  const __m512i upper = _mm512_setr_epi64(4, 5, 6, 7, 4, 5, 6, 7);
+  for (; n > 0; n -= 8, in += 8, d += 16) {
+    const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
+    const __m512d v = _mm512_maskz_loadu_pd(low_mask8(n), in);
+    const __m512d lo = _mm512_maskz_expand_pd(0x55, v);
+    const __m512d hi = _mm512_maskz_expand_pd(0x55, _mm512_permutex2var_pd(v, upper, v));
+    const __mmask8 m0 = low_mask8(span) & 0x55, m1 = low_mask8(span - 8) & 0x55;
+    _mm512_mask_storeu_pd(d, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, d), lo));
+    _mm512_mask_storeu_pd(d + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, d + 8), hi));
+  }
+}
+#endif
+
+
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+template <typename T>
+inline void add_run(T* dst, const T* src, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
+}
+#if defined(__AVX512F__)
+template <>
+inline void copy_run<float>(float* dst, const float* src, int64_t n) {
+  for (; n >= 16; n -= 16, dst += 16, src += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+  if (n > 0) _mm512_mask_storeu_ps(dst, low_mask16(n), _mm512_maskz_loadu_ps(low_mask16(n), src));
+}
+template <>
+inline void copy_run<double>(double* dst, const double* src, int64_t n) {
+  for (; n >= 8; n -= 8, dst += 8, src += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
+  if (n > 0) _mm512_mask_storeu_pd(dst, low_mask8(n), _mm512_maskz_loadu_pd(low_mask8(n), src));
+}
+template <>
+inline void add_run<float>(float* dst, const float* src, int64_t n) {
+  for (; n >= 16; n -= 16, dst += 16, src += 16)
+    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
+  if (n > 0) {
+    const __mmask16 m = low_mask16(n);
+    _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), _mm512_maskz_loadu_ps(m, src)));
+  }
+}
+template <>
+inline void add_run<double>(double* dst, const double* src, int64_t n) {
+  for (; n >= 8; n -= 8, dst += 8, src += 8)
+    _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), _mm512_loadu_pd(src)));
+  if (n > 0) {
+    const __mmask8 m = low_mask8(n);
+    _mm512_mask_storeu_pd(dst, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst), _mm512_maskz_loadu_pd(m, src)));
+  }
+}
+#endif
+
+// ------------------------------------------------------------ the phase-split image
+// im2col reads x[ci, oh*sh - ph + i*dh, ow*sw - pw + j*dw] for a run of consecutive ow: a
+// strided read that may fall into the padding at either end.  Both problems go away if the
+// image is first copied once, zero-padded, with its columns split by phase (column mod sw):
+//
+//   xp[ci][phase][r][k] = x[ci, r - ph, k*sw + phase - pw]        (0 outside the image)
+//
+// Tap (ci, i, j) of pixel (oh, ow) is then xp[ci][(j*dw) % sw][oh*sh + i*dh][ow + (j*dw)/sw]:
+// a run of output pixels is a contiguous, bounds-check-free copy.  The copy costs one pass
+// over the image, against C_in*KH*KW/(sh*sw) passes' worth of im2col reads.  col2im works
+// the same way in reverse: contiguous adds into a zeroed phase image, merged back at the end.
+struct PhaseImage {
+  int64_t rows = 0, cols = 0;  // of one phase plane
+  int64_t plane = 0;           // rows * cols
+  int64_t channel = 0;         // stride_w * plane
+  int64_t size = 0;            // in_channels * channel
+};
+
+inline PhaseImage make_phase_image(const ConvGeometry& g) {
+  PhaseImage p;
+  const int64_t sw = g.stride_w;
+  p.rows = std::max((g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1, g.in_h + g.pad_h);
+  p.cols = std::max(g.out_w + ((g.kernel_w - 1) * g.dilation_w) / sw, ceil_div(g.in_w + g.pad_w, sw));
+  p.plane = p.rows * p.cols;
+  p.channel = sw * p.plane;
+  p.size = g.in_channels * p.channel;
+  return p;
+}
+
+template <typename T>
+void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp) {
+  const int64_t sw = g.stride_w;
+  for (int64_t ci = 0; ci < g.in_channels; ++ci)
+    for (int64_t ph = 0; ph < sw; ++ph) {
+      T* plane = xp + ci * pi.channel + ph * pi.plane;
+      // column k holds x column k*sw + ph - pw: inside the image for k in [k0, k1)
+      const int64_t shift = ph - g.pad_w;
+      const int64_t k0 = std::min(pi.cols, shift >= 0 ? int64_t(0) : (-shift + sw - 1) / sw);
+      const int64_t k1 = std::max(k0, std::min(pi.cols, (g.in_w - 1 - shift) < 0 ? int64_t(0) : (g.in_w - 1 - shift) / sw + 1));
+      for (int64_t r = 0; r < pi.rows; ++r) {
+        T* row = plane + r * pi.cols;
+        const int64_t h = r - g.pad_h;
+        if (h < 0 || h >= g.in_h) {
+          std::fill(row, row + pi.cols, T(0));
+          continue;
+        }
+        const T* src = x + (ci * g.in_h + h) * g.in_w + shift;
+        std::fill(row, row + k0, T(0));
+        if (sw == 1)
+          copy_run(row + k0, src + k0, k1 - k0);
+        else if (sw == 2)
+          copy_stride2(row + k0, src + 2 * k0, k1 - k0);
+        else
+          for (int64_t k = k0; k < k1; ++k) row[k] = src[k * sw];
+        std::fill(row + k1, row + pi.cols, T(0));
+      }
+    }
+}
+
+// dx = the image part of a phase image of gradients (overwrites dx).
+template <typename T>
+void phase_merge(const ConvGeometry& g, const PhaseImage& pi, const T* xp, T* dx) {
+  const int64_t sw = g.stride_w;
+  for (int64_t ci = 0; ci < g.in_channels; ++ci)
+    for (int64_t h = 0; h < g.in_h; ++h) {
+      T* out = dx + (ci * g.in_h + h) * g.in_w;
+      const T* rows = xp + ci * pi.channel + (h + g.pad_h) * pi.cols;
+      for (int64_t w = 0; w < g.in_w; ++w) {
+        const int64_t c = w + g.pad_w;
+        out[w] = rows[(c % sw) * pi.plane + c / sw];
+      }
+    }
+}
+
 // Output pixels [q0, q1) come in runs along output rows: run (oh, ow0, ow1) covers pixels
 // (oh, ow) for ow in [ow0, ow1), at column pos = q - q0 of the block.  Computing the runs
 // once per block keeps integer division out of the per-tap loops.
 struct Run {
-  int64_t oh, ow0, ow1, pos;
+  int64_t oh, ow0, len, pos;
 };
-
-// For kernel column j: the output columns whose input column ow*sw - pw + j*dw is inside
-// the image are exactly [first, last).
-struct ColRange {
-  int64_t off, first, last;
-};
-
 constexpr int kMaxRuns = 64;
-constexpr int kMaxKernelW = 64;
 
 inline int make_runs(const ConvGeometry& g, int64_t q0, int64_t q1, Run* runs) {
   int count = 0;
   for (int64_t q = q0; q < q1;) {
     const int64_t oh = q / g.out_w, ow0 = q % g.out_w;
-    const int64_t ow1 = std::min(g.out_w, ow0 + (q1 - q));
-    runs[count++] = Run{oh, ow0, ow1, q - q0};
-    q += ow1 - ow0;
+    const int64_t len = std::min(g.out_w - ow0, q1 - q);
+    runs[count++] = Run{oh, ow0, len, q - q0};
+    q += len;
   }
   return count;
 }
 
-inline void make_col_ranges(const ConvGeometry& g, ColRange* cr) {
-  for (int64_t j = 0; j < g.kernel_w; ++j) {
-    const int64_t off = j * g.dilation_w - g.pad_w, sw = g.stride_w;
-    // ow*sw + off >= 0  <=>  ow >= ceil(-off/sw);  ow*sw + off <= W-1  <=>  ow <= floor((W-1-off)/sw)
-    const int64_t first = off >= 0 ? 0 : (-off + sw - 1) / sw;
-    const int64_t last = (g.in_w - 1 - off) < 0 ? 0 : (g.in_w - 1 - off) / sw + 1;
-    cr[j] = ColRange{off, first, std::max(first, last)};
-  }
-}
-
-// Pixel blocks are cut so that a block never has more than kMaxRuns runs.
-inline int64_t max_pixels_per_chunk(const ConvGeometry& g) {
-  return (kMaxRuns - 2) * g.out_w;
-}
-
-// Rows [r0, r1) (taps (ci, i, j)) and columns [q0, q1) (output pixels) of image x's column
-// matrix, written to dst with row stride ld.  Each run of a row is a strided copy of one
-// input row segment, with zeros where it reads the padding.
+// Rows [r0, r1) (taps (ci, i, j)) and columns [q0, q1) (output pixels) of the column
+// matrix of the phase-split image xp, written to dst with row stride ld.
 template <typename T>
-void im2col_block(const ConvGeometry& g, const T* x, int64_t r0, int64_t r1, int64_t q0,
-                  int64_t q1, T* dst, int64_t ld) {
-  if (g.kernel_w > kMaxKernelW) throw std::invalid_argument("conv2d: kernel width above 64");
-  ColRange cr[kMaxKernelW];
-  make_col_ranges(g, cr);
+void im2col_block(const ConvGeometry& g, const PhaseImage& pi, const T* xp, int64_t r0,
+                  int64_t r1, int64_t q0, int64_t q1, T* dst, int64_t ld) {
   Run runs[kMaxRuns];
-  const int64_t chunk = max_pixels_per_chunk(g);
-  const int64_t kk = g.kernel_h * g.kernel_w, sw = g.stride_w;
+  const int64_t chunk = (kMaxRuns - 2) * g.out_w;
+  const int64_t kk = g.kernel_h * g.kernel_w;
   for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
     const int64_t c1 = std::min(q1, c0 + chunk);
     const int nruns = make_runs(g, c0, c1, runs);
     int64_t ci = r0 / kk, i = (r0 % kk) / g.kernel_w, j = r0 % g.kernel_w;
     for (int64_t r = r0; r < r1; ++r) {
-      const T* xc = x + ci * g.in_h * g.in_w;
+      const int64_t jj = j * g.dilation_w;
+      const T* plane = xp + ci * pi.channel + (jj % g.stride_w) * pi.plane + jj / g.stride_w +
+                       i * g.dilation_h * pi.cols;
       T* row = dst + (r - r0) * ld + (c0 - q0);
-      const ColRange c = cr[j];
       for (int k = 0; k < nruns; ++k) {
         const Run& u = runs[k];
-        T* out = row + u.pos - u.ow0;  // out[ow] is pixel (u.oh, ow)
-        const int64_t ih = u.oh * g.stride_h - g.pad_h + i * g.dilation_h;
-        if (ih < 0 || ih >= g.in_h) {
-          for (int64_t ow = u.ow0; ow < u.ow1; ++ow) out[ow] = T(0);
-          continue;
-        }
-        const int64_t lo = std::max(u.ow0, std::min(c.first, u.ow1));
-        const int64_t hi = std::max(lo, std::min(u.ow1, c.last));
-        for (int64_t ow = u.ow0; ow < lo; ++ow) out[ow] = T(0);
-        const T* src = xc + ih * g.in_w + c.off;
-        if (sw == 1) {
-          std::memcpy(out + lo, src + lo, sizeof(T) * (hi - lo));
-        } else if (sw == 2) {
-#pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) out[ow] = src[2 * ow];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) out[ow] = src[ow * sw];
-        }
-        for (int64_t ow = hi; ow < u.ow1; ++ow) out[ow] = T(0);
+        copy_run(row + u.pos, plane + u.oh * g.stride_h * pi.cols + u.ow0, u.len);
       }
       if (++j == g.kernel_w) {
         j = 0;
@@ -329,38 +470,25 @@ void im2col_block(const ConvGeometry& g, const T* x, int64_t r0, int64_t r1, int
 }
 
 // The adjoint of im2col_block: add rows [r0, r1), columns [q0, q1) of a column matrix (row
-// stride ld) back onto the input pixels they were read from.
+// stride ld) onto the phase image dxp of the pixels they were read from.
 template <typename T>
-void col2im_block(const ConvGeometry& g, const T* col, int64_t r0, int64_t r1, int64_t q0,
-                  int64_t q1, int64_t ld, T* dx) {
-  if (g.kernel_w > kMaxKernelW) throw std::invalid_argument("conv2d: kernel width above 64");
-  ColRange cr[kMaxKernelW];
-  make_col_ranges(g, cr);
+void col2im_block(const ConvGeometry& g, const PhaseImage& pi, const T* col, int64_t r0,
+                  int64_t r1, int64_t q0, int64_t q1, int64_t ld, T* dxp) {
   Run runs[kMaxRuns];
-  const int64_t chunk = max_pixels_per_chunk(g);
-  const int64_t kk = g.kernel_h * g.kernel_w, sw = g.stride_w;
+  const int64_t chunk = (kMaxRuns - 2) * g.out_w;
+  const int64_t kk = g.kernel_h * g.kernel_w;
   for (int64_t c0 = q0; c0 < q1; c0 += chunk) {
     const int64_t c1 = std::min(q1, c0 + chunk);
     const int nruns = make_runs(g, c0, c1, runs);
     int64_t ci = r0 / kk, i = (r0 % kk) / g.kernel_w, j = r0 % g.kernel_w;
     for (int64_t r = r0; r < r1; ++r) {
-      T* xc = dx + ci * g.in_h * g.in_w;
+      const int64_t jj = j * g.dilation_w;
+      T* plane = dxp + ci * pi.channel + (jj % g.stride_w) * pi.plane + jj / g.stride_w +
+                 i * g.dilation_h * pi.cols;
       const T* row = col + (r - r0) * ld + (c0 - q0);
-      const ColRange c = cr[j];
       for (int k = 0; k < nruns; ++k) {
         const Run& u = runs[k];
-        const int64_t ih = u.oh * g.stride_h - g.pad_h + i * g.dilation_h;
-        if (ih < 0 || ih >= g.in_h) continue;
-        const T* in = row + u.pos - u.ow0;
-        const int64_t lo = std::max(u.ow0, std::min(c.first, u.ow1));
-        const int64_t hi = std::max(lo, std::min(u.ow1, c.last));
-        T* d = xc + ih * g.in_w + c.off;
-        if (sw == 1) {
-#pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) d[ow] += in[ow];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) d[ow * sw] += in[ow];
-        }
+        add_run(plane + u.oh * g.stride_h * pi.cols + u.ow0, row + u.pos, u.len);
       }
       if (++j == g.kernel_w) {
         j = 0;
@@ -373,13 +501,13 @@ void col2im_block(const ConvGeometry& g, const T* col, int64_t r0, int64_t r1, i
 // Pack rows [k0, k0+kc) x columns [q0, q0+nc) of image x's column matrix straight into the
 // fast gemm's B panels ([kc][NR] each), zero columns past the last pixel.
 template <typename T>
-void pack_b_im2col(const ConvGeometry& g, const T* x, int64_t k0, int64_t kc, int64_t q0,
-                   int64_t nc, T* dst) {
+void pack_b_im2col(const ConvGeometry& g, const PhaseImage& pi, const T* xp, int64_t k0,
+                   int64_t kc, int64_t q0, int64_t nc, T* dst) {
   constexpr int NR = detail::GemmBlocking<T>::NR;
   for (int64_t jp = 0; jp * NR < nc; ++jp) {
     const int64_t a = q0 + jp * NR, cols = std::min<int64_t>(NR, nc - jp * NR);
     T* panel = dst + jp * NR * kc;
-    im2col_block(g, x, k0, k0 + kc, a, a + cols, panel, NR);
+    im2col_block(g, pi, xp, k0, k0 + kc, a, a + cols, panel, NR);
     if (cols < NR)
       for (int64_t p = 0; p < kc; ++p)
         for (int64_t c = cols; c < NR; ++c) panel[p * NR + c] = T(0);
@@ -414,22 +542,32 @@ static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T*
   const int64_t items = g.batch * blocks_per_image;
   const int nt = conv_threads(items);
 
+  const PhaseImage pi = make_phase_image(g);
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
   const int64_t b_size = round_up(std::min<int64_t>(KC, kdim) * nc_max, 64);
-  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * b_size);
+  const int64_t per_thread = b_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
   detail::pack_a<T>(false, Co, kdim, w, kdim, ws);  // the weight, packed once for all images
   const int64_t m_panels = ceil_div(Co, MR);
 
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* bp = ws + a_size + thread_id() * per_thread;
+    T* xp = bp + b_size;
+    int64_t split = -1;  // the image now in xp (a thread's items are consecutive)
+#pragma omp for schedule(static)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t n = item / blocks_per_image, blk = item % blocks_per_image;
     const int64_t q0 = blk * nc_max, nc = std::min(nc_max, P - q0);
     if (nc <= 0) continue;
-    T* bp = ws + a_size + thread_id() * b_size;
+    if (split != n) {
+      phase_split(g, pi, x + n * image, xp);
+      split = n;
+    }
     T* yn = y + n * Co * P;
     for (int64_t kb = 0; kb * KC < kdim; ++kb) {
       const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
-      pack_b_im2col(g, x + n * image, k0, kc, q0, nc, bp);
+      pack_b_im2col(g, pi, xp, k0, kc, q0, nc, bp);
       detail::macro_kernel<T>(Co, kdim, kb, ws, 0, m_panels, bp, kc, nc, yn + q0, P, T(1),
                               kb == 0 ? T(0) : T(1));
     }
@@ -440,6 +578,7 @@ static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T*
 #pragma omp simd
         for (int64_t q = 0; q < nc; ++q) row[q] += b;
       }
+  }
   }
 }
 
@@ -459,18 +598,20 @@ static void backward_input_fast(const ConvGeometry& g, const T* dy, const T* w, 
   const int64_t a_size = round_up(detail::packed_a_size<T>(kdim, Co), 64);
   const int64_t b_size = round_up(std::min<int64_t>(KC, Co) * nc_max, 64);
   const int64_t c_size = round_up(kdim * nc_max, 64);
-  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * (b_size + c_size));
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t per_thread = b_size + c_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
   detail::pack_a<T>(true, kdim, Co, w, kdim, ws);  // W^T: (kdim x Co), packed once
   const int64_t m_panels = ceil_div(kdim, MR);
 
-  // Threads own whole images: col2im scatters into dx_n, which no other thread touches.
+  // Threads own whole images: no two threads ever add into the same gradient.
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t n = 0; n < g.batch; ++n) {
-    T* bp = ws + a_size + thread_id() * (b_size + c_size);
+    T* bp = ws + a_size + thread_id() * per_thread;
     T* col = bp + b_size;
-    T* dxn = dx + n * image;
+    T* dxp = col + c_size;  // the gradient, accumulated as a padded phase image
     const T* dyn = dy + n * Co * P;
-    std::fill(dxn, dxn + image, T(0));
+    std::fill(dxp, dxp + pi.size, T(0));
     for (int64_t q0 = 0; q0 < P; q0 += nc_max) {
       const int64_t nc = std::min(nc_max, P - q0);
       for (int64_t kb = 0; kb * KC < Co; ++kb) {
@@ -479,13 +620,114 @@ static void backward_input_fast(const ConvGeometry& g, const T* dy, const T* w, 
         detail::macro_kernel<T>(kdim, Co, kb, ws, 0, m_panels, bp, kc, nc, col, nc, T(1),
                                 kb == 0 ? T(0) : T(1));
       }
-      col2im_block(g, col, 0, kdim, q0, q0 + nc, nc, dxn);
+      col2im_block(g, pi, col, 0, kdim, q0, q0 + nc, nc, dxp);
+    }
+    phase_merge(g, pi, dxp, dx + n * image);
+  }
+}
+
+
+// backward-weight when dW is small (gasca layer 1: 32 x 25): a gemm over the pixels would
+// spend more time packing than multiplying (each packed element feeds only 2 * C_out
+// FLOPs), so instead each dW[co, tap] is a dot product of two contiguous rows, dy[co, :]
+// and col[tap, :], kept as a vector of partial sums that runs along the pixels.  A 4 x 5
+// tile of (co, tap) pairs shares its loads: 9 vector loads feed 20 FMAs.  The vector sums
+// live in a per-thread buffer across the whole batch and are reduced once at the end.
+template <typename T, int MT, int NT>
+static inline void dot_tile(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
+                            int64_t acc_ld, int64_t co, int64_t tap) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  V a[MT][NT];
+  for (int u = 0; u < MT; ++u)
+    for (int v = 0; v < NT; ++v) a[u][v] = S::load(acc + ((co + u) * acc_ld + tap + v) * W);
+  for (int64_t q = 0; q < pv; q += W) {
+    V d[MT], c[NT];
+    for (int u = 0; u < MT; ++u) d[u] = S::load(dy + (co + u) * ld + q);
+    for (int v = 0; v < NT; ++v) c[v] = S::load(col + (tap + v) * ld + q);
+    for (int u = 0; u < MT; ++u)
+      for (int v = 0; v < NT; ++v) a[u][v] = S::fma(d[u], c[v], a[u][v]);
+  }
+  for (int u = 0; u < MT; ++u)
+    for (int v = 0; v < NT; ++v) S::store(acc + ((co + u) * acc_ld + tap + v) * W, a[u][v]);
+}
+
+template <typename T, int MT>
+static inline void dot_row(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
+                           int64_t kdim, int64_t co) {
+  constexpr int NT = 5;
+  int64_t tap = 0;
+  for (; tap + NT <= kdim; tap += NT) dot_tile<T, MT, NT>(dy, col, pv, ld, acc, kdim, co, tap);
+  for (; tap < kdim; ++tap) dot_tile<T, MT, 1>(dy, col, pv, ld, acc, kdim, co, tap);
+}
+
+template <typename T>
+static bool backward_weight_small_applies(const ConvGeometry& g) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  return g.out_channels * kdim * Simd<T>::W * int64_t(sizeof(T)) <= (int64_t(256) << 10);
+}
+
+template <typename T>
+static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  using S = Simd<T>;
+  constexpr int W = S::W;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t PV = round_up(P, W);  // rows padded with zeros to whole vectors
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const int nt = conv_threads(g.batch);
+  const int64_t acc_size = round_up(Co * kdim * W, 64);
+  const int64_t col_size = round_up(kdim * PV, 64);
+  const int64_t dy_size = P == PV ? 0 : round_up(Co * PV, 64);
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t per_thread = acc_size + col_size + dy_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id();
+#ifdef GASCA_OPENMP
+    const int nth = omp_get_num_threads();
+#else
+    const int nth = 1;
+#endif
+    T* acc = ws + tid * per_thread;
+    T* col = acc + acc_size;
+    T* dyp = col + col_size;
+    T* xp = dyp + dy_size;
+    std::fill(acc, acc + Co * kdim * W, T(0));
+    if (PV != P) {  // the padding columns stay zero for the whole batch
+      for (int64_t r = 0; r < kdim; ++r) std::fill(col + r * PV + P, col + (r + 1) * PV, T(0));
+      for (int64_t co = 0; co < Co; ++co) std::fill(dyp + co * PV + P, dyp + (co + 1) * PV, T(0));
+    }
+    const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
+    for (int64_t n = n0; n < n1; ++n) {
+      phase_split(g, pi, x + n * image, xp);
+      im2col_block(g, pi, xp, 0, kdim, 0, P, col, PV);
+      const T* d = dy + n * Co * P;
+      if (PV != P) {
+        for (int64_t co = 0; co < Co; ++co) std::memcpy(dyp + co * PV, d + co * P, sizeof(T) * P);
+        d = dyp;
+      }
+      int64_t co = 0;
+      for (; co + 4 <= Co; co += 4) dot_row<T, 4>(d, col, PV, PV, acc, kdim, co);
+      for (; co < Co; ++co) dot_row<T, 1>(d, col, PV, PV, acc, kdim, co);
+    }
+#pragma omp barrier
+    // dw[e] = sum over threads and lanes of the partial sums; elements split between threads.
+    const int64_t e0 = Co * kdim * tid / nth, e1 = Co * kdim * (tid + 1) / nth;
+    for (int64_t e = e0; e < e1; ++e) {
+      typename S::V v = S::load(ws + e * W);
+      for (int t = 1; t < nth; ++t) v = S::add(v, S::load(ws + t * per_thread + e * W));
+      dw[e] = S::sum(v);
     }
   }
 }
 
 template <typename T>
 static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
@@ -494,13 +736,15 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
   const int nt = conv_threads(g.batch);
   const int64_t wsize = Co * kdim;
 
-  // Per thread: the packed dy_n (A), a packed block of col_n^T (B), and (threads > 0) a
-  // private dW.  The column matrix is never materialised: B is packed straight from x.
+  // Per thread: the packed dy_n (A), the column matrix of KC pixels at a time, its packed
+  // transpose (B), a private dW (threads > 0) and the phase-split image.
+  const PhaseImage pi = make_phase_image(g);
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, P), 64);
   const int64_t nc_max = std::min<int64_t>(NC, round_up(kdim, NR));
   const int64_t b_size = round_up(std::min<int64_t>(KC, P) * nc_max, 64);
   const int64_t col_size = round_up(std::min<int64_t>(KC, P) * kdim, 64);
-  const int64_t per_thread = a_size + b_size + col_size + round_up(wsize, 64);
+  const int64_t part_offset = a_size + b_size + col_size;
+  const int64_t per_thread = part_offset + round_up(wsize, 64) + round_up(pi.size, 64);
   T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
   const int64_t m_panels = ceil_div(Co, MR);
 
@@ -515,16 +759,18 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
     T* ap = ws + tid * per_thread;
     T* bp = ap + a_size;
     T* colt = bp + b_size;  // a KC-pixel slice of col_n^T: (pixels x kdim)
-    T* acc = tid == 0 ? dw : colt + col_size;
+    T* acc = tid == 0 ? dw : ap + part_offset;
+    T* xp = ap + part_offset + round_up(wsize, 64);
     const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
     bool first = true;
     for (int64_t n = n0; n < n1; ++n) {
       detail::pack_a<T>(false, Co, P, dy + n * Co * P, P, ap);
+      phase_split(g, pi, x + n * image, xp);
       for (int64_t kb = 0; kb * KC < P; ++kb) {
         const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
         // col_n^T rows [k0, k0+kc): the im2col block for those pixels, transposed by the
         // trans-B packing below.
-        im2col_block(g, x + n * image, 0, kdim, k0, k0 + kc, colt, kc);
+        im2col_block(g, pi, xp, 0, kdim, k0, k0 + kc, colt, kc);
         for (int64_t jc = 0; jc < kdim; jc += nc_max) {
           const int64_t nc = std::min(nc_max, kdim - jc);
           detail::pack_b<T>(true, 0, kc, jc, nc, colt, kc, bp);
@@ -539,7 +785,7 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
     // dw += the other threads' partial sums, the elements split between the threads.
     const int64_t e0 = wsize * tid / nth, e1 = wsize * (tid + 1) / nth;
     for (int t = 1; t < nth; ++t) {
-      const T* part = ws + t * per_thread + a_size + b_size + col_size;
+      const T* part = ws + t * per_thread + part_offset;
 #pragma omp simd
       for (int64_t e = e0; e < e1; ++e) dw[e] += part[e];
     }

@@ -23,15 +23,13 @@
 //
 // Every faster version is checked against version 0 by tests/test_kernels_gemm.py.
 #include "gemm.h"
+#include "simd.h"  // first: it includes <immintrin.h> (see the note there)
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <stdexcept>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
 #ifdef GASCA_OPENMP
 #include <omp.h>
 #endif
@@ -137,10 +135,36 @@ static void pack_b_block(bool tb, int64_t k0, int64_t kc, int64_t j0, int64_t nc
     }
     return;
   }
-  // op(B)(p, j) = b[j*ldb + p]: read each column of op(B) (a row of b) sequentially.
+  // op(B)(p, j) = b[j*ldb + p]: a transpose.
   for (int64_t jp = 0; jp < panels; ++jp) {
     const int64_t cols = std::min<int64_t>(NR, nc - jp * NR);
     T* d = dst + jp * NR * kc;
+#if defined(__AVX512F__)
+    // Full panels: each row of the panel is NR elements, one from each of NR rows of b, so
+    // gather them a vector at a time (Zen 4 / Skylake gathers beat scalar transposes here).
+    if (cols == NR && ldb <= (int64_t(1) << 31) / NR) {
+      if constexpr (sizeof(T) == 4 && NR % 16 == 0) {
+        const __m512i idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(static_cast<int>(ldb)));
+        for (int64_t p = 0; p < kc; ++p)
+          for (int v = 0; v < NR / 16; ++v)
+            _mm512_storeu_ps(reinterpret_cast<float*>(d + p * NR + v * 16),
+                             _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(0xFFFF), idx, reinterpret_cast<const float*>(
+                                                          b + (j0 + jp * NR + v * 16) * ldb + k0 + p), 4));
+        continue;
+      } else if constexpr (sizeof(T) == 8 && NR % 8 == 0) {
+        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                               _mm256_set1_epi32(static_cast<int>(ldb)));
+        for (int64_t p = 0; p < kc; ++p)
+          for (int v = 0; v < NR / 8; ++v)
+            _mm512_storeu_pd(reinterpret_cast<double*>(d + p * NR + v * 8),
+                             _mm512_mask_i32gather_pd(_mm512_setzero_pd(), __mmask8(0xFF), idx, reinterpret_cast<const double*>(
+                                                          b + (j0 + jp * NR + v * 8) * ldb + k0 + p), 8));
+        continue;
+      }
+    }
+#endif
     for (int64_t c = 0; c < cols; ++c) {
       const T* src = b + (j0 + jp * NR + c) * ldb + k0;
       for (int64_t p = 0; p < kc; ++p) d[p * NR + c] = src[p];
@@ -211,58 +235,6 @@ static void gemm_blocked_portable(bool ta, bool tb, int64_t m, int64_t n, int64_
 }
 
 // ------------------------------------------------------------------ version 2 micro-kernel
-// SIMD vector of T for the widest instruction set the build targets.
-template <typename T> struct Simd;
-#if defined(__AVX512F__)
-template <> struct Simd<float> {
-  using V = __m512;
-  static constexpr int W = 16;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static V set1(float x) { return _mm512_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-};
-template <> struct Simd<double> {
-  using V = __m512d;
-  static constexpr int W = 8;
-  static V zero() { return _mm512_setzero_pd(); }
-  static V load(const double* p) { return _mm512_loadu_pd(p); }
-  static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
-  static V set1(double x) { return _mm512_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
-  static V add(V a, V b) { return _mm512_add_pd(a, b); }
-};
-#define GASCA_GEMM_SIMD 1
-#elif defined(__AVX2__) && defined(__FMA__)
-template <> struct Simd<float> {
-  using V = __m256;
-  static constexpr int W = 8;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(float x) { return _mm256_set1_ps(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  static V add(V a, V b) { return _mm256_add_ps(a, b); }
-};
-template <> struct Simd<double> {
-  using V = __m256d;
-  static constexpr int W = 4;
-  static V zero() { return _mm256_setzero_pd(); }
-  static V load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(double x) { return _mm256_set1_pd(x); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-  static V add(V a, V b) { return _mm256_add_pd(a, b); }
-};
-#define GASCA_GEMM_SIMD 1
-#endif
-
 namespace detail {
 
 #ifdef GASCA_GEMM_SIMD
