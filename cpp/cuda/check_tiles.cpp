@@ -42,12 +42,13 @@ inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
 using namespace gasca;
 using namespace gasca::cuda;
 
+bool g_narrow = false;  // which tile shape emulate() uses
+
 // Runs the kernel over a (grid_x, 1, slices) grid, block by block (blocks share the kernel's
 // static "shared memory", so they must not overlap), threads of a block concurrently.
-template <typename T, class A, class B, class O>
-void emulate(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
-             int64_t splits, unsigned grid_cap) {
-  using Cfg = TileConfig<T>;
+template <typename T, class Cfg, class A, class B, class O>
+void emulate_with(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
+                  int64_t splits, unsigned grid_cap) {
   const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
   if (tiles == 0) return;
   int64_t k_chunk = ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK;
@@ -64,10 +65,20 @@ void emulate(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t
         threads.emplace_back([&, t] {
           emu_threadIdx = {static_cast<unsigned>(t), 0, 0};
           emu_blockIdx = {x, 0, z};
-          tiled_gemm_kernel<T, A, B, O>(a, b, out, M, N, K, k_chunk);
+          tiled_gemm_kernel<T, Cfg, A, B, O>(a, b, out, M, N, K, k_chunk);
         });
       for (auto& th : threads) th.join();
     }
+}
+
+// Both tile shapes are checked on every problem (the launcher picks one by M).
+template <typename T, class A, class B, class O>
+void emulate(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
+             int64_t splits, unsigned grid_cap) {
+  if (g_narrow)
+    emulate_with<T, TileConfig<T, true>>(a, b, out, M, N, K, splits, grid_cap);
+  else
+    emulate_with<T, TileConfig<T, false>>(a, b, out, M, N, K, splits, grid_cap);
 }
 
 static int failures = 0;
@@ -81,8 +92,9 @@ void check(const char* what, const std::vector<T>& got, const std::vector<double
   for (size_t i = 0; i < got.size(); ++i)
     if (!(std::fabs(got[i] - want[i]) <= tol)) {
       if (++failures < 10)
-        std::printf("FAIL %s (%s) trial %d index %zu: %g vs %g\n", what,
-                    sizeof(T) == 4 ? "float" : "double", trial, i, double(got[i]), want[i]);
+        std::printf("FAIL %s (%s, %s tiles) trial %d index %zu: %g vs %g\n", what,
+                    sizeof(T) == 4 ? "float" : "double", g_narrow ? "narrow" : "square", trial,
+                    i, double(got[i]), want[i]);
       return;
     }
 }
@@ -177,9 +189,12 @@ int main() {
     g.out_h = sh / g.stride_h + 1;
     g.out_w = sw / g.stride_w + 1;
     ++cases;
-    run_trial<float>(g, trial, gen);
-    run_trial<double>(g, trial, gen);
+    for (bool narrow : {false, true}) {
+      g_narrow = narrow;
+      run_trial<float>(g, trial, gen);
+      run_trial<double>(g, trial, gen);
+    }
   }
-  std::printf("%d geometries checked (float and double), %d failures\n", cases, failures);
+  std::printf("%d geometries checked (float and double, both tile shapes), %d failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

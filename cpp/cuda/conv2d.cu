@@ -12,7 +12,8 @@
 //      tests hold version 1 to it and to the CPU kernels.
 //   1  tiled implicit GEMM (tiled_gemm.cuh + conv_maps.cuh): each pass is a matrix product
 //      whose operands are gathered from the tensors on the fly into 64x64 shared-memory
-//      tiles, double-buffered, with 8x8 (float) / 4x4 (double) register blocking.
+//      tiles (32-row tiles when the product has <= 32 rows), double-buffered, with 8x8
+//      (float) / 4x4 (double) register blocking.
 //        forward          M = Co,  N = N*OH*OW,  K = Ci*KH*KW
 //        backward-input   one GEMM per stride phase (SH*SW of them), each over its live
 //                         taps only, so a stride-2 pass does no multiplications by zero
@@ -174,7 +175,7 @@ Status conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bi
                           g.pad_h,    g.pad_w,       g.dilation_h, g.dilation_w};
   const ForwardOut<T> out{y, bias, g.out_channels, g.out_h * g.out_w};
   return launch_tiled_gemm<T>("conv2d_forward_tiled", a, b, out, g.out_channels,
-                              g.batch * g.out_h * g.out_w, K, 1, stream);
+                              g.batch * g.out_h * g.out_w, K, false, stream);
 }
 
 template <typename T>
@@ -208,7 +209,7 @@ Status conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, con
                             ph, pw};
       const Status s = launch_tiled_gemm<T>(
           "conv2d_backward_input_tiled", a, b, out, g.in_channels,
-          g.batch * ph.count * pw.count, g.out_channels * ph.taps * pw.taps, 1, stream);
+          g.batch * ph.count * pw.count, g.out_channels * ph.taps * pw.taps, false, stream);
       if (!s.ok()) return s;
     }
   return Status{};
@@ -239,8 +240,8 @@ Status conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T*
                          g.out_w,    g.kernel_h,    g.kernel_w, g.stride_h, g.stride_w,
                          g.pad_h,    g.pad_w,       g.dilation_h, g.dilation_w};
   const WeightOut<T> out{dw, N};
-  return launch_tiled_gemm<T>("conv2d_backward_weight_tiled", a, b, out, M, N, K,
-                              split_k_for<T>(M, N, K), stream);
+  return launch_tiled_gemm<T>("conv2d_backward_weight_tiled", a, b, out, M, N, K, true,
+                              stream);
 }
 
 template <typename T>

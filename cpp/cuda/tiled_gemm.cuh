@@ -20,7 +20,8 @@
 //   };
 // and the output has  int64_t col_offset(int64_t n)  and  void write(m, col_offset, acc).
 //
-// How a block works (one 64 x 64 tile of C, BK = 16 (float) or 8 (double) k at a time):
+// How a block works (one BM x BN tile of C, e.g. 64 x 64, BK = 16 (float) or 8 (double) k
+// at a time; TileConfig below has the shapes):
 //   - every thread owns one row of the A tile and one column of the B tile, and loads its
 //     share of the next k-tile of both into registers (float: 64 threads, each 16 k of one
 //     row and 16 k of one column): loads of the next k-tile are in flight
@@ -29,7 +30,7 @@
 //   - the tile is stored k-major in shared memory (As[k][m], Bs[k][n]) so that the inner
 //     loop reads a contiguous run of TM values of A and TN of B for each k;
 //   - each thread accumulates a TM x TN block of C in registers (8 x 8 for float, 4 x 4 for
-//     double, where twice the registers per value would otherwise spill): every value read
+//     double in the square tiles, where twice the registers per value would spill): every value read
 //     from shared memory feeds TN (or TM) multiply-adds, which is what moves the kernel from
 //     memory-bound to compute-bound.  A thread's rows are two runs of TM/2, half a tile apart
 //     (and its columns likewise), so that a warp's reads are broadcasts of a few addresses
@@ -43,16 +44,31 @@
 namespace gasca {
 namespace cuda {
 
-template <typename T>
+// Two tile shapes.  Square 64 x 64 is the default; narrow 32 x 128 (float) / 32 x 64
+// (double) serves M <= 32, where a 64-row tile would multiply zeros in half its rows (the
+// backward-input pass of a layer with 32 input channels, the forward pass of one with 32
+// output channels).  A thread's TM x TN block and the k-depth BK set the register budget:
+// 8 x 8 floats, or 4 x 4 doubles (8 x 8 doubles would spill).
+template <typename T, bool Narrow>
 struct TileConfig;
 template <>
-struct TileConfig<float> {
+struct TileConfig<float, false> {
   static constexpr int BM = 64, BN = 64, BK = 16, TM = 8, TN = 8;
   static constexpr int THREADS = (BM / TM) * (BN / TN);  // 64
 };
 template <>
-struct TileConfig<double> {
+struct TileConfig<float, true> {
+  static constexpr int BM = 32, BN = 128, BK = 16, TM = 4, TN = 8;
+  static constexpr int THREADS = (BM / TM) * (BN / TN);  // 128
+};
+template <>
+struct TileConfig<double, false> {
   static constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4;
+  static constexpr int THREADS = (BM / TM) * (BN / TN);  // 256
+};
+template <>
+struct TileConfig<double, true> {
+  static constexpr int BM = 32, BN = 64, BK = 8, TM = 2, TN = 4;
   static constexpr int THREADS = (BM / TM) * (BN / TN);  // 256
 };
 
@@ -60,11 +76,10 @@ struct TileConfig<double> {
 // CUDA thread, to test the tiling itself without a GPU.
 #if defined(__CUDACC__) || defined(GASCA_EMULATE_CUDA)
 
-template <typename T, class AOp, class BOp, class Out>
-__global__ void __launch_bounds__(TileConfig<T>::THREADS)
+template <typename T, class Cfg, class AOp, class BOp, class Out>
+__global__ void __launch_bounds__(Cfg::THREADS)
     tiled_gemm_kernel(const AOp a, const BOp b, const Out out, int64_t M, int64_t N, int64_t K,
                       int64_t k_chunk) {
-  using Cfg = TileConfig<T>;
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   constexpr int THREADS_X = BN / TN;  // threads along a row of the C tile
   constexpr int THREADS = Cfg::THREADS;
@@ -182,15 +197,24 @@ __global__ void __launch_bounds__(TileConfig<T>::THREADS)
 
 #if defined(__CUDACC__)
 
-// Launches the engine on `stream`.  splits > 1 cuts K into that many slices (the output
-// must then accumulate atomically into a zeroed C).  Returns the launch status.
-template <typename T, class AOp, class BOp, class Out>
-Status launch_tiled_gemm(const char* kernel_name, const AOp& a, const BOp& b, const Out& out,
-                         int64_t M, int64_t N, int64_t K, int64_t splits, cudaStream_t stream) {
-  using Cfg = TileConfig<T>;
+// How many K-slices make the tiles of C fill the GPU: about four blocks per SM, but never a
+// slice shorter than four k-tiles (below that the atomics cost more than they save).
+template <class Cfg>
+int64_t split_k_for(int64_t tiles, int64_t K) {
+  if (tiles == 0 || K == 0) return 1;
+  const int64_t want = ceil_div(4 * int64_t(multiprocessor_count()), tiles);
+  const int64_t most = K / (4 * Cfg::BK);
+  const int64_t s = want < most ? want : most;
+  return s < 1 ? 1 : s;
+}
+
+template <typename T, class Cfg, class AOp, class BOp, class Out>
+Status launch_tiled_gemm_with(const char* kernel_name, const AOp& a, const BOp& b,
+                              const Out& out, int64_t M, int64_t N, int64_t K, bool split_k,
+                              cudaStream_t stream) {
   const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
   if (tiles == 0) return Status{};
-  if (splits < 1) splits = 1;
+  const int64_t splits = split_k ? split_k_for<Cfg>(tiles, K) : 1;
   // Each slice is a whole number of k-tiles; recount the slices after rounding.
   int64_t k_chunk = ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK;
   if (k_chunk < Cfg::BK) k_chunk = Cfg::BK;
@@ -202,22 +226,22 @@ Status launch_tiled_gemm(const char* kernel_name, const AOp& a, const BOp& b, co
   const int64_t max_blocks = int64_t(1) << 20;  // the tile loop covers the rest
   const dim3 grid(static_cast<unsigned>(tiles < max_blocks ? tiles : max_blocks), 1,
                   static_cast<unsigned>(slices));
-  tiled_gemm_kernel<T, AOp, BOp, Out>
-      <<<grid, TileConfig<T>::THREADS, 0, stream>>>(a, b, out, M, N, K, k_chunk);
+  tiled_gemm_kernel<T, Cfg, AOp, BOp, Out>
+      <<<grid, Cfg::THREADS, 0, stream>>>(a, b, out, M, N, K, k_chunk);
   return launch_status(kernel_name);
 }
 
-// How many K-slices make M x N tiles fill the GPU: about four blocks per SM, but never a
-// slice shorter than four k-tiles (below that the atomics cost more than they save).
-template <typename T>
-int64_t split_k_for(int64_t M, int64_t N, int64_t K) {
-  using Cfg = TileConfig<T>;
-  const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
-  if (tiles == 0 || K == 0) return 1;
-  const int64_t want = ceil_div(4 * int64_t(multiprocessor_count()), tiles);
-  const int64_t most = K / (4 * Cfg::BK);
-  int64_t s = want < most ? want : most;
-  return s < 1 ? 1 : s;
+// Launches the engine on `stream`, with the narrow tiles when M <= 32.  split_k = true lets
+// it cut K into slices when the tiles of C alone are too few to fill the GPU; the output
+// must then add atomically into a zeroed C.  Returns the launch status.
+template <typename T, class AOp, class BOp, class Out>
+Status launch_tiled_gemm(const char* kernel_name, const AOp& a, const BOp& b, const Out& out,
+                         int64_t M, int64_t N, int64_t K, bool split_k, cudaStream_t stream) {
+  if (M <= TileConfig<T, true>::BM)
+    return launch_tiled_gemm_with<T, TileConfig<T, true>>(kernel_name, a, b, out, M, N, K,
+                                                          split_k, stream);
+  return launch_tiled_gemm_with<T, TileConfig<T, false>>(kernel_name, a, b, out, M, N, K,
+                                                         split_k, stream);
 }
 
 #endif  // __CUDACC__
