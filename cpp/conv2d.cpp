@@ -529,8 +529,98 @@ inline int conv_threads(int64_t items) {
 
 }  // namespace
 
+
+// forward as an implicit gemm: when every output row is a whole number of SIMD vectors
+// (OW % W == 0: gasca layers 1 and 2 in float), a tile of NR output pixels is NR / W
+// vectors, each a contiguous run of one row of the phase-split image for every tap.  The
+// micro-kernel then reads B in place (micro_kernel_indirect) and nothing is packed but the
+// weight: the column matrix exists nowhere, not even one panel at a time.
+template <typename T>
+static bool forward_implicit_applies(const ConvGeometry& g) {
+  return g.out_w % Simd<T>::W == 0;
+}
+
+template <typename T>
+static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, W = Simd<T>::W, NV = NR / W;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t tiles = ceil_div(P, NR);
+  // Split an image between threads only when there are fewer images than threads.
+  const int nt_all = get_num_threads();
+  const int64_t chunks = g.batch >= nt_all ? 1 : std::min<int64_t>(tiles, ceil_div(nt_all, g.batch));
+  const int64_t tiles_per_chunk = ceil_div(tiles, chunks);
+  const int64_t items = g.batch * chunks;
+  const int nt = conv_threads(items);
+
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
+  const int64_t per_thread = round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
+  int64_t* row_off = detail::scratch<int64_t>(detail::kSlotSpare, kdim);
+  detail::pack_a<T>(false, Co, kdim, w, kdim, ws);
+  // Offset of tap (ci, i, j) in the phase image, relative to its pixel (oh, ow)'s base
+  // oh*sh*cols + ow: the same for every pixel and every image.
+  for (int64_t r = 0; r < kdim; ++r) {
+    const int64_t ci = r / (g.kernel_h * g.kernel_w), i = (r / g.kernel_w) % g.kernel_h,
+                  jj = (r % g.kernel_w) * g.dilation_w;
+    row_off[r] = ci * pi.channel + (jj % g.stride_w) * pi.plane + jj / g.stride_w +
+                 i * g.dilation_h * pi.cols;
+  }
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* xp = ws + a_size + thread_id() * per_thread;
+    int64_t split = -1;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / chunks;
+      const int64_t t0 = (item % chunks) * tiles_per_chunk, t1 = std::min(tiles, t0 + tiles_per_chunk);
+      if (t0 >= t1) continue;
+      if (split != n) {
+        phase_split(g, pi, x + n * image, xp);
+        split = n;
+      }
+      T* yn = y + n * Co * P;
+      for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+        for (int64_t ip = 0; ip < m_panels; ++ip) {
+          const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
+          const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t q0 = t * NR;
+            int64_t vec_off[NV];
+            for (int v = 0; v < NV; ++v) {
+              // vector v covers pixels [q, q + W) of one output row (OW % W == 0);
+              // past the last pixel, repeat the first vector (loaded, never stored).
+              const int64_t q = q0 + v * W < P ? q0 + v * W : q0;
+              vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
+            }
+            detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off,
+                                             yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
+                                             mr, static_cast<int>(std::min<int64_t>(NR, P - q0)));
+          }
+        }
+      }
+      if (bias) {
+        const int64_t p0 = t0 * NR, p1 = std::min(P, t1 * NR);
+        for (int64_t co = 0; co < Co; ++co) {
+          T* row = yn + co * P;
+          const T b = bias[co];
+#pragma omp simd
+          for (int64_t q = p0; q < p1; ++q) row[q] += b;
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  if (forward_implicit_applies<T>(g)) return forward_implicit(g, x, w, bias, y);
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;

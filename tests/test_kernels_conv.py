@@ -113,6 +113,12 @@ HAND_CONFIGS = [
     (2, 2, 10, 7, 3, 3, 3, (3, 2), (0, 1), (1, 1)),   # stride skips input rows
     (1, 2, 5, 5, 2, 3, 3, (1, 1), (3, 3), (1, 1)),    # padding >= kernel
     (4, 8, 9, 9, 16, 3, 3, (1, 1), (1, 1), (1, 1)),   # more channels
+    # output rows of 16 / 32 pixels: whole SIMD vectors (the implicit-gemm forward path),
+    # with a last tile that is only partly inside the image
+    (2, 3, 5, 31, 4, 3, 3, (2, 2), (1, 1), (1, 1)),   # 3 x 16 outputs
+    (1, 2, 3, 32, 3, 3, 3, (1, 1), (1, 1), (1, 1)),   # 3 x 32 outputs, stride 1
+    (1, 2, 6, 18, 2, 3, 3, (1, 1), (0, 2), (2, 3)),   # 2 x 16 outputs, dilated
+    (2, 9, 7, 64, 10, 1, 3, (1, 2), (0, 1), (1, 1)),  # 7 x 32 outputs, channels not a multiple of 8
 ]
 
 
