@@ -93,7 +93,10 @@ def per_label_table(pred, target, labels: dict, key: str) -> list[tuple[Any, int
     rows = []
     for v in np.unique(vals):
         m = vals == v
-        rows.append((v.item() if hasattr(v, "item") else v, int(m.sum()), float(mse[m].mean()),
+        v = v.item() if hasattr(v, "item") else v
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # yaw -60.0 reads better as -60
+        rows.append((v, int(m.sum()), float(mse[m].mean()),
                      float(psnr[m].mean()), float(ssim[m].mean())))
     return rows
 
