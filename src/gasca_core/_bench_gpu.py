@@ -192,9 +192,11 @@ def _cudnn_cupy(cp, cudnn, p: Problem) -> dict[str, Callable[[], None]]:
     }
 
 
-def _find_cudnn(cp):
+def _find_cudnn(cp, use_torch: bool = True):
     """(label, factory(problem) -> passes, timer) for the cuDNN baseline, or None."""
     try:
+        if not use_torch:
+            raise ImportError("PyTorch left out (--no-torch)")
         import torch
         if torch.cuda.is_available() and torch.backends.cudnn.is_available():
             torch.backends.cudnn.allow_tf32 = False
@@ -216,19 +218,20 @@ def _find_cudnn(cp):
 def run(args: Optional[argparse.Namespace] = None) -> list[dict]:
     """Time every pass on every layer and batch; print the table; return its rows.
 
-    Reads from args (all optional): batches (list of ints, default [64, 256]) or batch,
-    min_time (seconds timed per measurement, default 0.2).
+    Reads from args (all optional): batches (list of ints; else `batch` together with 64
+    and 256), min_time (seconds timed per measurement, default 0.2), no_torch (use CuPy's
+    cuDNN bindings for the baseline instead of PyTorch).
     """
     import cupy as cp
 
     from gasca_core import _C_cuda as gpu
 
-    batches = getattr(args, "batches", None) or getattr(args, "batch", None) or [64, 256]
-    if isinstance(batches, int):
-        batches = [batches]
+    batches = getattr(args, "batches", None)
+    if not batches:  # from the CPU bench: its --batch, and always the issue's 64 and 256
+        batches = sorted({int(getattr(args, "batch", None) or 64), 64, 256})
     min_time = float(getattr(args, "min_time", None) or 0.2)
     versions = gpu.versions()["conv2d"]
-    baseline = _find_cudnn(cp)
+    baseline = _find_cudnn(cp, use_torch=not getattr(args, "no_torch", False))
     timer = _cupy_timer(cp)
     device = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"]
     device = device.decode() if isinstance(device, bytes) else device
