@@ -85,8 +85,11 @@ CXX_BIN=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$BUILD_DIR/CMakeCache.txt")
 LIBASAN=$("${CXX_BIN:-c++}" -print-file-name=libasan.so)
 [[ -f "$LIBASAN" ]] || { echo "sanitize.sh: libasan not found ($LIBASAN)" >&2; exit 2; }
 
-export LD_PRELOAD=$LIBASAN
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:halt_on_error=1:abort_on_error=0:print_summary=1:symbolize=1:log_path=$REPORTS/asan}
+# libstdc++ too: python itself does not link it, and ASan's __cxa_throw interceptor must find
+# the real one when the first C++ exception is thrown ("CHECK failed ... real___cxa_throw").
+LIBSTDCXX=$("${CXX_BIN:-c++}" -print-file-name=libstdc++.so)
+export LD_PRELOAD=$LIBASAN${LIBSTDCXX:+:$LIBSTDCXX}
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1:halt_on_error=1:abort_on_error=0:print_summary=1:symbolize=1:log_path=$REPORTS/asan}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$REPORTS/ubsan}
 export PYTHONPATH=$STAGE${PYTHONPATH:+:$PYTHONPATH}
 export GASCA_FUZZ_CHILD=1          # the hostile-argument suite runs in this process
