@@ -6,17 +6,25 @@
 //      hand the whole convolution to gemm (its fastest version).  backward-input is gemm into
 //      columns then col2im (scatter-add); backward-weight is gemm of dy with the columns
 //      transposed, accumulated over the batch.  One image at a time; only gemm is parallel.
-//   2  fast: the same three products, restructured around the fast gemm's pieces
-//      (gemm_internal.h) so that nothing is materialised whole and both cores work on
-//      separate images with no synchronisation:
-//        forward          im2col writes straight into gemm's packed B panels (no column
-//                         matrix at all), the packed weight is shared, bias added per block;
-//        backward-input   W^T dy in cache-sized column blocks, each scattered back by col2im
-//                         at once (the column matrix never exists beyond one block);
+//   2  fast: the same three products, rebuilt from the fast gemm's pieces (gemm_internal.h)
+//      so that no column matrix is materialised whole and the threads work on separate
+//      images with no synchronisation (a thread never writes where another does).
+//      Each image is first copied once into a zero-padded, phase-split form (xp, see
+//      PhaseImage below): every run of im2col/col2im then becomes a contiguous,
+//      bounds-check-free copy or add of one row segment.
+//        forward          implicit gemm: when output rows are whole SIMD vectors (gasca
+//                         layers 1-2 in float), the micro-kernel reads its B operand straight
+//                         out of xp (micro_kernel_indirect): no im2col at all.  Otherwise
+//                         im2col writes straight into the packed B panels.  The packed weight
+//                         is shared by all threads; the bias is added per block.
+//        backward-input   W^T dy in cache-sized column blocks, each added back at once by
+//                         col2im into a padded phase image of dx, merged into dx at the end.
 //        backward-weight  each thread accumulates dy_n col_n^T over its own images into a
-//                         private dW, the partial sums are added at the end.
-//      im2col/col2im copy whole row segments (memcpy for stride 1, a strided loop otherwise)
-//      with the padding handled once per segment, not per element.
+//                         private dW (col_n built KC pixels at a time, transposed by the
+//                         packing); the partial sums are added at the end.  When dW is small
+//                         (gasca layer 1: 32 x 25) each entry is instead a dot product of two
+//                         contiguous rows, with vector partial sums (no packing at all).
+//      Small convolutions (under ~4 MFLOP per thread) run on one thread.
 //
 // Every faster version is checked against version 0 by tests/test_kernels_conv.py.
 #include "conv2d.h"
@@ -522,9 +530,14 @@ inline int thread_id() {
 #endif
 }
 
-// Threads for a convolution: never more than there are independent work items.
-inline int conv_threads(int64_t items) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), items)));
+// Threads for a convolution: never more than there are independent work items, and one
+// per ~4 MFLOP at least (about 40 us of work), so that a small convolution does not pay
+// for waking threads, which costs far more when other processes share the cores.
+inline int conv_threads(const ConvGeometry& g, int64_t items) {
+  const int64_t flops = 2 * g.batch * g.out_channels * g.in_channels * g.kernel_h * g.kernel_w *
+                        g.out_h * g.out_w;
+  const int64_t by_work = std::max<int64_t>(1, flops / (int64_t(4) << 20));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({int64_t(get_num_threads()), items, by_work})));
 }
 
 }  // namespace
@@ -550,11 +563,11 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
   const PhaseImage pi = make_phase_image(g);
   const int64_t tiles = ceil_div(P, NR);
   // Split an image between threads only when there are fewer images than threads.
-  const int nt_all = get_num_threads();
+  const int nt_all = conv_threads(g, g.batch * tiles);
   const int64_t chunks = g.batch >= nt_all ? 1 : std::min<int64_t>(tiles, ceil_div(nt_all, g.batch));
   const int64_t tiles_per_chunk = ceil_div(tiles, chunks);
   const int64_t items = g.batch * chunks;
-  const int nt = conv_threads(items);
+  const int nt = conv_threads(g, items);
 
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
   const int64_t per_thread = round_up(pi.size, 64);
@@ -630,7 +643,7 @@ static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T*
   const int64_t blocks_per_image = ceil_div(P, NC);
   const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
   const int64_t items = g.batch * blocks_per_image;
-  const int nt = conv_threads(items);
+  const int nt = conv_threads(g, items);
 
   const PhaseImage pi = make_phase_image(g);
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
@@ -683,7 +696,7 @@ static void backward_input_fast(const ConvGeometry& g, const T* dy, const T* w, 
   const int64_t want = std::max<int64_t>(NR, round_up((int64_t(256) << 10) / int64_t(sizeof(T)) / std::max<int64_t>(kdim, 1), NR));
   const int64_t blocks_per_image = ceil_div(P, std::min(want, round_up(P, NR)));
   const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
-  const int nt = conv_threads(g.batch);
+  const int nt = conv_threads(g, g.batch);
 
   const int64_t a_size = round_up(detail::packed_a_size<T>(kdim, Co), 64);
   const int64_t b_size = round_up(std::min<int64_t>(KC, Co) * nc_max, 64);
@@ -766,7 +779,7 @@ static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy
   const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
   const int64_t PV = round_up(P, W);  // rows padded with zeros to whole vectors
   const int64_t image = g.in_channels * g.in_h * g.in_w;
-  const int nt = conv_threads(g.batch);
+  const int nt = conv_threads(g, g.batch);
   const int64_t acc_size = round_up(Co * kdim * W, 64);
   const int64_t col_size = round_up(kdim * PV, 64);
   const int64_t dy_size = P == PV ? 0 : round_up(Co * PV, 64);
@@ -823,7 +836,7 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
   const int64_t image = g.in_channels * g.in_h * g.in_w;
-  const int nt = conv_threads(g.batch);
+  const int nt = conv_threads(g, g.batch);
   const int64_t wsize = Co * kdim;
 
   // Per thread: the packed dy_n (A), the column matrix of KC pixels at a time, its packed
@@ -901,7 +914,7 @@ void conv2d_backward_bias(const ConvGeometry& g, const T* dy, T* db) {
 static const char* const kConvVersionNames[] = {
     "reference direct loops",
     "im2col + gemm, one image at a time",
-    "fast: im2col packed straight into gemm panels, blocked col2im, threads over images",
+    "fast: phase-split image, implicit gemm forward, blocked col2im, threads over images",
 };
 static constexpr int kConvVersions = sizeof(kConvVersionNames) / sizeof(kConvVersionNames[0]);
 

@@ -339,17 +339,21 @@ def test_fast_versions_match_reference_on_gasca_layers(layer, rng):
                                        err_msg=f"version {v} {name}")
 
 
-def test_threads_give_the_same_result(rng):
-    """Splitting work over threads must not change what is computed (beyond rounding)."""
-    x = rng.standard_normal((5, 6, 13, 11)).astype(np.float32)
-    w = rng.standard_normal((7, 6, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal((5, 7, 7, 6)).astype(np.float32)
+@pytest.mark.parametrize("ow_vectors", [False, True], ids=["packed", "implicit"])
+def test_threads_give_the_same_result(rng, ow_vectors):
+    """Splitting work over threads must not change what is computed (beyond rounding).
+    Sizes large enough (tens of MFLOP) that the kernels do use several threads."""
+    w_in = 31 if ow_vectors else 27   # output width 16 (whole SIMD vectors) or 14
+    x = rng.standard_normal((12, 16, 30, w_in)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    ow = (w_in + 2 - 3) // 2 + 1
+    dy = rng.standard_normal((12, 24, 15, ow)).astype(np.float32)
     old = _C.get_num_threads()
     outs = []
     try:
         for t in (1, 2, 3):
             _C.set_num_threads(t)
-            y = np.empty((5, 7, 7, 6), np.float32)
+            y = np.empty((12, 24, 15, ow), np.float32)
             _C.conv2d_forward(x, w, None, y, (2, 2), (1, 1), (1, 1))
             dw = np.empty_like(w)
             _C.conv2d_backward_weight(x, dy, dw, (2, 2), (1, 1), (1, 1))
@@ -358,6 +362,8 @@ def test_threads_give_the_same_result(rng):
             outs.append((y, dw, dx))
     finally:
         _C.set_num_threads(old)
+    np.testing.assert_allclose(outs[0][0], ref_conv2d(x, w, None, (2, 2), (1, 1), (1, 1)),
+                               rtol=1e-4, atol=1e-4)
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())

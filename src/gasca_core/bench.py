@@ -61,12 +61,23 @@ PASSES = ["conv fwd", "conv bwd-in", "conv bwd-w", "convT fwd", "convT bwd-in", 
 
 
 def best_time(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up: first-touch of buffers, workspace growth, thread pool start
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    """Best of `repeat` timed calls after one warm-up call."""
+    return best_times([fn], repeat)[0]
+
+
+def best_times(fns: List[Callable[[], object]], repeat: int) -> List[float]:
+    """Best time of each function over `repeat` rounds, the functions taking turns within a
+    round: load from other processes then weighs on all of them alike, so that their ratios
+    stay fair on a shared machine.  One warm-up call each first (first touch of buffers,
+    workspace growth, thread-pool start)."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -193,7 +204,8 @@ def section_layers(args) -> None:
         torch.set_num_threads(args.threads)
 
     print(f"\n== convolution passes, batch {args.batch}, {args.dtype}, {args.threads} thread(s), "
-          f"GFLOP/s (best of {args.repeat}) ==")
+          f"GFLOP/s (best of {args.repeat}, the columns taking turns) ==")
+    _load_note()
     for v, name in enumerate(names):
         print(f"  v{v}: {name}")
     if not args.reference:
@@ -212,19 +224,15 @@ def section_layers(args) -> None:
         base = numpy_passes(L, args.batch, dtype, rng)
         ref = torch_passes(torch, L, args.batch, dtype) if torch else None
         for pname in PASSES:
-            row: List[Optional[float]] = []
-            for v in versions:
-                if v == 0 and not args.reference:
-                    row.append(None)
-                    continue
-                rep = 0 if v == 0 else args.repeat
-                t = best_time(ours[v][pname], rep) if rep else _once(ours[v][pname])
-                row.append(flops / t / 1e9)
-            row.append(flops / best_time(base[pname], args.repeat) / 1e9)
+            fast = versions[1:]
+            timed = [ours[v][pname] for v in fast] + [base[pname]] + ([ref[pname]] if ref else [])
+            rates = [flops / t / 1e9 for t in best_times(timed, args.repeat)]
+            row: List[Optional[float]] = [flops / _once(ours[0][pname]) / 1e9 if args.reference else None]
+            row += rates[:len(fast)]          # v1, v2, ...
+            row.append(rates[len(fast)])      # numpy
             if ref:
-                tg = flops / best_time(ref[pname], args.repeat) / 1e9
-                best = max(r for r in row[:len(versions)] if r is not None)
-                row += [tg, best / tg]
+                tg = rates[len(fast) + 1]
+                row += [tg, max(rates[:len(fast)]) / tg]
             table[pname] = row
             cells = []
             for c, val in zip(cols, row):
@@ -249,6 +257,18 @@ def section_layers(args) -> None:
                 best = max(v for v in summary[:len(versions)] if v is not None)
                 msg += f"  torch {tg:.1f}  best/torch {best / tg:.2f}x"
             print(f"  {kind} fwd+bwd (3 passes): {msg}")
+
+
+def _load_note() -> None:
+    """Say so when other processes are busy: their load makes every figure noisy."""
+    try:
+        load1 = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    cpus = os.cpu_count() or 1
+    if load1 > 0.5:
+        print(f"  note: load average {load1:.2f} on {cpus} CPU(s) before this section: other work "
+              f"is running, absolute figures are noisy; ratios within a row are fairer")
 
 
 def _once(fn) -> float:
