@@ -154,7 +154,11 @@ Arg check_array(const py::object& obj, const char* name, int rank, bool output) 
                   "); expected float32 or float64 in native byte order");
     }
     a.numel = 1;
-    for (int64_t d : a.shape) a.numel *= d;
+    for (int64_t d : a.shape) {  // a malformed interface must not overflow the products
+      if (d < 0 || (d > 0 && a.numel > (int64_t(1) << 62) / d))
+        value_error(a.name + " has an impossible shape " + a.shape_s());
+      a.numel *= d;
+    }
     if (cai.contains("mask") && !cai["mask"].is_none())
       value_error(a.name + " is a masked array; masks are not supported");
     // strides: None means C-contiguous; otherwise they must be the C-contiguous ones
