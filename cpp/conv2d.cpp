@@ -20,8 +20,8 @@
 //        backward-input   W^T dy in cache-sized column blocks, each added back at once by
 //                         col2im into a padded phase image of dx, merged into dx at the end.
 //        backward-weight  each thread accumulates dy_n col_n^T over its own images into a
-//                         private dW (col_n built KC pixels at a time, transposed by the
-//                         packing); the partial sums are added at the end.  When dW is small
+//                         private dW (col_n^T's packed panels gathered straight from xp);
+//                         the partial sums are added at the end.  When dW is small
 //                         (gasca layer 1: 32 x 25) each entry is instead a dot product of two
 //                         contiguous rows, with vector partial sums (no packing at all).
 //      Small convolutions (under ~4 MFLOP per thread) run on one thread.
@@ -522,6 +522,80 @@ void pack_b_im2col(const ConvGeometry& g, const PhaseImage& pi, const T* xp, int
   }
 }
 
+// Pack the transposed column matrix for backward-weight: B = col^T, rows = pixels
+// [k0, k0+kc), columns = taps [j0, j0+nc), in NR-wide panels [kc][NR].  Row p of a panel
+// holds NR taps of one pixel: NR elements of xp at the offsets off32[tap] from that pixel's
+// base, i.e. a gather (AVX-512: 16 floats / 8 doubles per instruction).  This replaces
+// building the column block and transposing it, one full pass over the data instead of two.
+template <typename T>
+void pack_b_taps(const ConvGeometry& g, const PhaseImage& pi, const T* xp, const int32_t* off32,
+                 int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst) {
+  constexpr int NR = detail::GemmBlocking<T>::NR;
+  int64_t base[256];
+  for (int64_t c0 = 0; c0 < kc; c0 += 256) {
+    const int64_t cn = std::min<int64_t>(256, kc - c0);
+    int64_t oh = (k0 + c0) / g.out_w, ow = (k0 + c0) % g.out_w;
+    for (int64_t p = 0; p < cn; ++p) {
+      base[p] = oh * g.stride_h * pi.cols + ow;
+      if (++ow == g.out_w) ow = 0, ++oh;
+    }
+    for (int64_t jp = 0; jp * NR < nc; ++jp) {
+      const int64_t cols = std::min<int64_t>(NR, nc - jp * NR);
+      const int32_t* idx = off32 + j0 + jp * NR;
+      T* d = dst + jp * NR * kc + c0 * NR;
+#if defined(__AVX512F__)
+      if constexpr (sizeof(T) == 4) {
+        constexpr int NV = NR / 16;
+        __m512i iv[NV];
+        __mmask16 mk[NV];
+        for (int v = 0; v < NV; ++v) {
+          mk[v] = low_mask16(cols - v * 16);
+          iv[v] = _mm512_maskz_loadu_epi32(mk[v], idx + v * 16);
+        }
+        for (int64_t p = 0; p < cn; ++p)
+          for (int v = 0; v < NV; ++v)
+            _mm512_storeu_ps(reinterpret_cast<float*>(d + p * NR + v * 16),
+                             _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mk[v], iv[v],
+                                                      reinterpret_cast<const float*>(xp + base[p]), 4));
+        continue;
+      } else {
+        constexpr int NV = NR / 8;
+        __m256i iv[NV];
+        __mmask8 mk[NV];
+        for (int v = 0; v < NV; ++v) {
+          mk[v] = low_mask8(cols - v * 8);
+          iv[v] = _mm256_maskz_loadu_epi32(mk[v], idx + v * 8);
+        }
+        for (int64_t p = 0; p < cn; ++p)
+          for (int v = 0; v < NV; ++v)
+            _mm512_storeu_pd(reinterpret_cast<double*>(d + p * NR + v * 8),
+                             _mm512_mask_i32gather_pd(_mm512_setzero_pd(), mk[v], iv[v],
+                                                      reinterpret_cast<const double*>(xp + base[p]), 8));
+        continue;
+      }
+#endif
+      for (int64_t p = 0; p < cn; ++p) {
+        const T* src = xp + base[p];
+        for (int64_t c = 0; c < cols; ++c) d[p * NR + c] = src[idx[c]];
+        for (int64_t c = cols; c < NR; ++c) d[p * NR + c] = T(0);
+      }
+    }
+  }
+}
+
+// Offset of tap (ci, i, j) in the phase image, relative to the base oh*sh*cols + ow of its
+// pixel (oh, ow): the same for every pixel and every image.
+template <typename I>
+void tap_offsets(const ConvGeometry& g, const PhaseImage& pi, I* off) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  for (int64_t r = 0; r < kdim; ++r) {
+    const int64_t ci = r / (g.kernel_h * g.kernel_w), i = (r / g.kernel_w) % g.kernel_h,
+                  jj = (r % g.kernel_w) * g.dilation_w;
+    off[r] = static_cast<I>(ci * pi.channel + (jj % g.stride_w) * pi.plane + jj / g.stride_w +
+                            i * g.dilation_h * pi.cols);
+  }
+}
+
 inline int thread_id() {
 #ifdef GASCA_OPENMP
   return omp_get_thread_num();
@@ -574,14 +648,7 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
   T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
   int64_t* row_off = detail::scratch<int64_t>(detail::kSlotSpare, kdim);
   detail::pack_a<T>(false, Co, kdim, w, kdim, ws);
-  // Offset of tap (ci, i, j) in the phase image, relative to its pixel (oh, ow)'s base
-  // oh*sh*cols + ow: the same for every pixel and every image.
-  for (int64_t r = 0; r < kdim; ++r) {
-    const int64_t ci = r / (g.kernel_h * g.kernel_w), i = (r / g.kernel_w) % g.kernel_h,
-                  jj = (r % g.kernel_w) * g.dilation_w;
-    row_off[r] = ci * pi.channel + (jj % g.stride_w) * pi.plane + jj / g.stride_w +
-                 i * g.dilation_h * pi.cols;
-  }
+  tap_offsets(g, pi, row_off);
   const int64_t m_panels = ceil_div(Co, MR);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -839,16 +906,18 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
   const int nt = conv_threads(g, g.batch);
   const int64_t wsize = Co * kdim;
 
-  // Per thread: the packed dy_n (A), the column matrix of KC pixels at a time, its packed
-  // transpose (B), a private dW (threads > 0) and the phase-split image.
+  // Per thread: the packed dy_n (A), a packed block of col_n^T (B, gathered straight from the
+  // phase image), a private dW (threads > 0) and the phase-split image.
   const PhaseImage pi = make_phase_image(g);
+  if (pi.size >= (int64_t(1) << 31)) throw std::invalid_argument("conv2d: image too large");
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, P), 64);
   const int64_t nc_max = std::min<int64_t>(NC, round_up(kdim, NR));
   const int64_t b_size = round_up(std::min<int64_t>(KC, P) * nc_max, 64);
-  const int64_t col_size = round_up(std::min<int64_t>(KC, P) * kdim, 64);
-  const int64_t part_offset = a_size + b_size + col_size;
+  const int64_t part_offset = a_size + b_size;
   const int64_t per_thread = part_offset + round_up(wsize, 64) + round_up(pi.size, 64);
   T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+  int32_t* off32 = detail::scratch<int32_t>(detail::kSlotSpare, kdim);
+  tap_offsets(g, pi, off32);
   const int64_t m_panels = ceil_div(Co, MR);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -861,7 +930,6 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
 #endif
     T* ap = ws + tid * per_thread;
     T* bp = ap + a_size;
-    T* colt = bp + b_size;  // a KC-pixel slice of col_n^T: (pixels x kdim)
     T* acc = tid == 0 ? dw : ap + part_offset;
     T* xp = ap + part_offset + round_up(wsize, 64);
     const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
@@ -871,12 +939,9 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
       phase_split(g, pi, x + n * image, xp);
       for (int64_t kb = 0; kb * KC < P; ++kb) {
         const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
-        // col_n^T rows [k0, k0+kc): the im2col block for those pixels, transposed by the
-        // trans-B packing below.
-        im2col_block(g, pi, xp, 0, kdim, k0, k0 + kc, colt, kc);
         for (int64_t jc = 0; jc < kdim; jc += nc_max) {
           const int64_t nc = std::min(nc_max, kdim - jc);
-          detail::pack_b<T>(true, 0, kc, jc, nc, colt, kc, bp);
+          pack_b_taps(g, pi, xp, off32, k0, kc, jc, nc, bp);
           detail::macro_kernel<T>(Co, P, kb, ap, 0, m_panels, bp, kc, nc, acc + jc, kdim, T(1),
                                   first ? T(0) : T(1));
         }
