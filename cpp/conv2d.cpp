@@ -422,9 +422,11 @@ void phase_merge(const ConvGeometry& g, const PhaseImage& pi, const T* xp, T* dx
     for (int64_t h = 0; h < g.in_h; ++h) {
       T* out = dx + (ci * g.in_h + h) * g.in_w;
       const T* rows = xp + ci * pi.channel + (h + g.pad_h) * pi.cols;
-      for (int64_t w = 0; w < g.in_w; ++w) {
-        const int64_t c = w + g.pad_w;
-        out[w] = rows[(c % sw) * pi.plane + c / sw];
+      // Column w of dx is column (w + pw) / sw of phase (w + pw) % sw: walk each phase.
+      for (int64_t ph = 0; ph < sw; ++ph) {
+        const int64_t w0 = ((ph - g.pad_w) % sw + sw) % sw;  // first w of this phase
+        const T* src = rows + ph * pi.plane + (w0 + g.pad_w) / sw;
+        for (int64_t w = w0, k = 0; w < g.in_w; w += sw, ++k) out[w] = src[k];
       }
     }
 }
