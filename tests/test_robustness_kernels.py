@@ -890,7 +890,12 @@ def test_fuzz_suite_survives_in_a_child_interpreter() -> None:
            str(Path(__file__).resolve()), "-k", "hostile or unmutated or set_num_threads"]
     if os.environ.get("GASCA_FUZZ_STATS"):
         cmd.append("--hypothesis-show-statistics")
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    def limit_memory() -> None:  # a kernel sizing scratch from a huge geometry must fail fast
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800,
+                          preexec_fn=None if "asan" in env.get("LD_PRELOAD", "") else limit_memory)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode >= 0, f"the child interpreter died of signal {-proc.returncode}:\n{tail}"
     assert proc.returncode == 0, f"the property tests failed (exit {proc.returncode}):\n{tail}"
