@@ -892,7 +892,7 @@ def test_fuzz_suite_survives_in_a_child_interpreter() -> None:
         cmd.append("--hypothesis-show-statistics")
     def limit_memory() -> None:  # a kernel sizing scratch from a huge geometry must fail fast
         import resource
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1800,
                           preexec_fn=None if "asan" in env.get("LD_PRELOAD", "") else limit_memory)
