@@ -621,12 +621,16 @@ inline int conv_threads(const ConvGeometry& g, int64_t items) {
 
 // forward as an implicit gemm: when every output row is a whole number of SIMD vectors
 // (OW % W == 0: gasca layers 1 and 2 in float), a tile of NR output pixels is NR / W
-// vectors, each a contiguous run of one row of the phase-split image for every tap.  The
+// vectors, each a contiguous run of one row of the phase-split image for every tap (or
+// half-vectors, two per vector, when OW % (W / 2) == 0).  The
 // micro-kernel then reads B in place (micro_kernel_indirect) and nothing is packed but the
 // weight: the column matrix exists nowhere, not even one panel at a time.
+// With output rows of W / 2 pixels (gasca layer 3 in float: 8), each vector is assembled
+// from two half-vectors on consecutive output rows.
 template <typename T>
 static bool forward_implicit_applies(const ConvGeometry& g) {
-  return g.out_w % Simd<T>::W == 0;
+  constexpr int W = Simd<T>::W;
+  return g.out_w % W == 0 || (W >= 2 && g.out_w % (W / 2) == 0);
 }
 
 template <typename T>
@@ -638,6 +642,8 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
   const int64_t image = g.in_channels * g.in_h * g.in_w;
   const PhaseImage pi = make_phase_image(g);
   const int64_t tiles = ceil_div(P, NR);
+  const bool halves = g.out_w % W != 0;  // rows of W / 2 pixels: two pieces per vector
+  const int piece = halves ? W / 2 : W, pieces = halves ? 2 * NV : NV;
   // Split an image between threads only when there are fewer images than threads.
   const int nt_all = conv_threads(g, g.batch * tiles);
   const int64_t chunks = g.batch >= nt_all ? 1 : std::min<int64_t>(tiles, ceil_div(nt_all, g.batch));
@@ -674,14 +680,14 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
           const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t q0 = t * NR;
-            int64_t vec_off[NV];
-            for (int v = 0; v < NV; ++v) {
-              // vector v covers pixels [q, q + W) of one output row (OW % W == 0);
-              // past the last pixel, repeat the first vector (loaded, never stored).
-              const int64_t q = q0 + v * W < P ? q0 + v * W : q0;
+            int64_t vec_off[2 * NV];
+            for (int v = 0; v < pieces; ++v) {
+              // piece v covers pixels [q, q + piece) of one output row; past the last
+              // pixel, repeat the first piece (loaded, never stored).
+              const int64_t q = q0 + v * piece < P ? q0 + v * piece : q0;
               vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
             }
-            detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off,
+            detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off, halves,
                                              yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
                                              mr, static_cast<int>(std::min<int64_t>(NR, P - q0)));
           }

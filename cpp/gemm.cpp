@@ -242,8 +242,8 @@ namespace detail {
 // k loads NV vectors of B, broadcasts MR scalars of A, and issues MR * NV independent FMAs:
 // enough independent chains to cover the FMA latency, few enough to stay in registers.
 //
-// `brow(p, v)` gives the address of vector v of row p of the B panel: the packed panel for
-// gemm, or rows of a phase-split image for the convolution's implicit gemm (no packing).
+// `brow(p, v)` loads vector v of row p of the B panel: from the packed panel for gemm, or
+// from rows of a phase-split image for the convolution's implicit gemm (no packing).
 template <typename T, class BRow>
 static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
                                      T alpha, T beta, int mr, int nr) {
@@ -258,7 +258,7 @@ static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, i
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = S::load(brow(p, v));
+    for (int v = 0; v < NV; ++v) bv[v] = brow(p, v);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const V a = S::set1(ap[p * MR + i]);
@@ -299,18 +299,30 @@ static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, i
 template <typename T>
 void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alpha, T beta,
                   int mr, int nr) {
-  constexpr int NR = GemmBlocking<T>::NR, W = Simd<T>::W;
-  micro_kernel_impl<T>(kc, ap, [bp](int64_t p, int v) { return bp + p * NR + v * W; }, c, ldc,
-                       alpha, beta, mr, nr);
+  using S = Simd<T>;
+  constexpr int NR = GemmBlocking<T>::NR, W = S::W;
+  micro_kernel_impl<T>(kc, ap, [bp](int64_t p, int v) { return S::load(bp + p * NR + v * W); },
+                       c, ldc, alpha, beta, mr, nr);
 }
 
 template <typename T>
 void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
-                           const int64_t* vec_off, T* c, int64_t ldc, T alpha, T beta, int mr,
-                           int nr) {
-  micro_kernel_impl<T>(kc, ap,
-                       [base, row_off, vec_off](int64_t p, int v) { return base + row_off[p] + vec_off[v]; },
-                       c, ldc, alpha, beta, mr, nr);
+                           const int64_t* vec_off, bool halves, T* c, int64_t ldc, T alpha,
+                           T beta, int mr, int nr) {
+  using S = Simd<T>;
+  if (halves)  // each vector from two half-vectors at independent offsets
+    micro_kernel_impl<T>(kc, ap,
+                         [base, row_off, vec_off](int64_t p, int v) {
+                           const T* r = base + row_off[p];
+                           return S::load_halves(r + vec_off[2 * v], r + vec_off[2 * v + 1]);
+                         },
+                         c, ldc, alpha, beta, mr, nr);
+  else
+    micro_kernel_impl<T>(kc, ap,
+                         [base, row_off, vec_off](int64_t p, int v) {
+                           return S::load(base + row_off[p] + vec_off[v]);
+                         },
+                         c, ldc, alpha, beta, mr, nr);
 }
 #else
 // No SIMD instruction set known at compile time: the portable kernel, at the fast blocking.
@@ -328,13 +340,13 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alp
 
 template <typename T>
 void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
-                           const int64_t* vec_off, T* c, int64_t ldc, T alpha, T beta, int mr,
-                           int nr) {
+                           const int64_t* vec_off, bool /*halves: W = 1 has none*/, T* c,
+                           int64_t ldc, T alpha, T beta, int mr, int nr) {
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
   T acc[MR * NR] = {};
   for (int64_t p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) acc[i * NR + j] += ap[p * MR + i] * base[row_off[p] + vec_off[j] ];
+      for (int j = 0; j < NR; ++j) acc[i * NR + j] += ap[p * MR + i] * base[row_off[p] + vec_off[j]];
   store_tile<T, NR>(acc, c, ldc, alpha, beta, mr, nr);
 }
 #endif
@@ -369,7 +381,7 @@ void macro_kernel(int64_t m, int64_t k, int64_t kb, const T* ap, int64_t panel0,
 #define GASCA_INSTANTIATE(T)                                                                   \
   template void micro_kernel<T>(int64_t, const T*, const T*, T*, int64_t, T, T, int, int);     \
   template void micro_kernel_indirect<T>(int64_t, const T*, const T*, const int64_t*,          \
-                                         const int64_t*, T*, int64_t, T, T, int, int);        \
+                                         const int64_t*, bool, T*, int64_t, T, T, int, int);  \
   template void pack_a<T>(bool, int64_t, int64_t, const T*, int64_t, T*, int64_t, int64_t);    \
   template void pack_b<T>(bool, int64_t, int64_t, int64_t, int64_t, const T*, int64_t, T*);    \
   template void macro_kernel<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t,         \

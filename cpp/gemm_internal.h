@@ -67,15 +67,15 @@ template <typename T>
 void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alpha, T beta,
                   int mr, int nr);
 
-// The same tile with the B panel read in place instead of packed: element (p, j) of the
-// panel is base[row_off[p] + vec_off[j / W] + j % W], W = the SIMD width (kSimdWidth<T>):
-// each row is NR / W vectors at arbitrary offsets.  The convolution's implicit gemm reads
-// its column matrix this way straight out of the phase-split image.  (In a build without
-// SIMD, W = 1 and vec_off has NR entries.)
+// The same tile with the B panel read in place instead of packed: row p of the panel is
+// NR / W vectors (W = the SIMD width, Simd<T>::W) at base + row_off[p] + vec_off[v].  With
+// `halves`, each vector is two half-vectors at vec_off[2v] and vec_off[2v + 1] (for output
+// rows of W / 2 pixels).  The convolution's implicit gemm reads its column matrix this way
+// straight out of the phase-split image.  (A build without SIMD has W = 1: NR offsets.)
 template <typename T>
 void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
-                           const int64_t* vec_off, T* c, int64_t ldc, T alpha, T beta, int mr,
-                           int nr);
+                           const int64_t* vec_off, bool halves, T* c, int64_t ldc, T alpha,
+                           T beta, int mr, int nr);
 
 // One KC block of the product for a block of C: rows of panels [panel0, panel1) of the
 // packed A, all NR panels of the packed B block (nc columns starting at C's column 0).

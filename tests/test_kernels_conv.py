@@ -119,6 +119,9 @@ HAND_CONFIGS = [
     (1, 2, 3, 32, 3, 3, 3, (1, 1), (1, 1), (1, 1)),   # 3 x 32 outputs, stride 1
     (1, 2, 6, 18, 2, 3, 3, (1, 1), (0, 2), (2, 3)),   # 2 x 16 outputs, dilated
     (2, 9, 7, 64, 10, 1, 3, (1, 2), (0, 1), (1, 1)),  # 7 x 32 outputs, channels not a multiple of 8
+    # output rows of half a vector (8 floats / 4 doubles): two rows per vector
+    (2, 3, 5, 16, 5, 3, 3, (2, 2), (1, 1), (1, 1)),   # 3 x 8 outputs
+    (1, 2, 5, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1)),    # 3 x 4 outputs
 ]
 
 
