@@ -257,6 +257,23 @@ def test_gasca64_decoder_layers_match_cpu():
             assert_close(y, y_ref, np.float32, f"decoder layer {ci}->{co} v{version}")
 
 
+def test_tiled_kernels_are_deterministic():
+    """Split-K sums its slices in a fixed order: two runs give the same bits (the gasca-64
+    layer 2 weight gradient at batch 8 is split, its Co x Ci*KH*KW being 13 tiles)."""
+    g = dict(n=8, ci=32, co=64, h=32, w=32, kh=5, kw=5, stride=(2, 2), padding=(2, 2),
+             dilation=(1, 1))
+    x, w, _, dy = map(on_gpu, conv_arrays(g, np.float32))
+    runs = []
+    for _ in range(2):
+        dw = cp.empty(w.shape, cp.float32)
+        gpu.conv2d_backward_weight(x, dy, dw, **conv_kwargs(g), version=1, stream=stream())
+        y = cp.empty(dy.shape, cp.float32)
+        gpu.conv2d_forward(x, w, None, y, **conv_kwargs(g), version=1, stream=stream())
+        runs.append((cp.asnumpy(dw), cp.asnumpy(y)))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert np.array_equal(runs[0][1], runs[1][1])
+
+
 # --------------------------------------------------------------------------- gradients
 def inner(a, b) -> float:
     return float(cp.sum(cp.asarray(a, dtype=cp.float64) * cp.asarray(b, dtype=cp.float64)))

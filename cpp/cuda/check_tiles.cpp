@@ -3,7 +3,7 @@
 //
 // check_maps.cpp tests the index maps with a plain triple loop; this tests the tiling that
 // version 1 adds on top (thread roles, shared-memory double buffering, register blocking,
-// edge tiles, split-K slices, the grid-stride tile loop) by running the very kernel source,
+// edge tiles, split-K slices and their ordered sum, the grid-stride tile loop) by running the very kernel source,
 // with the same tile configurations, and comparing with a direct convolution.  Slow (a
 // thread per CUDA thread) but needs no GPU:
 //
@@ -47,17 +47,11 @@ bool g_narrow = false;  // which tile shape emulate() uses
 // Runs the kernel over a (grid_x, 1, slices) grid, block by block (blocks share the kernel's
 // static "shared memory", so they must not overlap), threads of a block concurrently.
 template <typename T, class Cfg, class A, class B, class O>
-void emulate_with(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
-                  int64_t splits, unsigned grid_cap) {
-  const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
-  if (tiles == 0) return;
-  int64_t k_chunk = ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK;
-  if (k_chunk < Cfg::BK) k_chunk = Cfg::BK;
-  const int64_t slices = K > 0 ? ceil_div(K, k_chunk) : 1;
-  emu_gridDim = {static_cast<unsigned>(tiles < grid_cap ? tiles : grid_cap), 1,
-                 static_cast<unsigned>(slices)};
-  for (unsigned z = 0; z < emu_gridDim.z; ++z)
-    for (unsigned x = 0; x < emu_gridDim.x; ++x) {
+void run_grid(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
+              int64_t k_chunk, unsigned grid_x, unsigned slices) {
+  emu_gridDim = {grid_x, 1, slices};
+  for (unsigned z = 0; z < slices; ++z)
+    for (unsigned x = 0; x < grid_x; ++x) {
       std::barrier<> bar(Cfg::THREADS);
       emu_barrier = &bar;
       std::vector<std::thread> threads;
@@ -69,6 +63,26 @@ void emulate_with(const A& a, const B& b, const O& out, int64_t M, int64_t N, in
         });
       for (auto& th : threads) th.join();
     }
+}
+
+// As launch_tiled_gemm_with: one slice, or `splits` slices into a workspace summed in order.
+template <typename T, class Cfg, class A, class B, class O>
+void emulate_with(const A& a, const B& b, const O& out, int64_t M, int64_t N, int64_t K,
+                  int64_t splits, unsigned grid_cap) {
+  const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
+  if (tiles == 0) return;
+  const unsigned grid_x = static_cast<unsigned>(tiles < grid_cap ? tiles : grid_cap);
+  const int64_t k_chunk = splits > 1 ? ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK : 0;
+  const int64_t slices = splits > 1 && K > 0 ? ceil_div(K, k_chunk) : 1;
+  if (slices == 1) {
+    const int64_t whole = K > 0 ? ceil_div(K, Cfg::BK) * Cfg::BK : Cfg::BK;
+    run_grid<T, Cfg>(a, b, out, M, N, K, whole, grid_x, 1);
+    return;
+  }
+  std::vector<T> ws(slices * M * N, T(NAN));
+  run_grid<T, Cfg>(a, b, SliceOut<T>{ws.data(), M, N}, M, N, K, k_chunk, grid_x,
+                   static_cast<unsigned>(slices));
+  for (int64_t idx = 0; idx < M * N; ++idx) reduce_slices_one(ws.data(), slices, M, N, out, idx);
 }
 
 // Both tile shapes are checked on every problem (the launcher picks one by M).
@@ -133,12 +147,14 @@ void run_trial(const ConvGeometry& g, int trial, std::mt19937_64& gen) {
       for (int64_t p = 0; p < H * W; ++p) dx_ref[(n * Ci + ci) * H * W + p] += bias_in[ci];
 
   const unsigned grid_cap = 1 + trial % 3;  // small caps exercise the grid-stride tile loop
+  const int64_t splits = 1 + trial % 4;      // split-K slices, summed in order
   const int64_t K = Ci * KH * KW;
   std::vector<T> y(dy.size(), T(NAN));
   emulate<T>(ForwardWeights<T>{w.data(), K},
              ForwardImage<T>{x.data(), Ci, H, W, OH, OW, KH, KW, g.stride_h, g.stride_w, g.pad_h,
                              g.pad_w, g.dilation_h, g.dilation_w},
-             ForwardOut<T>{y.data(), bias.data(), Co, OH * OW}, Co, Nb * OH * OW, K, 1, grid_cap);
+             ForwardOut<T>{y.data(), bias.data(), Co, OH * OW}, Co, Nb * OH * OW, K, splits,
+             grid_cap);
   check("forward", y, y_ref, trial);
 
   std::vector<T> dx(x.size(), T(NAN));
@@ -150,12 +166,11 @@ void run_trial(const ConvGeometry& g, int trial, std::mt19937_64& gen) {
       emulate<T>(InputWeights<T>{w.data(), Ci, KH, KW, ph, pw},
                  InputGrads<T>{dy.data(), Co, OH, OW, ph, pw},
                  InputOut<T>{dx.data(), bias_in.data(), Ci, H, W, g.stride_h, g.stride_w, ph, pw},
-                 Ci, Nb * ph.count * pw.count, Co * ph.taps * pw.taps, 1, grid_cap);
+                 Ci, Nb * ph.count * pw.count, Co * ph.taps * pw.taps, splits, grid_cap);
     }
   check("backward-input", dx, dx_ref, trial);
 
-  std::vector<T> dw(w.size(), T(0));
-  const int64_t splits = 1 + trial % 4;  // split-K slices add into a zeroed dw
+  std::vector<T> dw(w.size(), T(NAN));
   emulate<T>(WeightGrads<T>{dy.data(), Co, OH * OW},
              WeightImage<T>{x.data(), Ci, H, W, OH, OW, KH, KW, g.stride_h, g.stride_w, g.pad_h,
                             g.pad_w, g.dilation_h, g.dilation_w},

@@ -18,9 +18,11 @@
 //        backward-input   one GEMM per stride phase (SH*SW of them), each over its live
 //                         taps only, so a stride-2 pass does no multiplications by zero
 //                         (strides with more than 64 phases use version 0's gather)
-//        backward-weight  M = Co,  N = Ci*KH*KW,  K = N*OH*OW, split-K over the batch
-//                         (atomic adds into a zeroed dw) where Co x Ci*KH*KW is too few
-//                         tiles to fill the GPU
+//        backward-weight  M = Co,  N = Ci*KH*KW,  K = N*OH*OW
+//      Where the tiles of C are too few to fill the GPU (always for the weight gradient,
+//      often for small layers at small batches), the reduction is split over K (for the
+//      weight gradient: over the batch) into slices summed in a fixed order afterwards:
+//      deterministic, no atomics.
 //   The bias gradient has one version: a block per channel, a tree reduction in shared
 //   memory (deterministic, no atomics).
 #include "common.cuh"
@@ -32,7 +34,7 @@ namespace cuda {
 
 static const char* const kConvVersionNames[] = {
     "naive: one thread per output element",
-    "tiled implicit GEMM (64x64 tiles, register blocking, split-K for the weight gradient)",
+    "tiled implicit GEMM (64x64 tiles, register blocking, deterministic split-K)",
 };
 static constexpr int kConvVersions = sizeof(kConvVersionNames) / sizeof(kConvVersionNames[0]);
 
@@ -175,7 +177,7 @@ Status conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bi
                           g.pad_h,    g.pad_w,       g.dilation_h, g.dilation_w};
   const ForwardOut<T> out{y, bias, g.out_channels, g.out_h * g.out_w};
   return launch_tiled_gemm<T>("conv2d_forward_tiled", a, b, out, g.out_channels,
-                              g.batch * g.out_h * g.out_w, K, false, stream);
+                              g.batch * g.out_h * g.out_w, K, true, stream);
 }
 
 template <typename T>
@@ -209,7 +211,7 @@ Status conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, con
                             ph, pw};
       const Status s = launch_tiled_gemm<T>(
           "conv2d_backward_input_tiled", a, b, out, g.in_channels,
-          g.batch * ph.count * pw.count, g.out_channels * ph.taps * pw.taps, false, stream);
+          g.batch * ph.count * pw.count, g.out_channels * ph.taps * pw.taps, true, stream);
       if (!s.ok()) return s;
     }
   return Status{};
@@ -225,13 +227,6 @@ Status conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T*
     conv2d_backward_weight_naive<T><<<elementwise_blocks(total), kElementwiseThreads, 0,
                                       stream>>>(g, x, dy, dw);
     return launch_status("conv2d_backward_weight_naive");
-  }
-  // The slices of K add into dw atomically, so it starts from zero (also right for an
-  // empty batch, where the sum is empty).
-  const cudaError_t err = cudaMemsetAsync(dw, 0, sizeof(T) * total, stream);
-  if (err != cudaSuccess) {
-    cudaGetLastError();  // clear it: we report it here
-    return Status{err, "conv2d_backward_weight_tiled (zeroing dw)"};
   }
   const int64_t M = g.out_channels, N = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t K = g.batch * g.out_h * g.out_w;

@@ -254,17 +254,11 @@ struct WeightImage {  // B((n, oh, ow), (ci, i, j)) = x[n, ci, oh*SH - PH + i*DH
 };
 
 template <typename T>
-struct WeightOut {  // C(co, col) += into dw[co, col]: split-K slices add their partial sums
+struct WeightOut {  // C(co, col) -> dw[co, col]
   T* dw;
   int64_t cols;  // Ci*KH*KW
   GASCA_HD int64_t col_offset(int64_t col) const { return col; }
-  GASCA_HD void write(int64_t co, int64_t off, T acc) const {
-#if defined(__CUDA_ARCH__)
-    atomicAdd(dw + co * cols + off, acc);  // double atomicAdd: sm_60 and newer
-#else
-    dw[co * cols + off] += acc;
-#endif
-  }
+  GASCA_HD void write(int64_t co, int64_t off, T acc) const { dw[co * cols + off] = acc; }
 };
 
 }  // namespace cuda

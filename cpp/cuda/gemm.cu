@@ -93,7 +93,7 @@ Status gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha
   }
   return launch_tiled_gemm<T>("gemm_tiled", MatrixRows<T>{a, lda, trans_a},
                               MatrixCols<T>{b, ldb, trans_b}, MatrixOut<T>{c, ldc, alpha, beta},
-                              m, n, k, false, stream);
+                              m, n, k, true, stream);
 }
 
 template Status gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,

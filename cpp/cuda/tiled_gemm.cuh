@@ -35,9 +35,11 @@
 //     memory-bound to compute-bound.  A thread's rows are two runs of TM/2, half a tile apart
 //     (and its columns likewise), so that a warp's reads are broadcasts of a few addresses
 //     and its stores to C come out as contiguous runs of 32 columns.
-//   - split-K: blockIdx.z takes its own slice of k (k_chunk long) and the output adds its
-//     partial sum atomically; used where M x N alone is too small to fill the GPU (the weight
-//     gradient: Co x Ci*KH*KW is small, the reduction over N*OH*OW is long).
+//   - split-K: blockIdx.z takes its own slice of k (k_chunk long) and writes its partial C
+//     into a workspace plane; a second pass sums the planes in order (deterministic).  Used
+//     where the tiles of C alone are too few to fill the GPU: always a risk for the weight
+//     gradient (Co x Ci*KH*KW is small, the reduction over N*OH*OW is long), and for the
+//     small layers of gasca-64 at batch 64.
 #pragma once
 #include "common.cuh"
 
@@ -193,12 +195,47 @@ __global__ void __launch_bounds__(Cfg::THREADS)
   }
 }
 
+// ---------------------------------------------------------------- split-K, deterministically
+// With split-K, slice z of the reduction writes its partial C into its own plane of a
+// workspace, ws[z][m][n]; a second pass adds the planes in a fixed order (z = 0, 1, ...)
+// and hands each sum to the real output.  No atomics: the result does not depend on which
+// slice finishes first, so every run gives the same bits.
+template <typename T>
+struct SliceOut {
+  T* ws;
+  int64_t M, N;
+  GASCA_HD int64_t col_offset(int64_t col) const { return col; }
+  GASCA_HD void write(int64_t m, int64_t off, T acc) const {
+    ws[(static_cast<int64_t>(blockIdx.z) * M + m) * N + off] = acc;
+  }
+};
+
+// Element idx = m*N + n of the reduction pass (shared with check_tiles.cpp).
+template <typename T, class Out>
+GASCA_HD void reduce_slices_one(const T* ws, int64_t slices, int64_t M, int64_t N,
+                                const Out& out, int64_t idx) {
+  const int64_t m = idx / N, n = idx - m * N;
+  T sum = ws[m * N + n];
+  for (int64_t z = 1; z < slices; ++z) sum += ws[(z * M + m) * N + n];
+  out.write(m, out.col_offset(n), sum);
+}
+
 #endif  // __CUDACC__ || GASCA_EMULATE_CUDA
 
 #if defined(__CUDACC__)
 
+template <typename T, class Out>
+__global__ void reduce_slices_kernel(const T* __restrict__ ws, int64_t slices, int64_t M,
+                                     int64_t N, const Out out) {
+  for (int64_t idx = global_thread_index(); idx < M * N; idx += global_thread_count())
+    reduce_slices_one(ws, slices, M, N, out, idx);
+}
+
+// Workspace cap for split-K: beyond it, fewer (longer) slices.
+constexpr int64_t kMaxSplitWorkspaceBytes = int64_t(256) << 20;
+
 // How many K-slices make the tiles of C fill the GPU: about four blocks per SM, but never a
-// slice shorter than four k-tiles (below that the atomics cost more than they save).
+// slice shorter than four k-tiles (below that the extra pass costs more than it saves).
 template <class Cfg>
 int64_t split_k_for(int64_t tiles, int64_t K) {
   if (tiles == 0 || K == 0) return 1;
@@ -214,26 +251,44 @@ Status launch_tiled_gemm_with(const char* kernel_name, const AOp& a, const BOp& 
                               cudaStream_t stream) {
   const int64_t tiles = ceil_div(M, Cfg::BM) * ceil_div(N, Cfg::BN);
   if (tiles == 0) return Status{};
-  const int64_t splits = split_k ? split_k_for<Cfg>(tiles, K) : 1;
-  // Each slice is a whole number of k-tiles; recount the slices after rounding.
-  int64_t k_chunk = ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK;
-  if (k_chunk < Cfg::BK) k_chunk = Cfg::BK;
-  int64_t slices = K > 0 ? ceil_div(K, k_chunk) : 1;
-  if (slices > 65535) {  // gridDim.z limit: make the slices longer instead
-    k_chunk = ceil_div(ceil_div(K, 65535), Cfg::BK) * Cfg::BK;
-    slices = ceil_div(K, k_chunk);
-  }
   const int64_t max_blocks = int64_t(1) << 20;  // the tile loop covers the rest
-  const dim3 grid(static_cast<unsigned>(tiles < max_blocks ? tiles : max_blocks), 1,
-                  static_cast<unsigned>(slices));
-  tiled_gemm_kernel<T, Cfg, AOp, BOp, Out>
-      <<<grid, Cfg::THREADS, 0, stream>>>(a, b, out, M, N, K, k_chunk);
-  return launch_status(kernel_name);
+  const unsigned grid_x = static_cast<unsigned>(tiles < max_blocks ? tiles : max_blocks);
+  int64_t splits = split_k ? split_k_for<Cfg>(tiles, K) : 1;
+  const int64_t plane = M * N * static_cast<int64_t>(sizeof(T));
+  if (splits > 1 && splits * plane > kMaxSplitWorkspaceBytes)
+    splits = kMaxSplitWorkspaceBytes / plane;
+  // Each slice is a whole number of k-tiles; recount the slices after rounding.
+  const int64_t k_chunk = splits > 1 ? ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK : 0;
+  const int64_t slices = splits > 1 ? ceil_div(K, k_chunk) : 1;
+  T* ws = nullptr;
+  if (slices > 1 && cudaMallocAsync(&ws, slices * plane, stream) != cudaSuccess) {
+    cudaGetLastError();  // no stream-ordered allocator here: do without split-K
+    ws = nullptr;
+  }
+  if (ws == nullptr) {
+    // One slice covering all of K (k_chunk = K rounded up to whole k-tiles, at least one).
+    const int64_t whole = K > 0 ? ceil_div(K, Cfg::BK) * Cfg::BK : Cfg::BK;
+    tiled_gemm_kernel<T, Cfg, AOp, BOp, Out>
+        <<<dim3(grid_x, 1, 1), Cfg::THREADS, 0, stream>>>(a, b, out, M, N, K, whole);
+    return launch_status(kernel_name);
+  }
+  const SliceOut<T> partial{ws, M, N};
+  tiled_gemm_kernel<T, Cfg, AOp, BOp, SliceOut<T>>
+      <<<dim3(grid_x, 1, static_cast<unsigned>(slices)), Cfg::THREADS, 0, stream>>>(
+          a, b, partial, M, N, K, k_chunk);
+  Status s = launch_status(kernel_name);
+  if (s.ok()) {
+    reduce_slices_kernel<T, Out><<<elementwise_blocks(M * N), kElementwiseThreads, 0, stream>>>(
+        ws, slices, M, N, out);
+    s = launch_status("reduce_slices_kernel (split-K sum)");
+  }
+  cudaFreeAsync(ws, stream);  // stream-ordered: freed after both kernels have run
+  return s;
 }
 
 // Launches the engine on `stream`, with the narrow tiles when M <= 32.  split_k = true lets
-// it cut K into slices when the tiles of C alone are too few to fill the GPU; the output
-// must then add atomically into a zeroed C.  Returns the launch status.
+// it cut K into slices when the tiles of C alone are too few to fill the GPU (summed
+// deterministically, above).  Returns the launch status.
 template <typename T, class AOp, class BOp, class Out>
 Status launch_tiled_gemm(const char* kernel_name, const AOp& a, const BOp& b, const Out& out,
                          int64_t M, int64_t N, int64_t K, bool split_k, cudaStream_t stream) {
