@@ -972,12 +972,18 @@ static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy,
 template <typename T>
 void conv2d_backward_bias(const ConvGeometry& g, const T* dy, T* db) {
   const int64_t ohw = g.out_h * g.out_w;
+  // Accumulate in double: the sum runs over N*OH*OW terms (65536 for gasca-64 layer 1).
+  // Channels are independent: split them over the threads when there is enough to sum.
+  const int64_t total = g.batch * g.out_channels * ohw;
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(get_num_threads()), g.out_channels, total >> 18})));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t co = 0; co < g.out_channels; ++co) {
-    // Accumulate in double: the sum runs over N*OH*OW terms (65536 for gasca-64 layer 1).
     double sum = 0;
     for (int64_t n = 0; n < g.batch; ++n) {
       const T* p = dy + (n * g.out_channels + co) * ohw;
-      for (int64_t q = 0; q < ohw; ++q) sum += p[q];
+#pragma omp simd reduction(+ : sum)
+      for (int64_t q = 0; q < ohw; ++q) sum += static_cast<double>(p[q]);
     }
     db[co] = static_cast<T>(sum);
   }
