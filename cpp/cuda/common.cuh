@@ -57,5 +57,11 @@ inline Status launch_status(const char* kernel) {
 // Number of SMs of the current device (cached per device: the query is not free).
 int multiprocessor_count();
 
+// Scratch memory ordered on `stream` (freed after the work queued before the free has run),
+// from a per-device pool that keeps it cached between calls.  nullptr when the system has no
+// stream-ordered allocator or no memory: callers must have a way to do without.
+void* workspace_alloc(size_t bytes, cudaStream_t stream);
+void workspace_free(void* ptr, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace gasca

@@ -260,11 +260,7 @@ Status launch_tiled_gemm_with(const char* kernel_name, const AOp& a, const BOp& 
   // Each slice is a whole number of k-tiles; recount the slices after rounding.
   const int64_t k_chunk = splits > 1 ? ceil_div(ceil_div(K, splits), Cfg::BK) * Cfg::BK : 0;
   const int64_t slices = splits > 1 ? ceil_div(K, k_chunk) : 1;
-  T* ws = nullptr;
-  if (slices > 1 && cudaMallocAsync(&ws, slices * plane, stream) != cudaSuccess) {
-    cudaGetLastError();  // no stream-ordered allocator here: do without split-K
-    ws = nullptr;
-  }
+  T* ws = slices > 1 ? static_cast<T*>(workspace_alloc(slices * plane, stream)) : nullptr;
   if (ws == nullptr) {
     // One slice covering all of K (k_chunk = K rounded up to whole k-tiles, at least one).
     const int64_t whole = K > 0 ? ceil_div(K, Cfg::BK) * Cfg::BK : Cfg::BK;
@@ -282,7 +278,7 @@ Status launch_tiled_gemm_with(const char* kernel_name, const AOp& a, const BOp& 
         ws, slices, M, N, out);
     s = launch_status("reduce_slices_kernel (split-K sum)");
   }
-  cudaFreeAsync(ws, stream);  // stream-ordered: freed after both kernels have run
+  workspace_free(ws, stream);  // stream-ordered: reused only after both kernels have run
   return s;
 }
 
