@@ -24,7 +24,9 @@
 //                         the partial sums are added at the end.  When dW is small
 //                         (gasca layer 1: 32 x 25) each entry is instead a dot product of two
 //                         contiguous rows, with vector partial sums (no packing at all).
-//      Small convolutions (under ~4 MFLOP per thread) run on one thread.
+//      Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose
+//      phase image would be mostly padding (strides/paddings far beyond the image) take
+//      version 1's path instead.
 //
 // Every faster version is checked against version 0 by tests/test_kernels_conv.py.
 #include "conv2d.h"
@@ -384,6 +386,26 @@ inline PhaseImage make_phase_image(const ConvGeometry& g) {
   return p;
 }
 
+// The phase image pays off for ordinary geometries, where it is about the size of the padded
+// input.  With strides, paddings or dilations far larger than the image (legal: the bindings
+// accept up to 2**30) it would be mostly padding, gigabytes of it, or its size would not
+// even fit in int64.  Version 2 then falls back to version 1, whose scratch is the column
+// matrix (C_in*KH*KW x OH*OW: bounded by the arrays the caller passed).  Estimated in
+// double first, so that nothing can overflow.
+inline bool phase_image_is_reasonable(const ConvGeometry& g) {
+  const double sw = double(g.stride_w);
+  const double rows = std::max(double(g.out_h - 1) * double(g.stride_h) +
+                                   double(g.kernel_h - 1) * double(g.dilation_h) + 1.0,
+                               double(g.in_h) + double(g.pad_h));
+  const double cols = std::max(double(g.out_w) + double(g.kernel_w - 1) * double(g.dilation_w) / sw,
+                               (double(g.in_w) + double(g.pad_w)) / sw + 1.0);
+  const double size = double(g.in_channels) * sw * rows * cols;
+  const double kdim = double(g.in_channels) * double(g.kernel_h) * double(g.kernel_w);
+  const double budget = 4.0 * (double(g.in_channels) * double(g.in_h) * double(g.in_w) +
+                               kdim * double(g.out_h) * double(g.out_w)) + 65536.0;
+  return size <= budget && size < 9.0e15;
+}
+
 template <typename T>
 void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp) {
   const int64_t sw = g.stride_w;
@@ -708,6 +730,7 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
 
 template <typename T>
 static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  if (!phase_image_is_reasonable(g)) return forward_im2col(g, x, w, bias, y);
   if (forward_implicit_applies<T>(g)) return forward_implicit(g, x, w, bias, y);
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
@@ -762,6 +785,7 @@ static void forward_fast(const ConvGeometry& g, const T* x, const T* w, const T*
 
 template <typename T>
 static void backward_input_fast(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  if (!phase_image_is_reasonable(g)) return backward_input_im2col(g, dy, w, dx);
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
@@ -905,6 +929,7 @@ static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy
 
 template <typename T>
 static void backward_weight_fast(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  if (!phase_image_is_reasonable(g)) return backward_weight_im2col(g, x, dy, dw);
   if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;

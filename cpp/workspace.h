@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
+#include <string>
 
 namespace gasca {
 namespace detail {
@@ -52,6 +54,11 @@ inline Workspace& thread_workspace(int slot) {
 
 template <typename T>
 T* scratch(int slot, int64_t count) {
+  // A negative or absurd count (an overflowed size computation) must not wrap to a small
+  // allocation: refuse it (std::length_error reaches Python as ValueError).
+  if (count < 0 || static_cast<uint64_t>(count) > uint64_t(PTRDIFF_MAX) / sizeof(T))
+    throw std::length_error("gasca: scratch request of " + std::to_string(count) +
+                            " elements is out of range");
   return static_cast<T*>(thread_workspace(slot).get(static_cast<std::size_t>(count) * sizeof(T)));
 }
 

@@ -2,8 +2,8 @@
 //
 // This file only checks and forwards.  Every function validates, before any kernel touches
 // memory: that each array argument is a numpy.ndarray (else TypeError), its rank, its dtype
-// (float32 or float64, the same for all arrays of a call), C-contiguity (non-contiguous
-// arrays are rejected, never copied silently), that outputs are writeable and do not
+// (float32 or float64, the same for all arrays of a call), C-contiguity and alignment
+// (such arrays are rejected, never copied silently), that outputs are writeable and do not
 // overlap the inputs, that shapes agree with each other and with the geometry, that the
 // output size is positive and that stride/dilation >= 1, padding >= 0 and
 // output_padding < stride.  Problems raise ValueError naming the argument and the shapes.
@@ -13,9 +13,13 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -59,6 +63,16 @@ std::string tuple_str(Ts... v) {
 
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
+// alpha/beta of gemm may be anything IEEE: narrowing a double beyond float's range to float
+// is undefined behaviour in C++, so saturate it to +-inf explicitly.
+template <typename T>
+T narrow(double v) {
+  if (std::is_same<T, float>::value && std::isfinite(v) &&
+      std::fabs(v) > double(std::numeric_limits<float>::max()))
+    return static_cast<T>(std::copysign(std::numeric_limits<double>::infinity(), v));
+  return static_cast<T>(v);
+}
+
 // One array argument, checked once, with its name kept for error messages.
 struct Arg {
   std::string name;
@@ -83,9 +97,12 @@ Arg check_array(const py::object& obj, const char* name, int rank, bool output) 
   Arg a;
   a.name = name;
   a.arr = py::reinterpret_borrow<py::array>(obj);
-  if (a.arr.dtype().is(py::dtype::of<float>())) {
+  // NumPy's own dtype equality (a dtype equal to float32 need not be the same object, e.g.
+  // after unpickling); byte-swapped dtypes are not equivalent, so they stay rejected.
+  auto& api = py::detail::npy_api::get();
+  if (api.PyArray_EquivTypes_(a.arr.dtype().ptr(), py::dtype::of<float>().ptr())) {
     a.dtype = DType::f32;
-  } else if (a.arr.dtype().is(py::dtype::of<double>())) {
+  } else if (api.PyArray_EquivTypes_(a.arr.dtype().ptr(), py::dtype::of<double>().ptr())) {
     a.dtype = DType::f64;
   } else {
     value_error(std::string(name) + " has dtype " + py::str(a.arr.dtype()).cast<std::string>() +
@@ -98,6 +115,10 @@ Arg check_array(const py::object& obj, const char* name, int rank, bool output) 
   if (!(a.arr.flags() & py::array::c_style)) {
     value_error(std::string(name) + " (shape " + a.shape() +
                 ") is not C-contiguous; pass np.ascontiguousarray(" + name + ")");
+  }
+  if (!(a.arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    value_error(std::string(name) + " (shape " + a.shape() +
+                ") is not aligned to its dtype; pass a copy (np.array(" + name + "))");
   }
   if (output && !a.arr.writeable()) {
     value_error(std::string(name) + " (shape " + a.shape() + ") is read-only; it is an output");
@@ -150,19 +171,29 @@ void check_shape(const Arg& a, const std::vector<int64_t>& expect, const std::st
 // (h, w) from an int or a pair of ints.
 std::pair<int64_t, int64_t> parse_pair(const py::handle& obj, const char* name, int64_t min_value) {
   std::pair<int64_t, int64_t> v;
+  // An int is anything with __index__ (Python ints, NumPy integers), but not a bool.
+  auto is_int = [](const py::handle& h) {
+    // numpy.bool_ is not an int either (cached: numpy is imported by then, never unloaded)
+    static PyObject* np_bool = py::object(py::module_::import("numpy").attr("bool_")).release().ptr();
+    return PyIndex_Check(h.ptr()) && !py::isinstance<py::bool_>(h) &&
+           !PyObject_IsInstance(h.ptr(), np_bool);
+  };
   auto as_int = [&](const py::handle& h) -> int64_t {
-    if (!py::isinstance<py::int_>(h) || py::isinstance<py::bool_>(h))
+    if (!is_int(h))
       throw py::type_error(std::string(name) + " must be an int or a pair (h, w) of ints, got " +
                            py::repr(obj).cast<std::string>());
-    try {
-      return h.cast<int64_t>();
-    } catch (const py::cast_error&) {
+    py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+    if (!i) throw py::error_already_set();
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+    if (overflow != 0)
       value_error(std::string(name) + " = " + py::repr(obj).cast<std::string>() + " is out of range");
-    }
+    return static_cast<int64_t>(v);
   };
-  if (py::isinstance<py::int_>(obj) && !py::isinstance<py::bool_>(obj)) {
+  if (is_int(obj)) {
     v.first = v.second = as_int(obj);
-  } else if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj)) {
+  } else if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj) &&
+             !py::isinstance<py::bytes>(obj) && !PyByteArray_Check(obj.ptr())) {
     py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
     if (py::len(seq) != 2)
       value_error(std::string(name) + " must be a pair (h, w), got " +
@@ -493,8 +524,8 @@ void gemm(const py::object& a_, const py::object& b_, const py::object& c_, bool
     const T* bp = b.cptr<T>();
     T* cp = c.mptr<T>();
     py::gil_scoped_release release;
-    gasca::gemm<T>(trans_a, trans_b, m, n, k, static_cast<T>(alpha), ap, lda, bp, ldb,
-                   static_cast<T>(beta), cp, ldc, version);
+    gasca::gemm<T>(trans_a, trans_b, m, n, k, narrow<T>(alpha), ap, lda, bp, ldb, narrow<T>(beta),
+                   cp, ldc, version);
   });
 }
 
@@ -514,10 +545,26 @@ void check_distinct(const std::vector<const Arg*>& args) {
         value_error(args[i]->name + " and " + args[j]->name + " share memory; they must be distinct");
 }
 
-void check_finite_nonneg(double v, const char* name) {
-  if (!(v >= 0.0))
-    value_error(std::string(name) + " = " + std::to_string(v) + " must be >= 0");
+std::string num_str(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
 }
+
+// A hyperparameter must be finite and, for float32 arrays, within float32's range (the
+// kernels hold it in the arrays' precision).
+void check_finite(double v, const char* name, DType d) {
+  if (!std::isfinite(v)) value_error(std::string(name) + " = " + num_str(v) + " must be finite");
+  if (d == DType::f32 && std::fabs(v) > double(std::numeric_limits<float>::max()))
+    value_error(std::string(name) + " = " + num_str(v) + " is beyond float32's range");
+}
+
+void check_finite_nonneg(double v, const char* name, DType d) {
+  check_finite(v, name, d);
+  if (!(v >= 0.0)) value_error(std::string(name) + " = " + num_str(v) + " must be >= 0");
+}
+
+
 
 void sgd_step(const py::object& p_, const py::object& g_, const py::object& buf_, double lr,
               double momentum, double dampening, double weight_decay, bool nesterov,
@@ -535,9 +582,10 @@ void sgd_step(const py::object& p_, const py::object& g_, const py::object& buf_
   check_same_shape(all);
   check_distinct(all);
   check_version(version, gasca::optim_num_versions(), "optim");
-  check_finite_nonneg(lr, "lr");
-  check_finite_nonneg(momentum, "momentum");
-  check_finite_nonneg(weight_decay, "weight_decay");
+  check_finite_nonneg(lr, "lr", p.dtype);
+  check_finite_nonneg(momentum, "momentum", p.dtype);
+  check_finite(dampening, "dampening", p.dtype);
+  check_finite_nonneg(weight_decay, "weight_decay", p.dtype);
   if (momentum != 0.0 && !has_buf)
     value_error("momentum = " + std::to_string(momentum) + " needs a momentum_buf array (shape " +
                 p.shape() + "), got None");
@@ -572,9 +620,9 @@ void adam_step(const py::object& p_, const py::object& g_, const py::object& m_,
   check_distinct({&p, &g, &m, &v});
   check_version(version, gasca::optim_num_versions(), "optim");
   if (step < 1) value_error("step = " + std::to_string(step) + " must be >= 1 (1-based, after this update)");
-  check_finite_nonneg(lr, "lr");
-  check_finite_nonneg(eps, "eps");
-  check_finite_nonneg(weight_decay, "weight_decay");
+  check_finite_nonneg(lr, "lr", p.dtype);
+  check_finite_nonneg(eps, "eps", p.dtype);
+  check_finite_nonneg(weight_decay, "weight_decay", p.dtype);
   if (!(beta1 >= 0.0 && beta1 < 1.0)) value_error("beta1 = " + std::to_string(beta1) + " must be in [0, 1)");
   if (!(beta2 >= 0.0 && beta2 < 1.0)) value_error("beta2 = " + std::to_string(beta2) + " must be in [0, 1)");
   const int64_t n = p.size();
@@ -654,8 +702,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...]}: version names");
   m.def("get_num_threads", &gasca::get_num_threads, "threads the CPU kernels use");
   m.def("set_num_threads", [](int n) {
-    if (n < 1) value_error("set_num_threads: n = " + std::to_string(n) + " must be >= 1");
+    // More threads than 4 per core only adds overhead, and asking OpenMP for thousands
+    // can fail to create them (libgomp then aborts the process).
+    const int limit = std::max(8, 4 * static_cast<int>(std::thread::hardware_concurrency()));
+    if (n < 1 || n > limit)
+      value_error("set_num_threads: n = " + std::to_string(n) + " must be in 1.." +
+                  std::to_string(limit) + " (4 per CPU)");
     gasca::set_num_threads(n);
-  }, arg("n"), "set the threads the CPU kernels use (>= 1)");
+  }, arg("n"), "set the threads the CPU kernels use (1 .. 4 per CPU)");
   (void)none;
 }

@@ -273,3 +273,83 @@ def test_adam_checks():
 def test_set_num_threads_rejects_zero():
     with pytest.raises(ValueError, match="set_num_threads"):
         _C.set_num_threads(0)
+
+
+# ----------------------------------------------------------------------------- odd but valid
+def test_equal_but_not_identical_dtype_is_accepted():
+    """A float32 array whose dtype object is equal to, not identical with, np.float32's
+    (as after unpickling) is a float32 array."""
+    import pickle
+    x, w, b, out = (pickle.loads(pickle.dumps(a)) for a in conv_args())
+    call_forward(x, w, b, out)
+
+
+def test_misaligned_array_is_rejected():
+    raw = np.zeros(2 * 3 * 8 * 8 * 4 + 1, np.uint8)
+    x = raw[1:].view(np.float32).reshape(2, 3, 8, 8)
+    assert not x.flags.aligned
+    _, w, b, out = conv_args()
+    with pytest.raises(ValueError, match="x .*not aligned"):
+        call_forward(x, w, b, out)
+
+
+def test_numpy_integers_are_ints_but_bools_and_bytes_are_not():
+    call_forward(*conv_args(), stride=(np.int64(2), np.int32(2)), padding=np.int16(1))
+    with pytest.raises(TypeError, match="stride"):
+        call_forward(*conv_args(), stride=(True, 2))
+    with pytest.raises(TypeError, match="stride"):
+        call_forward(*conv_args(), stride=(np.bool_(True), 2))
+    with pytest.raises(TypeError, match="stride"):
+        call_forward(*conv_args(), stride=b"\x02\x02")
+
+
+@pytest.mark.parametrize("version", [-1, 1, 2])
+def test_huge_strides_and_paddings_on_tiny_arrays_are_computed(version):
+    """Legal geometries whose padded extent is astronomically large (the fast path's phase
+    image would need exabytes, or its size would overflow) are computed, not crashed on:
+    the fast version falls back to im2col, whose scratch is bounded by the arrays."""
+    if version >= len(_C.versions()["conv2d"]):
+        pytest.skip("no such version")
+    rng = np.random.default_rng(0)
+    s, p, d = (2**29, 2**29), (2**30, 2**30 - 1), (2**30 - 1, 1)
+    x = rng.standard_normal((1, 4, 1, 1)).astype(np.float32)
+    w = rng.standard_normal((1, 4, 2, 1)).astype(np.float32)
+    oh = (1 + 2 * p[0] - d[0] * (2 - 1) - 1) // s[0] + 1
+    ow = (1 + 2 * p[1] - d[1] * (1 - 1) - 1) // s[1] + 1
+    assert oh * ow < 100
+    y, y0 = np.empty((1, 1, oh, ow), np.float32), np.empty((1, 1, oh, ow), np.float32)
+    _C.conv2d_forward(x, w, None, y, s, p, d, version=version)
+    _C.conv2d_forward(x, w, None, y0, s, p, d, version=0)
+    np.testing.assert_allclose(y, y0, rtol=1e-6, atol=1e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx0 = np.empty_like(x), np.empty_like(x)
+    _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version)
+    _C.conv2d_backward_input(dy, w, dx0, s, p, d, version=0)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-6, atol=1e-6)
+    dw, dw0 = np.empty_like(w), np.empty_like(w)
+    _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version)
+    _C.conv2d_backward_weight(x, dy, dw0, s, p, d, version=0)
+    np.testing.assert_allclose(dw, dw0, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,value", [("lr", float("inf")), ("lr", float("nan")),
+                                        ("lr", 1e300), ("momentum", float("inf")),
+                                        ("dampening", float("nan")), ("weight_decay", 1e300)])
+def test_sgd_hyperparameters_must_be_finite_float32_values(name, value):
+    p, g, buf = np.zeros(3, F), np.zeros(3, F), np.zeros(3, F)
+    kw = dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, first_step=True)
+    kw[name] = value
+    with pytest.raises(ValueError, match=name):
+        _C.sgd_step(p, g, buf, **kw)
+
+
+def test_gemm_alpha_beyond_float_range_saturates_to_inf():
+    a = np.ones((2, 2), F)
+    c = np.empty((2, 2), F)
+    _C.gemm(a, a, c, alpha=1e300)
+    assert np.isposinf(c).all()
+
+
+def test_set_num_threads_rejects_absurd_counts():
+    with pytest.raises(ValueError, match="set_num_threads"):
+        _C.set_num_threads(10**6)
