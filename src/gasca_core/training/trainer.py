@@ -666,10 +666,10 @@ class Trainer:
             return
         from ..data.grid import save_image_grid
         # Fixed validation pairs spread over the whole split (so over people, yaws, lights).
-        idx = np.unique(np.linspace(0, len(self.val_data) - 1, 8).round().astype(np.int64))
+        pick = np.unique(np.linspace(0, len(self.val_data) - 1, 8).round().astype(np.int64))
         if self.device == "cuda":
-            idx = backend.to_device(idx, "cuda")
-        x, y = self.val_data.inputs[idx], self.val_data.targets[idx]
+            pick = backend.to_device(pick, "cuda")
+        x, y = self.val_data.inputs[pick], self.val_data.targets[pick]
         out = batched_apply(self.G, x)
         path = os.path.join(self.out_dir, f"grid_{idx + 1:02d}_{phase.name}.png")
         save_image_grid([_host(x), np.clip(_host(out), 0, 1), _host(y)], path)
