@@ -161,6 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               seed=seed, device=args.device, checkpoint_every=10**9)
                 if b == "steps":
                     tc = TrainConfig(steps=args.steps, **common)
+                elif m == "joint" and "steps" in budgets:
+                    # Joint's time *is* the budget: its equal-steps run is its equal-time run.
+                    r = dict(next(r for r in runs if r["method"] == "joint" and r["seed"] == seed
+                                  and r["budget"] == "steps"), budget="time")
+                    runs.append(r)
+                    continue
                 else:
                     if joint_time is None:
                         fail("--budget time needs joint among --methods (its time is the budget)")
