@@ -345,3 +345,30 @@ def test_nonfinite_skip_mode_skips_and_goes_on(tmp_path):
     t.run()
     assert 0 < t.counters["skipped"] < 12
     assert all(np.isfinite(v).all() for v in t.G.state_dict().values())
+
+
+def _cuda_or_skip():
+    from gasca_core import backend
+    try:
+        backend.require_cuda()
+    except RuntimeError as e:
+        pytest.skip(f"no CUDA: {e}")
+
+
+@pytest.mark.gpu
+def test_short_ganglw_run_on_the_gpu_lowers_the_error_and_checkpoints_load_on_cpu(tmp_path):
+    _cuda_or_skip()
+    mc = GascaConfig(image_size=16, channels=[8, 16], kernel_sizes=[3, 3])
+    tc = TrainConfig(method="ganglw", steps=150, batch_size=16, lr=3e-3, seed=0, device="cuda")
+    t0 = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), progress=False)
+    t0._grow_to(t0.phases[-1])
+    before = t0.evaluate()["val_mse"]
+    t = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), out_dir=str(tmp_path), progress=False)
+    after = t.run()["val_mse"]
+    assert after < 0.5 * before, (before, after)
+    g, _, _ = load_generator(str(tmp_path / "latest.npz"), device="cpu")
+    x = pairs(4, 7).inputs
+    with gc.no_grad():
+        cpu_out = g(gc.Tensor(x)).numpy()
+        gpu_out = t.G(gc.Tensor(x).to("cuda")).numpy()
+    np.testing.assert_allclose(cpu_out, gpu_out, rtol=1e-4, atol=1e-5)
