@@ -5,16 +5,26 @@
 // version of conv2d (reference, im2col, fast) serves the transposed convolution as well.
 #include "conv_transpose2d.h"
 
+#include <algorithm>
+
+#include "gemm.h"  // get_num_threads
+
 namespace gasca {
 
+// y[n, c, :, :] += bias[c]: one streaming pass, split over the threads when it is large
+// (2M elements for the mirror of gasca layer 2: a few percent of the convolution itself).
 template <typename T>
 static void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, const T* bias, T* y) {
-  for (int64_t n = 0; n < batch; ++n)
-    for (int64_t c = 0; c < channels; ++c) {
-      T* p = y + (n * channels + c) * plane;
-      const T b = bias[c];
-      for (int64_t q = 0; q < plane; ++q) p[q] += b;
-    }
+  const int64_t planes = batch * channels;
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(get_num_threads()), planes, planes * plane >> 18})));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t q = 0; q < planes; ++q) {
+    T* p = y + q * plane;
+    const T b = bias[q % channels];
+#pragma omp simd
+    for (int64_t k = 0; k < plane; ++k) p[k] += b;
+  }
 }
 
 template <typename T>

@@ -305,13 +305,21 @@ def section_gemm(args) -> None:
 
 
 def section_gpu(args) -> None:
-    """The GPU benchmark, when the CUDA extension imports and a GPU is present."""
+    """The GPU benchmark (gasca_core._bench_gpu), when the CUDA extension imports and a GPU
+    is present; silently nothing otherwise."""
     try:
         from gasca_core import _C_cuda  # noqa: F401
         from gasca_core import _bench_gpu
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return
     except Exception:
         return
-    _bench_gpu.run(args)
+    print()
+    try:
+        _bench_gpu.run(args)
+    except Exception as exc:  # a broken GPU setup must not hide the CPU tables above
+        print(f"== GPU section failed: {type(exc).__name__}: {exc}")
 
 
 SECTIONS: List[Tuple[str, Callable]] = [
