@@ -372,3 +372,28 @@ def test_short_ganglw_run_on_the_gpu_lowers_the_error_and_checkpoints_load_on_cp
         cpu_out = g(gc.Tensor(x)).numpy()
         gpu_out = t.G(gc.Tensor(x).to("cuda")).numpy()
     np.testing.assert_allclose(cpu_out, gpu_out, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_of_another_format_version_is_refused(tmp_path):
+    import json as _json
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, {"x": 1}, {"s": {"a": np.ones(2)}})
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = _json.loads(str(arrays["__meta__"]))
+    header["format_version"] = 99
+    arrays["__meta__"] = np.array(_json.dumps(header))
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+
+
+def test_generator_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    mc = GascaConfig(**TINY)
+    tc = TrainConfig(method="joint", steps=2, batch_size=8, seed=0)
+    Trainer(mc, tc, pairs(16, 0), pairs(8, 1), out_dir=str(tmp_path), progress=False).run()
+    meta, states = load_checkpoint(str(tmp_path / "latest.npz"))
+    meta["model_config"]["channels"] = [4, 6, 9]   # a config that lies about the weights
+    save_checkpoint(str(tmp_path / "lie.npz"), meta, states)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_generator(str(tmp_path / "lie.npz"))
