@@ -250,7 +250,7 @@ using detail::round_up;
 
 // Row copies.  copy_run / add_run: dst[k] = src[k] / dst[k] += src[k] for short runs (a
 // run is one output row segment: 8 to 32 elements in gasca), a vector at a time with a
-// masked tail under AVX-512.  copy_stride2 / add_stride2 split / merge the even columns of
+// masked tail under AVX-512.  copy_stride2 / store_stride2 split / merge the even columns of
 // a row (stride 2: every gasca layer): a two-register permute (gather) and an expand
 // (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.
 template <typename T>
@@ -258,8 +258,8 @@ inline void copy_stride2(T* out, const T* src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = src[2 * k];
 }
 template <typename T>
-inline void add_stride2(T* d, const T* in, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) d[2 * k] += in[k];
+inline void store_stride2(T* d, const T* in, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) d[2 * k] = in[k];
 }
 #if defined(__AVX512F__)
 inline __mmask16 low_mask16(int64_t count) {  // the lowest min(count, 16) lanes
@@ -289,29 +289,27 @@ inline void copy_stride2<double>(double* out, const double* src, int64_t n) {
   }
 }
 template <>
-inline void add_stride2<float>(float* d, const float* in, int64_t n) {
+inline void store_stride2<float>(float* d, const float* in, int64_t n) {
   const __m512i upper = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; n > 0; n -= 16, in += 16, d += 32) {
     const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of d touched
     const __m512 v = _mm512_maskz_loadu_ps(low_mask16(n), in);
     const __m512 lo = _mm512_maskz_expand_ps(0x5555, v);  // in[0..7] -> even lanes
     const __m512 hi = _mm512_maskz_expand_ps(0x5555, _mm512_permutex2var_ps(v, upper, v));
-    const __mmask16 m0 = low_mask16(span) & 0x5555, m1 = low_mask16(span - 16) & 0x5555;
-    _mm512_mask_storeu_ps(d, m0, _mm512_add_ps(_mm512_maskz_loadu_ps(m0, d), lo));
-    _mm512_mask_storeu_ps(d + 16, m1, _mm512_add_ps(_mm512_maskz_loadu_ps(m1, d + 16), hi));
+    _mm512_mask_storeu_ps(d, low_mask16(span) & 0x5555, lo);  // odd lanes untouched
+    _mm512_mask_storeu_ps(d + 16, low_mask16(span - 16) & 0x5555, hi);
   }
 }
 template <>
-inline void add_stride2<double>(double* d, const double* in, int64_t n) {
+inline void store_stride2<double>(double* d, const double* in, int64_t n) {
   const __m512i upper = _mm512_setr_epi64(4, 5, 6, 7, 4, 5, 6, 7);
   for (; n > 0; n -= 8, in += 8, d += 16) {
     const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
     const __m512d v = _mm512_maskz_loadu_pd(low_mask8(n), in);
     const __m512d lo = _mm512_maskz_expand_pd(0x55, v);
     const __m512d hi = _mm512_maskz_expand_pd(0x55, _mm512_permutex2var_pd(v, upper, v));
-    const __mmask8 m0 = low_mask8(span) & 0x55, m1 = low_mask8(span - 8) & 0x55;
-    _mm512_mask_storeu_pd(d, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, d), lo));
-    _mm512_mask_storeu_pd(d + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, d + 8), hi));
+    _mm512_mask_storeu_pd(d, low_mask8(span) & 0x55, lo);
+    _mm512_mask_storeu_pd(d + 8, low_mask8(span - 8) & 0x55, hi);
   }
 }
 #endif
@@ -448,7 +446,13 @@ void phase_merge(const ConvGeometry& g, const PhaseImage& pi, const T* xp, T* dx
       for (int64_t ph = 0; ph < sw; ++ph) {
         const int64_t w0 = ((ph - g.pad_w) % sw + sw) % sw;  // first w of this phase
         const T* src = rows + ph * pi.plane + (w0 + g.pad_w) / sw;
-        for (int64_t w = w0, k = 0; w < g.in_w; w += sw, ++k) out[w] = src[k];
+        if (w0 >= g.in_w) continue;
+        if (sw == 1)
+          copy_run(out, src, g.in_w);
+        else if (sw == 2)
+          store_stride2(out + w0, src, (g.in_w - w0 + 1) / 2);
+        else
+          for (int64_t w = w0, k = 0; w < g.in_w; w += sw, ++k) out[w] = src[k];
       }
     }
 }
