@@ -21,6 +21,11 @@
 // The A panel is reused across every B panel of the block from L1; the B block is reused
 // across every A panel from L2; C's tile lives in registers for the whole KC loop.
 //
+// The pieces (packing, micro-kernel, macro-kernel) are exported through gemm_internal.h:
+// conv2d.cpp builds its products from them, including micro_kernel_indirect, the same
+// register tile reading B in place from rows at given offsets (the implicit-gemm
+// convolution, which never packs its column matrix).
+//
 // Every faster version is checked against version 0 by tests/test_kernels_gemm.py.
 #include "gemm.h"
 #include "simd.h"  // first: it includes <immintrin.h> (see the note there)
