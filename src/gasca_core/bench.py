@@ -322,9 +322,18 @@ def section_gpu(args) -> None:
         print(f"== GPU section failed: {type(exc).__name__}: {exc}")
 
 
+def section_step(args) -> None:
+    """A whole gasca-64 training step (G and D, forward, backward, Adam) at --batch:
+    steps per second, ours and the same network in PyTorch (gasca_core.bench_step)."""
+    from gasca_core import bench_step
+    bench_step.run(batch=args.batch, steps=max(3, args.repeat), threads=args.threads,
+                   use_torch=not args.no_torch)
+
+
 SECTIONS: List[Tuple[str, Callable]] = [
     ("layers", section_layers),
     ("gemm", section_gemm),
+    ("step", section_step),
     ("gpu", section_gpu),
 ]
 

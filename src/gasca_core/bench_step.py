@@ -101,13 +101,15 @@ def _time(step, steps: int, warmup: int = 2) -> float:
 
 
 def run(batch: int = 64, steps: int = 10, threads: Optional[int] = None,
-        out=sys.stdout) -> dict:
+        use_torch: bool = True, out=sys.stdout) -> dict:
     """Steps per second for ours and PyTorch (None when PyTorch is not importable)."""
     from . import backend
     if threads:
         backend.set_num_threads(threads)
     res = {"batch": batch, "ours": _time(_ours_step_fn(batch), steps), "torch": None}
     try:
+        if not use_torch:
+            raise ImportError("left out by request")
         import torch
         if threads:
             torch.set_num_threads(threads)
@@ -122,7 +124,7 @@ def run(batch: int = 64, steps: int = 10, threads: Optional[int] = None,
         print(f"  PyTorch  {res['torch']:7.3f} steps/s   ours/PyTorch = {res['ours'] / res['torch']:.2f}",
               file=out)
     else:
-        print("  PyTorch  not installed: no comparison", file=out)
+        print("  PyTorch  not installed (or --no-torch): no comparison", file=out)
     return res
 
 
@@ -132,8 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
     a = p.parse_args(argv)
-    run(a.batch, a.steps, a.threads)
+    if a.batch < 1 or a.steps < 1:
+        p.error("--batch and --steps must be >= 1")
+    run(a.batch, a.steps, a.threads, use_torch=not a.no_torch)
     return 0
 
 
