@@ -156,3 +156,31 @@ def test_device_cuda_without_a_gpu_says_what_is_missing(tmp_path):
     r = run(["gasca_core.train", "--device", "cuda", "--out", str(tmp_path / "o")])
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert any(w in r.stderr for w in ("CuPy", "GPU", "_C_cuda")), r.stderr
+
+
+def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 120
+    yaw = np.repeat([-30, 0, 30], n // 3)
+    ident = np.tile(np.arange(n // 3), 3)
+    x = rng.random((n, 16, 16)).astype(np.float32) * 0.2
+    for i, y in enumerate(yaw):  # the "pose" is where a bright bar sits
+        c = 8 + y // 6
+        x[i, :, c - 2:c + 2] = 0.9
+    data = tmp_path / "yaw.npz"
+    np.savez(data, inputs=x, targets=x[yaw == 0][ident % (n // 3)], label_yaw=yaw,
+             label_identity=ident)
+    out = str(tmp_path / "run")
+    r = run(["gasca_core.train", "--dataset", "npz", "--data", str(data), "--out", out,
+             "--steps", "20"] + TINY)
+    assert r.returncode == 0, r.stderr
+    c = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
+             "--data", str(data), "--label", "yaw", "--steps", "30", "--batch-size", "16"])
+    assert c.returncode == 0, c.stderr
+    assert "pre-trained" in c.stdout and "from scratch" in c.stdout
+    accs = [float(line.rsplit("|", 2)[-2]) for line in c.stdout.splitlines()
+            if line.startswith("| GASCA") or line.startswith("| same")]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    bad = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
+               "--data", str(data), "--label", "colour"])
+    assert bad.returncode != 0 and "colour" in bad.stderr and "Traceback" not in bad.stderr
