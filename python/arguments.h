@@ -288,6 +288,11 @@ struct ConvArgs {
   py::handle stride, padding, output_padding, dilation;
 };
 
+inline ConvArgs plain_conv_args(const py::handle& stride, const py::handle& padding,
+                                const py::handle& dilation) {
+  return ConvArgs{stride, padding, py::handle(), dilation};
+}
+
 struct ConvParams {
   std::pair<int64_t, int64_t> stride, padding, dilation, output_padding{0, 0};
 };

@@ -61,17 +61,12 @@ Array read_array(const py::object& obj, const char* name, int rank, bool output)
   return a;
 }
 
-// stride, padding, dilation of a plain convolution (it has no output_padding).
-ConvArgs plain(const py::object& stride, const py::object& padding, const py::object& dilation) {
-  return ConvArgs{stride, padding, py::handle(), dilation};
-}
-
 // ------------------------------------------------------------------ conv2d
 void conv2d_forward(const py::object& x, const py::object& weight, const py::object& bias,
                     const py::object& out, const py::object& stride, const py::object& padding,
                     const py::object& dilation, int version) {
   const ConvForward c = check_conv_forward(read_array, Conv::plain, x, weight, bias, out,
-                                           plain(stride, padding, dilation), version,
+                                           plain_conv_args(stride, padding, dilation), version,
                                            gasca::conv2d_num_versions());
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -86,7 +81,7 @@ void conv2d_backward_input(const py::object& grad_out, const py::object& weight,
                            const py::object& padding, const py::object& dilation, int version) {
   const ConvBackwardInput c =
       check_conv_backward_input(read_array, Conv::plain, grad_out, weight, grad_in,
-                                plain(stride, padding, dilation), version,
+                                plain_conv_args(stride, padding, dilation), version,
                                 gasca::conv2d_num_versions());
   dispatch(c.grad_out.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -101,7 +96,7 @@ void conv2d_backward_weight(const py::object& x, const py::object& grad_out,
                             const py::object& padding, const py::object& dilation, int version) {
   const ConvBackwardWeight c =
       check_conv_backward_weight(read_array, Conv::plain, x, grad_out, grad_weight,
-                                 plain(stride, padding, dilation), version,
+                                 plain_conv_args(stride, padding, dilation), version,
                                  gasca::conv2d_num_versions());
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
