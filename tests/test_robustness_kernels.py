@@ -17,7 +17,8 @@ output would hold more than 2**31 elements while every array stays tiny), bad ve
 bad hyper-parameters, NaN/inf data.  Each mutation knows what it does to the call:
 
   VALID    the call must succeed and match the reference,
-  EITHER   the contract allows both (e.g. a misaligned array): raise, or match the reference,
+  EITHER   the contract allows both (e.g. version=True, which pybind11 reads as 1): raise,
+           or match the reference,
   ANY      it must not crash; any result is acceptable (e.g. NaN data, alpha = 1e300),
   INVALID  it must raise ValueError or TypeError and leave every array untouched.
 
@@ -374,8 +375,9 @@ def conv_call(draw, fn: str) -> Call:
         elif out_pad[0] >= max(stride[0], dilation[0]) or out_pad[1] >= max(stride[1], dilation[1]):
             call.mark(INVALID, f"output_padding {out_pad} >= max(stride, dilation)")
         elif out_pad[0] >= stride[0] or out_pad[1] >= stride[1]:
-            # PyTorch computes this; our adjoint formulation may refuse it.
-            call.mark(EITHER, f"stride <= output_padding {out_pad} < dilation")
+            # PyTorch computes this; the adjoint convolution cannot map it back onto (H, W)
+            # (its output size is H - 1 + output_padding // stride + 1), so it is refused.
+            call.mark(INVALID, f"stride <= output_padding {out_pad} < dilation")
         geom["output_padding"] = out_pad
         x = random_array(rng, (n, ci, h, w), dtype)
         wt = random_array(rng, (ci, co, kh, kw), dtype)
@@ -560,11 +562,11 @@ def mutate_dtype(draw, call: Call) -> None:
     kind = draw(st.sampled_from(["float16", "int32", "int64", "object", "bool", "complex64",
                                  "other float", "byte-swapped", "unpickled"]))
     if kind == "unpickled":
-        # Equal to float32/float64 but a different dtype object (as after pickle/np.load
-        # of some files): a correct binding accepts it, a strict one may refuse it.
+        # Equal to float32/float64 but maybe a different dtype object (as after pickle or
+        # np.load of some files): still float32/float64, so it must be accepted.
         new = pickle.loads(pickle.dumps(a))
         call.kwargs[name] = new
-        call.mark(EITHER if new.dtype is not a.dtype else VALID, f"{name}: unpickled dtype")
+        call.mark(VALID, f"{name}: unpickled dtype")
         return
     if kind == "other float":
         new = a.astype(np.float64 if a.dtype == np.float32 else np.float32)
@@ -615,8 +617,8 @@ def mutate_layout(draw, call: Call) -> None:
     call.kwargs[name] = new
     if not new.flags.c_contiguous:
         call.mark(INVALID, f"{name}: {how}, not C-contiguous")
-    elif not new.flags.aligned:
-        call.mark(EITHER, f"{name}: {how}")
+    elif not new.flags.aligned:  # the kernels would dereference a misaligned float*
+        call.mark(INVALID, f"{name}: {how}")
     else:  # e.g. a flipped axis of length 1: still C-contiguous, same values
         call.mark(VALID, f"{name}: {how}, still C-contiguous")
 
@@ -719,6 +721,8 @@ BAD_PAIRS = [
     (-(2**63) - 1, "below int64"), (2**64 + 1, "above uint64"), (None, "None"), (1.5, "float"),
     ("2", "str"), ((1,), "1-tuple"), ((1, 2, 3), "3-tuple"), ((1, None), "pair with None"),
     (True, "bool"), ((2.0, 2.0), "float pair"), (object(), "object"),
+    (np.bool_(True), "numpy bool"), ((np.int64(1), np.bool_(True)), "pair with numpy bool"),
+    (b"12", "bytes"), (bytearray(b"12"), "bytearray"),
 ]
 
 
@@ -736,7 +740,7 @@ def mutate_param(draw, call: Call) -> None:
         call.mark(VALID, f"{name} as a list")
     elif kind == "numpy ints":
         call.kwargs[name] = (np.int64(current[0]), np.int32(current[1]))
-        call.mark(EITHER, f"{name} as NumPy integers")
+        call.mark(VALID, f"{name} as NumPy integers")  # anything with __index__, as in PyTorch
     else:
         value, label = draw(st.sampled_from(BAD_PAIRS))
         if name == "padding" and label in ("zero",):
@@ -759,6 +763,17 @@ def mutate_version(draw, call: Call) -> None:
         call.mark(EITHER if count > 1 else INVALID, "version = True")
     else:
         call.mark(INVALID, f"version = {value!r}")
+
+
+def hyper_outcome(call: Call, value: float, nonneg: bool) -> int:
+    """What the bindings do with a float hyper-parameter of an optimizer: it must be finite,
+    within float32's range when the arrays are float32 (the kernels hold it in their
+    precision), and >= 0 where `nonneg`; then any result is acceptable (no reference)."""
+    param = call.kwargs.get("param")
+    f32 = isinstance(param, np.ndarray) and param.dtype == np.float32
+    if not np.isfinite(value) or (f32 and abs(value) > np.finfo(np.float32).max):
+        return INVALID
+    return INVALID if nonneg and value < 0 else ANY
 
 
 def mutate_hyper(draw, call: Call) -> None:
@@ -792,10 +807,8 @@ def mutate_hyper(draw, call: Call) -> None:
         call.kwargs[name] = value
         if value is None or isinstance(value, str):
             call.mark(INVALID, f"{name} = {value!r}")
-        elif name == "dampening":
-            call.mark(ANY, f"dampening = {value!r}")  # not constrained by the contract
-        else:
-            call.mark(INVALID if not value >= 0 else ANY, f"{name} = {value!r}")
+        else:  # dampening may be negative (torch.optim.SGD does not constrain it)
+            call.mark(hyper_outcome(call, value, nonneg=name != "dampening"), f"{name} = {value!r}")
     elif call.fn == "adam_step":
         name = draw(st.sampled_from(["lr", "beta1", "beta2", "eps", "weight_decay", "step"]))
         if name == "step":
@@ -808,7 +821,7 @@ def mutate_hyper(draw, call: Call) -> None:
         if value is None or value != value or value < 0 or (name.startswith("beta") and value >= 1):
             call.mark(INVALID, f"{name} = {value!r}")
         else:
-            call.mark(ANY, f"{name} = {value!r}")
+            call.mark(hyper_outcome(call, value, nonneg=True), f"{name} = {value!r}")
 
 
 def mutate_poison(draw, call: Call) -> None:
@@ -940,31 +953,28 @@ else:
 
 @pytest.mark.parametrize("fn", ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"])
 @pytest.mark.parametrize("case", sorted(HUGE_GEOMETRIES))
-def test_huge_geometry_with_tiny_arrays_is_computed_or_rejected(case: str, fn: str) -> None:
+def test_huge_geometry_with_tiny_arrays_is_computed(case: str, fn: str) -> None:
+    """The geometry is valid and its output tiny, so the call must give the reference answer
+    (conv2d version 2 falls back to im2col here, fixed in b9d4a9e): no crash, no 8 GiB
+    scratch, no refusal."""
     g = HUGE_GEOMETRIES[case]
-    try:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _HUGE_SCRIPT, fn, repr(g)],
-                              capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        pytest.xfail(f"{case}: {fn} ran for over 120 s (see docs/ROBUSTNESS.md)")
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _HUGE_SCRIPT, fn, repr(g)],
+                          capture_output=True, text=True, timeout=120)
+    why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+    assert proc.returncode == 0, f"{case}: {fn} died ({why}):\n{proc.stderr[-3000:]}"
     out = proc.stdout.strip().splitlines()[-1:] or [""]
-    if proc.returncode != 0:
-        why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-        pytest.xfail(f"{case}: {fn} died ({why}): {proc.stderr.strip().splitlines()[-1:]} "
-                     "(known, see docs/ROBUSTNESS.md)")
-    assert out[0].startswith(("RESULT", "REJECTED")), proc.stdout + proc.stderr
-    if out[0].startswith("RESULT"):
-        x = np.ones(g["x"])
-        w = np.linspace(0.5, 1.5, int(np.prod(g["w"]))).reshape(g["w"])
-        geo = (g["stride"], g["padding"], g["dilation"])
-        if fn == "conv2d_forward":
-            ref = conv2d_ref(x, w, None, *geo)
-        elif fn == "conv2d_backward_input":
-            ref = conv2d_input_grad_ref(np.ones(conv2d_ref(x, w, None, *geo).shape), w, x.shape[2:], *geo)
-        else:
-            ref = conv2d_weight_grad_ref(x, np.ones(conv2d_ref(x, w, None, *geo).shape), w.shape[2:], *geo)
-        got = np.array(eval(out[0][len("RESULT "):]))
-        np.testing.assert_allclose(got, ref.ravel(), rtol=1e-12, atol=1e-12)
+    assert out[0].startswith("RESULT"), proc.stdout + proc.stderr
+    x = np.ones(g["x"])
+    w = np.linspace(0.5, 1.5, int(np.prod(g["w"]))).reshape(g["w"])
+    geo = (g["stride"], g["padding"], g["dilation"])
+    if fn == "conv2d_forward":
+        ref = conv2d_ref(x, w, None, *geo)
+    elif fn == "conv2d_backward_input":
+        ref = conv2d_input_grad_ref(np.ones(conv2d_ref(x, w, None, *geo).shape), w, x.shape[2:], *geo)
+    else:
+        ref = conv2d_weight_grad_ref(x, np.ones(conv2d_ref(x, w, None, *geo).shape), w.shape[2:], *geo)
+    got = np.array(eval(out[0][len("RESULT "):]))
+    np.testing.assert_allclose(got, ref.ravel(), rtol=1e-12, atol=1e-12)
 
 
 def test_versions_lists_every_family_with_names() -> None:
@@ -982,10 +992,7 @@ def test_unpickled_float32_arrays_are_accepted() -> None:
     c = np.zeros((2, 2), np.float32)
     if a.dtype is np.dtype(np.float32):
         pytest.skip("this NumPy hands back the canonical dtype object after unpickling")
-    try:
-        _C.gemm(a, b, c)
-    except ValueError as exc:
-        pytest.xfail(f"bindings compare dtypes by identity (see docs/ROBUSTNESS.md): {exc}")
+    _C.gemm(a, b, c)
     np.testing.assert_allclose(c, x @ x.T)
 
 
