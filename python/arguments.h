@@ -117,6 +117,14 @@ inline void check_rank(const Array& a, int rank) {
               ".ascontiguousarray(" + a.name + ")");
 }
 
+// The kernels dereference the data as float*/double*: an address that is not a multiple of
+// the element size is undefined behaviour on the CPU and a sticky misaligned-address error
+// (the whole CUDA context lost) on the GPU.
+[[noreturn]] inline void not_aligned_error(const Array& a, const char* module) {
+  value_error(a.name + " (shape " + a.shape_s() + ") is not aligned to its dtype; pass a copy (" +
+              module + ".array(" + a.name + "))");
+}
+
 [[noreturn]] inline void read_only_error(const Array& a) {
   value_error(a.name + " (shape " + a.shape_s() + ") is read-only; it is an output");
 }

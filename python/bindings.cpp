@@ -52,11 +52,7 @@ Array read_array(const py::object& obj, const char* name, int rank, bool output)
     dtype_error(a, py::str(arr.dtype()).cast<std::string>());
   check_rank(a, rank);
   if (!(arr.flags() & py::array::c_style)) not_contiguous_error(a, "np");
-  // The kernels dereference the data as float*/double*: a view at an odd byte offset
-  // would be undefined behaviour (and a fault on strict-alignment CPUs).
-  if (!(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    value_error(a.name + " (shape " + a.shape_s() +
-                ") is not aligned to its dtype; pass a copy (np.array(" + a.name + "))");
+  if (!(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) not_aligned_error(a, "np");
   if (output && !arr.writeable()) read_only_error(a);
   return a;
 }

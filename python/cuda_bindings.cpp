@@ -13,10 +13,10 @@
 // each other and the geometry, stride/padding/dilation/output_padding, aliasing,
 // hyper-parameters), so both modules accept and reject the same calls with the same
 // messages.  What depends on the interface is here, in read_array: that each array argument
-// exposes it (else TypeError: a NumPy array is not a GPU array), is C-contiguous, unmasked,
-// writeable if it is an output, and lives in device memory on the current device.  The GIL
-// is released around the launches; a failed launch raises RuntimeError naming the kernel
-// and the CUDA error.
+// exposes it (else TypeError: a NumPy array is not a GPU array), is C-contiguous, aligned,
+// unmasked, writeable if it is an output, and lives in device memory on the current device.
+// The GIL is released around the launches; a failed launch raises RuntimeError naming the
+// kernel and the CUDA error.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -105,6 +105,8 @@ void read_interface(const py::object& obj, const py::dict& cai, bool output, Arr
     value_error(a.name + " is a masked array; masks are not supported");
   if (cai.contains("strides") && !is_c_contiguous(a, cai["strides"]))
     not_contiguous_error(a, "cupy");
+  if (a.ptr % static_cast<std::uintptr_t>(a.dtype == DType::f32 ? 4 : 8) != 0)
+    not_aligned_error(a, "cupy");
 }
 
 // A CUDA array as an Array.  Converts nothing: a non-CUDA array is a TypeError, a wrong

@@ -771,7 +771,7 @@ def hyper_outcome(call: Call, value: float, nonneg: bool) -> int:
     precision), and >= 0 where `nonneg`; then any result is acceptable (no reference)."""
     param = call.kwargs.get("param")
     f32 = isinstance(param, np.ndarray) and param.dtype == np.float32
-    if not np.isfinite(value) or (f32 and abs(value) > np.finfo(np.float32).max):
+    if not np.isfinite(value) or (f32 and abs(value) > float(np.finfo(np.float32).max)):
         return INVALID
     return INVALID if nonneg and value < 0 else ANY
 
