@@ -105,7 +105,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (also valid Markdown)."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.5f}" if abs(v) < 1 else f"{v:.2f}"
+            return f"{v:.4g}"  # 4 significant digits: 0.00458, 3.5e-06, 25.17
         return str(v)
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
