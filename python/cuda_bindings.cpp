@@ -40,8 +40,11 @@ namespace {
 // device, or the kernels would read another GPU's (or the host's) addresses.
 void check_device_pointer(const Array& a) {
   // Empty arrays may carry any pointer (or none); the functions that cannot take them
-  // reject them later, with a better message.
-  if (a.ptr == 0 || a.numel == 0) return;
+  // reject them later, with a better message.  A non-empty array must point somewhere.
+  if (a.numel == 0) return;
+  if (a.ptr == 0)
+    value_error(a.name + " (shape " + a.shape_s() + ") has a null data pointer but " +
+                std::to_string(a.numel) + " elements");
   int current = 0;
   if (cudaGetDevice(&current) != cudaSuccess) {
     const cudaError_t err = cudaGetLastError();
