@@ -18,7 +18,8 @@ import numpy as np
 
 from . import functional as F
 from . import nn, optim
-from .cli_common import add_data_args, fail, format_table, load_splits, positive_int
+from .cli_common import (HelpFormatter, add_data_args, fail, format_table, load_splits,
+                         positive_int)
 from .models import Generator
 from .tensor import Tensor, no_grad
 from .training.checkpoint import CheckpointError
@@ -81,7 +82,7 @@ def _classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m gasca_core.classify", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a GASCA checkpoint from python -m gasca_core.train")
     add_data_args(p, image_size=False)
     p.add_argument("--label", default="yaw", help="which label to predict: yaw or identity")

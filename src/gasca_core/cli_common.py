@@ -13,19 +13,28 @@ from .training.trainer import PairData
 DATASETS = ("synthetic-faces", "folder", "multipie", "npz")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is nothing to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="synthetic-faces",
                    help="where the (input, target) pairs come from: the built-in synthetic faces "
-                        "(default; rendered and cached on first use), a folder with inputs/ and "
-                        "targets/, a Multi-PIE-style tree, or an .npz file (default: %(default)s)")
+                        "(rendered and cached on first use), a folder with inputs/ and "
+                        "targets/, a Multi-PIE-style tree, or an .npz file")
     g.add_argument("--data", metavar="PATH", default=None,
                    help="the folder, tree or .npz file for --dataset folder/multipie/npz")
     g.add_argument("--max-train", type=positive_int, default=None, metavar="N",
                    help="use at most N training pairs (for quick runs)")
     if image_size:
         g.add_argument("--image-size", type=positive_int, default=64, metavar="S",
-                       help="images are S x S pixels (resized where a loader must; default 64)")
+                       help="images are S x S pixels (resized where a loader must)")
 
 
 def positive_int(text: str) -> int:

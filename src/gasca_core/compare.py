@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_common import (add_data_args, baselines, fail, format_table, int_list, load_splits,
+from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, int_list, load_splits,
                          nonneg_float, per_label_table, positive_int)
 from .metrics import mse_per_image
 from .models import ACTIVATIONS, GascaConfig
@@ -26,7 +26,7 @@ from .training.trainer import METHODS, Trainer, TrainConfig, batched_apply
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gasca_core.compare", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated methods to compare")
     p.add_argument("--seeds", type=int_list, default=[1, 2, 3], metavar="S1,S2,...",

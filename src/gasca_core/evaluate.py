@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_common import (add_data_args, baselines, fail, format_table, load_splits,
+from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, load_splits,
                          per_label_table)
 from .metrics import summarize
 from .training.checkpoint import CheckpointError
@@ -18,7 +18,7 @@ from .training.trainer import batched_apply, load_generator
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m gasca_core.evaluate", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by python -m gasca_core.train "
                                       "(latest.npz or best.npz)")
     add_data_args(p, image_size=False)

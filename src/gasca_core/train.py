@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_common import (add_data_args, baselines, fail, format_table, int_list, load_splits,
+from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, int_list, load_splits,
                          nonneg_float, per_label_table, positive_float, positive_int)
 from .metrics import summarize
 from .models import ACTIVATIONS, GascaConfig
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                "level on codes, then fine-tune all of G, then all of D, on pixels); 'joint' = the "
                "whole G and D trained together from scratch; 'glw' = plain greedy layer-wise "
                "stacking without fine-tuning. See README.md for which parameters move in each phase.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--method", choices=METHODS, default="ganglw", help="training algorithm")
     add_data_args(p)
 
@@ -58,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(for equal wall-clock comparisons)")
 
     o = p.add_argument_group("optimisation and losses")
-    o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
+                   help="pairs per update")
     o.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="Adam learning rate of G")
     o.add_argument("--d-lr", type=positive_float, default=None, help="Adam learning rate of D (default: --lr)")
     o.add_argument("--beta1", type=nonneg_float, default=TrainConfig.beta1, help="Adam beta1")
     o.add_argument("--rec-loss", choices=("mse", "l1"), default="mse", help="reconstruction loss")
-    o.add_argument("--rec-weight", type=nonneg_float, default=TrainConfig.rec_weight)
+    o.add_argument("--rec-weight", type=nonneg_float, default=TrainConfig.rec_weight,
+                   help="weight of the reconstruction term")
     o.add_argument("--adv-loss", choices=("non_saturating", "saturating"), default=TrainConfig.adv_loss,
                    help="generator's adversarial term: -log D(G(x)) (non_saturating) or the "
                         "paper's log(1 - D(G(x))) (saturating)")
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and batches")
-    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train; cuda needs CuPy (pip install \".[cuda]\") and a GPU")
     r.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: runs/<method>-<dataset>-seed<seed>)")
     r.add_argument("--resume", action="store_true",
@@ -98,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between checkpoints (besides one at every validation)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--task", choices=("frontalize", "classify"), default="frontalize",
-                   help="'classify' trains a classifier on the encoder of --checkpoint instead "
-                        "(see python -m gasca_core.classify --help)")
+                   help="what to train for; classification starts from a trained checkpoint "
+                        "and is run by python -m gasca_core.classify CHECKPOINT")
     return p
 
 
