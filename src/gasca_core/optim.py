@@ -66,10 +66,12 @@ class Optimizer:
         self.param_groups.append(group)
 
     def _check_group(self, group: Dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Validate a parameter group's hyper-parameters (each optimizer defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _check_group()")
 
     def _update(self, param: Tensor, group: Dict[str, Any], state: Dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Update one parameter in place from its gradient (each optimizer defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _update()")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients of every parameter: to None (default), or to zeros."""

@@ -119,11 +119,13 @@ class Function:
 
     @staticmethod
     def forward(ctx: Context, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        """Compute the output array from input arrays; save what backward needs in ctx."""
+        raise NotImplementedError("a Function subclass must define forward(ctx, ...)")
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
-        raise NotImplementedError
+        """Gradients with respect to each input, given the output's gradient."""
+        raise NotImplementedError("a Function subclass must define backward(ctx, grad)")
 
     @classmethod
     def apply(cls, *args: Any, **kwargs: Any) -> "Tensor":
