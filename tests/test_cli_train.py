@@ -3,7 +3,6 @@
 Includes the hard case for checkpoints: a real training process killed with SIGKILL at
 arbitrary moments (during checkpoint writes included), then resumed, must end with exactly
 the parameters of an uninterrupted run."""
-import json
 import os
 import signal
 import subprocess

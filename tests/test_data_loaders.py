@@ -163,7 +163,7 @@ def test_folder_non_ascii_names(tmp_path, rng):
 
 
 def test_folder_csv_of_pairs_with_labels(tmp_path, rng):
-    frontal = [write_gray(tmp_path / "img" / f"front{i}.png", noise(rng)) for i in range(4)]
+    [write_gray(tmp_path / "img" / f"front{i}.png", noise(rng)) for i in range(4)]
     rows = ["input,target,identity,yaw"]
     for i in range(4):
         for yaw in (-30, 0, 30):

@@ -9,7 +9,6 @@ and the transposed convolution is its own scatter definition (PyTorch's ConvTran
 
     y[n, co, ih*sh - ph + i*dh, iw*sw - pw + j*dw] += x[n, ci, ih, iw] w[ci, co, i, j]
 """
-import itertools
 
 import numpy as np
 import pytest

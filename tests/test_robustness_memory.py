@@ -21,7 +21,7 @@ import gc as pygc
 import os
 import tracemalloc
 import weakref
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import pytest

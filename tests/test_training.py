@@ -1,7 +1,6 @@
 """GASCA models and the three trainers: Algorithm 1's structure, which parameters each phase
 moves, the label conventions, learning, checkpoints and exact resume."""
 import json
-import math
 import os
 
 import numpy as np
@@ -197,7 +196,6 @@ def test_greedy_stage_trains_on_codes_of_the_encoder_stack():
         g, d, data, _ = tr._phase_parts(ph)
         seen[ph.level] = data.inputs.shape[1:]
         if ph.level > 1:
-            expected = gc.no_grad
             with gc.no_grad():
                 codes = tr.G.encode(gc.Tensor(tr.train_data.inputs), depth=ph.level - 1).numpy()
             np.testing.assert_allclose(data.inputs, codes, rtol=1e-6, atol=1e-7)

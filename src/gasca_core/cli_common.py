@@ -110,6 +110,35 @@ def per_label_table(pred, target, labels: dict, key: str) -> list[tuple[Any, int
     return rows
 
 
+def predict(g, inputs: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """G's outputs for (N, C, H, W) host inputs, run on `device` in batches, as a host array."""
+    from . import backend
+    from .training.trainer import batched_apply
+    g.eval()
+    out = batched_apply(g, backend.to_device(inputs, device))
+    return out.get() if hasattr(out, "get") else out
+
+
+def results_tables(name: str, out: np.ndarray, split: PairData, train: PairData,
+                   label_keys: Sequence[str] = ("yaw",)) -> str:
+    """The report every tool prints: MSE/PSNR/SSIM of `out` against the split's targets,
+    the two trivial baselines, and the error per label value (per yaw, ...)."""
+    from .metrics import summarize
+    m = summarize(out, split.targets)
+    base = baselines(train, split)
+    lines = [format_table(["", "MSE", "PSNR (dB)", "SSIM"], [[name, m["mse"], m["psnr"], m["ssim"]]]),
+             "",
+             format_table(["trivial baseline", "MSE"],
+                          [["output = input", base["copy_input_mse"]],
+                           ["output = mean target face", base["mean_target_mse"]]])]
+    for key in label_keys:
+        rows = per_label_table(out, split.targets, split.labels, key)
+        if rows:
+            lines += ["", f"per {key}{' (degrees)' if key == 'yaw' else ''}:",
+                      format_table([key, "n", "MSE", "PSNR", "SSIM"], rows)]
+    return "\n".join(lines)
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain aligned text table (also valid Markdown)."""
     def fmt(v: Any) -> str:

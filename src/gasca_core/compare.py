@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, int_list, load_splits,
-                         nonneg_float, per_label_table, positive_int)
+                         nonneg_float, per_label_table, positive_int, predict)
 from .metrics import mse_per_image
 from .models import ACTIVATIONS, GascaConfig
-from .training.trainer import METHODS, Trainer, TrainConfig, batched_apply
+from .training.trainer import METHODS, Trainer, TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +56,7 @@ def run_one(mc: GascaConfig, tc: TrainConfig, train, val, test, progress: bool) 
     trainer = Trainer(mc, tc, train, val, out_dir=None, progress=progress, log=lambda s: None)
     trainer.run()
     wall = time.perf_counter() - t0
-    from . import backend
-    out = batched_apply(trainer.G, backend.to_device(test.inputs, tc.device))
-    out = out.get() if hasattr(out, "get") else out
+    out = predict(trainer.G, test.inputs, tc.device)
     mse = mse_per_image(out, test.targets)
     res = {"method": tc.method, "seed": tc.seed, "test_mse": float(mse.mean()),
            "g_updates": trainer.counters["g_updates"], "train_seconds": trainer.elapsed,

@@ -9,11 +9,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, load_splits,
-                         per_label_table)
-from .metrics import summarize
+from .cli_common import (HelpFormatter, add_data_args, fail, load_splits, predict,
+                         results_tables)
 from .training.checkpoint import CheckpointError
-from .training.trainer import batched_apply, load_generator
+from .training.trainer import load_generator
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,24 +43,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError) as e:
         fail(f"could not load --dataset {args.dataset}: {e}")
     split = {"train": train, "val": val, "test": test}[args.split]
-    from . import backend
-    out = batched_apply(g, backend.to_device(split.inputs, args.device))
-    out = np.clip(out.get() if hasattr(out, "get") else out, 0.0, 1.0)
-    m = summarize(out, split.targets)
-    base = baselines(train, split)
+    out = np.clip(predict(g, split.inputs, args.device), 0.0, 1.0)
     print(f"{args.checkpoint}: {meta['train_config']['method']}, depth {meta['g_depth']}, "
           f"{meta['counters']['g_updates']} G updates; {args.split} split of {args.dataset}, "
           f"{len(split)} pairs")
-    print(format_table(["", "MSE", "PSNR (dB)", "SSIM"],
-                       [["model", m["mse"], m["psnr"], m["ssim"]]]))
-    print(format_table(["trivial baseline", "MSE"],
-                       [["output = input", base["copy_input_mse"]],
-                        ["output = mean target face", base["mean_target_mse"]]]))
-    for key in ("yaw", "light"):
-        rows = per_label_table(out, split.targets, split.labels, key)
-        if rows:
-            print(f"\nper {key}:")
-            print(format_table([key, "n", "MSE", "PSNR", "SSIM"], rows))
+    print(results_tables("model", out, split, train, label_keys=("yaw", "light")))
     from .data.grid import save_image_grid
     grid = args.grid or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                      f"eval_{args.split}.png")

@@ -154,7 +154,6 @@ def _as_array(data: Any, dtype: Any = None) -> Any:
         if dtype not in FLOAT_DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     if backend.is_cupy_array(data) or isinstance(data, np.ndarray):
-        xp = backend.get_array_module(data)
         if dtype is not None:
             return data.astype(dtype, copy=False)
         if data.dtype in FLOAT_DTYPES:

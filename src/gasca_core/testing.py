@@ -1,7 +1,7 @@
 """Checking gradients against finite differences (for tests, here and in user code)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 

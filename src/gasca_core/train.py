@@ -15,15 +15,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 
-from .cli_common import (HelpFormatter, add_data_args, baselines, fail, format_table, int_list, load_splits,
-                         nonneg_float, per_label_table, positive_float, positive_int)
-from .metrics import summarize
+from .cli_common import (HelpFormatter, add_data_args, fail, int_list, load_splits, nonneg_float,
+                         positive_float, positive_int, predict, results_tables)
 from .models import ACTIVATIONS, GascaConfig
 from .training.checkpoint import CheckpointError, load_checkpoint
-from .training.trainer import (METHODS, NonFiniteLossError, Trainer, TrainConfig,
-                               batched_apply)
+from .training.trainer import METHODS, NonFiniteLossError, Trainer, TrainConfig
 
 DEFAULT_STEPS = TrainConfig.steps
 
@@ -210,26 +207,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def final_report(trainer: Trainer, train, test) -> str:
     """Test-set error of the trained G beside the two trivial baselines, and per yaw."""
-    from . import backend
-    g = trainer.G
-    g.eval()
-    x = backend.to_device(test.inputs, trainer.device)
-    out = batched_apply(g, x)
-    out = out.get() if hasattr(out, "get") else out
-    m = summarize(out, test.targets)
-    base = baselines(train, test)
-    lines = [f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
-             f"{trainer.counters['g_updates']} G updates, {trainer.elapsed:.0f} s of training:",
-             format_table(["", "MSE", "PSNR (dB)", "SSIM"],
-                          [["GASCA (" + trainer.tc.method + ")", m["mse"], m["psnr"], m["ssim"]]]),
-             "",
-             format_table(["trivial baseline", "MSE"],
-                          [["output = input", base["copy_input_mse"]],
-                           ["output = mean target face", base["mean_target_mse"]]])]
-    rows = per_label_table(out, test.targets, test.labels, "yaw")
-    if rows:
-        lines += ["", "per yaw (degrees):", format_table(["yaw", "n", "MSE", "PSNR", "SSIM"], rows)]
-    return "\n".join(lines)
+    out = predict(trainer.G, test.inputs, trainer.device)
+    return (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
+            f"{trainer.counters['g_updates']} G updates, {trainer.elapsed:.0f} s of training:\n"
+            + results_tables(f"GASCA ({trainer.tc.method})", out, test, train))
 
 
 def _save_run_info(out: str, info: dict) -> None:

@@ -299,7 +299,7 @@ def _render_chunk(params, centers, axes, albedo, idx, yaw_deg, lights, image_siz
     #                                        r_z = R^T e_z = (-sin, 0, cos).
     yaw = np.radians(yaw_deg)
     cos, sin = np.cos(yaw), np.sin(yaw)                                # (B,)
-    zero, one = np.zeros(B), np.ones(B)
+    zero = np.zeros(B)
     r_x = np.stack([cos, zero, sin], axis=-1)                          # (B, 3)
     r_z = np.stack([-sin, zero, cos], axis=-1)
     e_y = np.array([0.0, 1.0, 0.0])

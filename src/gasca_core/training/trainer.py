@@ -39,8 +39,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .. import backend, nn, optim
-from .. import functional as F
-from ..metrics import mse_per_image, summarize
+from ..metrics import summarize
 from ..models import (DiscriminatorLevel, Discriminator, GascaConfig, Generator,
                       ShallowAutoencoder, level_rng)
 from ..tensor import Tensor, no_grad
