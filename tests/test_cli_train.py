@@ -102,7 +102,7 @@ def test_train_evaluate_frontalize_round_trip(tmp_path, npz_data):
 
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, npz_data):
     steps = 60
-    extra = ["--method", "ganglw", "--checkpoint-every", "1", "--eval-every", "5", "--seed", "4"]
+    extra = ["--method", "gangglw", "--checkpoint-every", "1", "--eval-every", "5", "--seed", "4"]
     ref = str(tmp_path / "ref")
     r = run(train_args(npz_data, ref, steps, extra))
     assert r.returncode == 0, r.stderr

@@ -37,11 +37,36 @@ def test_pair_dataset_items_and_validation():
         PairDataset(np.full((2, 1, 3, 3), 1.5), np.zeros((2, 1, 3, 3)))
     with pytest.raises(ValueError, match="labels\\['yaw'\\]"):
         PairDataset(np.zeros((2, 3, 3)), np.zeros((2, 3, 3)), {"yaw": [1, 2, 3]})
-    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
-        PairDataset(np.zeros((2, 3, 3, 3)), np.zeros((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        PairDataset(np.zeros((2, 1, 3, 3, 3)), np.zeros((2, 1, 3, 3, 3)))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        PairDataset(np.zeros((2, 3)), np.zeros((2, 3)))
+    # Codes (many channels, any range) are pairs too, unchecked.
+    codes = PairDataset(np.full((2, 8, 3, 3), -2.0), np.zeros((2, 8, 3, 3)), check=False)
+    assert codes.image_shape == (8, 3, 3) and codes.inputs.dtype == np.float32
 
 
 # ---------------------------------------------------------------------- BatchIterator
+def test_batch_iterator_streams_are_the_named_ones_and_batch_at_matches_iteration():
+    """Epoch e of stream (name, seed, *keys) is ordered by default_rng([seed, id, *keys, e]):
+    the trainer's batches ("batches", seed, phase) are the first release's
+    default_rng([seed, 7, phase, epoch])."""
+    ds = small_dataset()
+    it = BatchIterator(ds, 3, seed=4, stream="batches", keys=(2,))
+    for epoch in range(3):
+        np.testing.assert_array_equal(
+            it.order(epoch), np.random.default_rng([4, 7, 2, epoch]).permutation(len(ds)))
+    walk = BatchIterator(ds, 3, seed=4, stream="batches", keys=(2,))
+    for step in range(3 * len(walk)):
+        by_step, epoch = it.batch_at(step)
+        assert epoch == step // len(walk)
+        np.testing.assert_array_equal(by_step.indices, walk.next_batch().indices)
+    with pytest.raises(ValueError, match="unknown random stream"):
+        BatchIterator(ds, 3, stream="nope")
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        it.batch_at(-1)
+
+
 def collect(it, batches):
     return [it.next_batch().indices.tolist() for _ in range(batches)]
 

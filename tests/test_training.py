@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import gasca_core as gc
+from gasca_core.data import PairDataset
 from gasca_core.models import (Discriminator, DiscriminatorLevel, GascaConfig, Generator,
-                               ShallowAutoencoder, build_full, level_rng)
-from gasca_core.training import (CheckpointError, NonFiniteLossError, PairData, Trainer,
+                               ShallowAutoencoder, build_full, grow)
+from gasca_core.rng import stream
+from gasca_core.training import (CheckpointError, NonFiniteLossError, Trainer,
                                  TrainConfig, discriminator_loss, adversarial_loss,
                                  load_checkpoint, load_generator, plan_phases, save_checkpoint)
 
@@ -23,7 +25,7 @@ def pairs(n, seed, size=16):
     blobs = rng.random((n, 1, size // 4, size // 4)).astype(np.float32)
     x = np.kron(blobs, np.ones((1, 1, 4, 4), np.float32))
     y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1)
-    return PairData(np.ascontiguousarray(x), np.ascontiguousarray(y))
+    return PairDataset(np.ascontiguousarray(x), np.ascontiguousarray(y))
 
 
 def params_of(module):
@@ -72,10 +74,10 @@ def test_levels_must_be_inserted_in_order():
     mc = GascaConfig(**TINY)
     g = Generator(mc)
     with pytest.raises(ValueError, match="next level"):
-        g.insert_level(ShallowAutoencoder(mc, 2, level_rng(0, "G", 2)))
+        g.add_level(ShallowAutoencoder(mc, 2, stream("init-G", 0, 2)))
     d = Discriminator(mc)
     with pytest.raises(ValueError, match="next level"):
-        d.add_level(DiscriminatorLevel(mc, 2, level_rng(0, "D", 2)))
+        d.add_level(DiscriminatorLevel(mc, 2, stream("init-D", 0, 2)))
 
 
 def test_output_of_level_one_is_an_image_in_unit_range():
@@ -118,14 +120,14 @@ def test_discriminator_loss_matches_the_formula():
 
 def test_plans_give_every_method_the_same_generator_budget():
     tc = lambda m: TrainConfig(method=m, steps=300, finetune_share=0.4)  # noqa: E731
-    plans = {m: plan_phases(m, 3, tc(m), n_train=100) for m in ("ganglw", "joint", "glw")}
-    assert [p.name for p in plans["ganglw"]] == [
+    plans = {m: plan_phases(m, 3, tc(m), n_train=100) for m in ("gangglw", "joint", "glw")}
+    assert [p.name for p in plans["gangglw"]] == [
         "greedy-1", "greedy-2", "finetune_g-2", "finetune_d-2", "greedy-3", "finetune_g-3", "finetune_d-3"]
     assert [p.name for p in plans["glw"]] == ["greedy-1", "greedy-2", "greedy-3"]
     assert [p.name for p in plans["joint"]] == ["joint-3"]
     for m, plan in plans.items():
         assert sum(p.steps for p in plan if p.trains_g) == 300, m
-    ft = sum(p.steps for p in plans["ganglw"] if p.kind == "finetune_g")
+    ft = sum(p.steps for p in plans["gangglw"] if p.kind == "finetune_g")
     assert ft == 120
 
 
@@ -155,8 +157,8 @@ def _phase_changes(method, steps=24, adv_weight=1e-2):
     return t, changes
 
 
-def test_ganglw_follows_algorithm_1():
-    t, changes = _phase_changes("ganglw")
+def test_gangglw_follows_algorithm_1():
+    t, changes = _phase_changes("gangglw")
     assert t.G.depth == 3 and t.D.depth == 3
     for phase, g_changed, d_changed, g_all, d_all in changes:
         k = phase.level
@@ -208,12 +210,12 @@ def test_greedy_stage_trains_on_codes_of_the_encoder_stack():
 # ----------------------------------------------------------------------------- learning
 
 
-@pytest.mark.parametrize("method", ["ganglw", "joint"])
+@pytest.mark.parametrize("method", ["gangglw", "joint"])
 def test_short_training_lowers_validation_error(method):
     mc = GascaConfig(image_size=16, channels=[8, 16], kernel_sizes=[3, 3])
     tc = TrainConfig(method=method, steps=150, batch_size=16, lr=3e-3, seed=0, adv_weight=1e-3)
     t = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), progress=False)
-    t._grow_to(t.phases[-1])
+    grow(t.G, t.D, t.phases[-1].level, tc.seed, t.device)
     before = t.evaluate()["val_mse"]
     t2 = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), progress=False)
     after = t2.run()["val_mse"]
@@ -285,7 +287,7 @@ class _Stop(KeyboardInterrupt):
 @pytest.mark.parametrize("stop_at", [5, 13, 21])  # in greedy-2, in finetune_g-2, in finetune_d-3
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, stop_at):
     mc = GascaConfig(**TINY)
-    tc = TrainConfig(method="ganglw", steps=24, batch_size=8, lr=5e-3, seed=3, eval_every=3,
+    tc = TrainConfig(method="gangglw", steps=24, batch_size=8, lr=5e-3, seed=3, eval_every=3,
                      adv_weight=1e-2)
     data = (pairs(40, 0), pairs(8, 1))
     ref = Trainer(mc, tc, *data, out_dir=str(tmp_path / "ref"), progress=False)
@@ -354,12 +356,12 @@ def _cuda_or_skip():
 
 
 @pytest.mark.gpu
-def test_short_ganglw_run_on_the_gpu_lowers_the_error_and_checkpoints_load_on_cpu(tmp_path):
+def test_short_gangglw_run_on_the_gpu_lowers_the_error_and_checkpoints_load_on_cpu(tmp_path):
     _cuda_or_skip()
     mc = GascaConfig(image_size=16, channels=[8, 16], kernel_sizes=[3, 3])
-    tc = TrainConfig(method="ganglw", steps=150, batch_size=16, lr=3e-3, seed=0, device="cuda")
+    tc = TrainConfig(method="gangglw", steps=150, batch_size=16, lr=3e-3, seed=0, device="cuda")
     t0 = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), progress=False)
-    t0._grow_to(t0.phases[-1])
+    grow(t0.G, t0.D, t0.phases[-1].level, tc.seed, t0.device)
     before = t0.evaluate()["val_mse"]
     t = Trainer(mc, tc, pairs(128, 0), pairs(32, 1), out_dir=str(tmp_path), progress=False)
     after = t.run()["val_mse"]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_numpy
+
 
 def _host(a) -> np.ndarray:
-    if hasattr(a, "get"):  # CuPy array
-        a = a.get()
-    return np.asarray(a, dtype=np.float64)
+    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def _check_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:

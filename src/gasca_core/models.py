@@ -1,7 +1,9 @@
 """GASCA models: shallow convolutional autoencoders, the generator stack G that grows in the
 middle, and the discriminator stack D that grows one conv layer at a time under a head.
 
-Shapes are NCHW.  With the default "gasca-64" configuration (DESIGN.md):
+This module is the only place where levels of G and D are built (`grow`); the trainer,
+the checkpoint loader and the tools all call it.  Shapes are NCHW.  With the default
+"gasca-64" configuration (docs/DESIGN.md walks through it):
 
     level k | encoder of G^k               | decoder of G^k                        | conv of D^k
     1       | conv 1->32,  k5 s2 p2, LReLU  | convT 32->1,   k5 s2 p2 op1, Sigmoid   | conv 1->32,  k5 s2 p2
@@ -22,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from . import nn
+from .rng import stream
 from .tensor import Tensor
 
 ACTIVATIONS = ("leaky_relu", "relu", "sigmoid", "tanh", "identity")
@@ -158,7 +161,7 @@ class ShallowAutoencoder(nn.Module):
 class Generator(nn.Module):
     """G: a stack of shallow autoencoders, run as enc_1 .. enc_k, dec_k .. dec_1.
 
-    `insert_level` puts a new G^k in the middle: after the deepest encoder, before the
+    `add_level` puts a new G^k in the middle: after the deepest encoder, before the
     deepest decoder.
     """
 
@@ -171,7 +174,8 @@ class Generator(nn.Module):
     def depth(self) -> int:
         return len(self.levels)
 
-    def insert_level(self, ae: ShallowAutoencoder) -> None:
+    def add_level(self, ae: ShallowAutoencoder) -> None:
+        """Insert G^k (k = depth + 1) between the deepest encoder and the deepest decoder."""
         if ae.level != self.depth + 1:
             raise ValueError(f"the next level of a depth-{self.depth} generator is "
                              f"{self.depth + 1}, got a level-{ae.level} autoencoder")
@@ -238,6 +242,7 @@ class Discriminator(nn.Module):
         return len(self.convs)
 
     def add_level(self, d: DiscriminatorLevel) -> None:
+        """Put D^k's conv on top of the stack and make its head the head (k = depth + 1)."""
         if d.level != self.depth + 1:
             raise ValueError(f"the next level of a depth-{self.depth} discriminator is "
                              f"{self.depth + 1}, got level {d.level}")
@@ -250,18 +255,27 @@ class Discriminator(nn.Module):
         return self.head(self.convs(x))
 
 
+def grow(g: Generator, d: Optional[Discriminator], depth: int, seed: int,
+         device: str = "cpu") -> None:
+    """Add levels to G (and D, unless None) until they have `depth` levels.
+
+    Level k of G draws its initial weights from the stream ("init-G", seed, k) and level k
+    of D from ("init-D", seed, k) (see gasca_core.rng), so a level's initial weights do not
+    depend on how or when it was built: all at once, one greedy stage at a time, or again
+    on resume.
+    """
+    if d is not None and d.depth != g.depth:
+        raise RuntimeError(f"G has {g.depth} levels and D {d.depth}: they grow together")
+    while g.depth < depth:
+        k = g.depth + 1
+        g.add_level(ShallowAutoencoder(g.config, k, stream("init-G", seed, k)).to(device))
+        if d is not None:
+            d.add_level(DiscriminatorLevel(d.config, k, stream("init-D", seed, k)).to(device))
+
+
 def build_full(config: GascaConfig, seed: int, depth: Optional[int] = None
                ) -> tuple[Generator, Discriminator]:
-    """G and D with `depth` levels (default: all), each level initialised from its own
-    seeded stream so that a level's initial weights do not depend on how it was built."""
-    depth = config.levels if depth is None else depth
+    """G and D with `depth` levels (default: all), initialised as `grow` does."""
     g, d = Generator(config), Discriminator(config)
-    for k in range(1, depth + 1):
-        g.insert_level(ShallowAutoencoder(config, k, level_rng(seed, "G", k)))
-        d.add_level(DiscriminatorLevel(config, k, level_rng(seed, "D", k)))
+    grow(g, d, config.levels if depth is None else depth, seed)
     return g, d
-
-
-def level_rng(seed: int, net: str, level: int) -> np.random.Generator:
-    """The initialisation stream of level `level` of net "G" or "D"."""
-    return np.random.default_rng([int(seed), 0 if net == "G" else 1, int(level)])

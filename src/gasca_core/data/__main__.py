@@ -16,7 +16,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .datasets import DATASET_NAMES, PairDataset, get_splits, infer_dataset, load_dataset
+from .datasets import DATASET_NAMES, get_splits, infer_dataset, load_dataset
+from .pairs import PairDataset
 from .grid import save_image_grid
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .datasets import PairDataset
+from .pairs import PairDataset
 from .images import IMAGE_SUFFIXES, ImageSize, is_image_file, normalize_size, read_gray
 
 

@@ -32,7 +32,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .datasets import PairDataset
+from .pairs import PairDataset
 from .folder import read_pairs
 from .images import IMAGE_SUFFIXES, ImageSize, is_image_file
 

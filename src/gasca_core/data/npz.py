@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import PairDataset
+from .pairs import PairDataset
 from .grid import file_mode
 from .images import ImageSize, normalize_size, resize_gray
 

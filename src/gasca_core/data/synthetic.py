@@ -52,14 +52,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
 from .grid import file_mode
-
-if TYPE_CHECKING:
-    from .datasets import PairDataset
+from .pairs import PairDataset
 
 # Bump whenever a change to this file changes any rendered pixel: it is part of the cache key.
 RENDERER_VERSION = 1
@@ -557,7 +555,7 @@ def load_synthetic_faces(data: None = None, image_size: Optional[int] = 64, *,
                          yaws: tuple[float, ...] = DEFAULT_YAWS,
                          lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS,
                          supersample: int = 2, background: float = 0.25, ambient: float = 0.3,
-                         cache: bool = True) -> "PairDataset":
+                         cache: bool = True) -> PairDataset:
     """The built-in data set: every identity at every yaw under every light -> its frontal,
     neutrally lit image.
 
@@ -568,8 +566,6 @@ def load_synthetic_faces(data: None = None, image_size: Optional[int] = 64, *,
     Images are rendered once per configuration and cached (see cache_dir); data_seed picks
     the persons, image_size the render resolution (square; None means 64).
     """
-    from .datasets import PairDataset
-
     if data is not None:
         raise ValueError(f"--data {str(data)!r} is not used by the built-in synthetic-faces "
                          f"dataset; to load your own pairs choose --dataset folder, multipie "

@@ -1,10 +1,21 @@
 """Training GASCA models: GANGGLW (Algorithm 1), vanilla joint training, plain greedy
-layer-wise training, all through one loop (see trainer.py for what each phase updates)."""
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
-from .trainer import (METHODS, NonFiniteLossError, PairData, Phase, Trainer, TrainConfig,
-                      load_generator, plan_phases)
+layer-wise training, all through one loop.
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint", "adversarial_loss",
-           "discriminator_loss", "reconstruction_loss", "METHODS", "NonFiniteLossError",
-           "PairData", "Phase", "Trainer", "TrainConfig", "load_generator", "plan_phases"]
+    phases.py      TrainConfig, Phase, plan_phases: what a run does, decided up front
+    trainer.py     Trainer: the loop, and step(), the one training step
+    losses.py      the GAN and reconstruction losses (label conventions)
+    nonfinite.py   what a NaN or infinite loss does (stop, or skip the update)
+    checkpoint.py  atomic checkpoints, load_generator
+    outputs.py     metrics.jsonl, image grids, the loss curve
+"""
+from .checkpoint import CheckpointError, load_checkpoint, load_generator, save_checkpoint
+from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
+from .nonfinite import NonFiniteGuard, NonFiniteLossError
+from .outputs import RunOutputs
+from .phases import METHOD_ALIASES, METHODS, Phase, TrainConfig, canonical_method, plan_phases
+from .trainer import PhaseRun, Trainer, frozen
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_generator", "save_checkpoint",
+           "adversarial_loss", "discriminator_loss", "reconstruction_loss", "NonFiniteGuard",
+           "NonFiniteLossError", "RunOutputs", "METHOD_ALIASES", "METHODS", "Phase",
+           "TrainConfig", "canonical_method", "plan_phases", "PhaseRun", "Trainer", "frozen"]

@@ -8,7 +8,8 @@ Layout of a checkpoint file:
 
 Writes go to a temporary file in the same directory, are flushed to disk, then renamed over
 the old file: a process killed at any moment leaves either the old or the new checkpoint,
-never a torn one.  Loading never unpickles anything (allow_pickle=False).
+never a torn one.  Loading never unpickles anything (allow_pickle=False), and reads the
+checkpoints of earlier releases (see _upgrade).
 """
 from __future__ import annotations
 
@@ -19,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import to_numpy
+from ..models import GascaConfig, Generator, grow
+from .phases import METHOD_ALIASES
+
 FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit what it is loaded into."""
-
-
-def _host(a) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def flatten_state(prefix: str, state: Any, out: dict[str, np.ndarray], meta: dict) -> None:
@@ -44,7 +45,7 @@ def flatten_state(prefix: str, state: Any, out: dict[str, np.ndarray], meta: dic
             flatten_state(f"{prefix}/{i}", v, out, meta)
     elif hasattr(state, "shape") and hasattr(state, "dtype") and getattr(state, "ndim", 0) >= 0 \
             and not isinstance(state, (np.generic,)):
-        out[prefix] = _host(state)
+        out[prefix] = to_numpy(state)
     elif isinstance(state, np.generic):
         meta[prefix] = state.item()
     else:
@@ -124,4 +125,39 @@ def load_checkpoint(path: str) -> tuple[dict, dict[str, Any]]:
     flat = header["flat"]
     names = {k.split("/")[0] for k in list(arrays) + list(flat)}
     states = {n: unflatten_state(n, arrays, flat) for n in names}
-    return header["meta"], states
+    return _upgrade(header["meta"], path), states
+
+
+def _upgrade(meta: dict, path: str) -> dict:
+    """Read a checkpoint of an earlier release as this one writes them.
+
+    Earlier releases spelled the method GANGGLW "ganglw": the name is converted (parameters,
+    optimizer states and every other field are stored the same way) and the conversion is
+    listed in meta["notes"], which the tools print.
+    """
+    tc = meta.get("train_config")
+    if isinstance(tc, dict) and tc.get("method") in METHOD_ALIASES:
+        old = tc["method"]
+        tc["method"] = METHOD_ALIASES[old]
+        meta.setdefault("notes", []).append(f"{path}: method '{old}' (as earlier releases spelled it) read as "
+                     f"'{tc['method']}'")
+    return meta
+
+
+def load_generator(path: str, device: str = "cpu") -> tuple[Generator, GascaConfig, dict]:
+    """G from a checkpoint, in eval mode: (generator, its config, the checkpoint's meta)."""
+    meta, states = load_checkpoint(path)
+    try:
+        mc = GascaConfig.from_dict(meta["model_config"])
+        depth = int(meta["g_depth"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad or missing model config: {e}") from None
+    g = Generator(mc)
+    grow(g, None, depth, seed=0)  # every weight is overwritten by the checkpoint's
+    try:
+        g.load_state_dict(states["g"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: generator weights do not fit its config: {e}") from None
+    g = g.to(device)
+    g.eval()
+    return g, mc, meta

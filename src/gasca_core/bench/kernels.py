@@ -1,6 +1,6 @@
 """Benchmark of gasca_core's CPU kernels: ``python -m gasca_core.bench``.
 
-For the three gasca-64 encoder layers (DESIGN.md) and their mirror-image transposed
+For the three gasca-64 encoder layers (docs/DESIGN.md) and their mirror-image transposed
 convolutions, at batch 64 by default, prints the GFLOP/s of every pass for each of our
 kernel versions, beside a NumPy im2col + matmul baseline and PyTorch (when importable),
 all measured in the same run, and the ratio ours / PyTorch.  Then the GEMM alone against
@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import time
 from dataclasses import dataclass
@@ -305,11 +306,11 @@ def section_gemm(args) -> None:
 
 
 def section_gpu(args) -> None:
-    """The GPU benchmark (gasca_core._bench_gpu), when the CUDA extension imports and a GPU
+    """The GPU benchmark (gasca_core.bench.gpu), when the CUDA extension imports and a GPU
     is present; silently nothing otherwise."""
     try:
-        from gasca_core import _C_cuda  # noqa: F401
-        from gasca_core import _bench_gpu
+        importlib.import_module("gasca_core._C_cuda")  # is the CUDA module built?
+        from gasca_core.bench import gpu as _bench_gpu
         import cupy
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return
@@ -323,10 +324,10 @@ def section_gpu(args) -> None:
 
 
 def section_step(args) -> None:
-    """A whole gasca-64 training step (G and D, forward, backward, Adam) at --batch:
-    steps per second, ours and the same network in PyTorch (gasca_core.bench_step)."""
-    from gasca_core import bench_step
-    bench_step.run(batch=args.batch, steps=max(3, args.repeat), threads=args.threads,
+    """The trainer's own training step (G and D, forward, backward, Adam) at --batch:
+    steps per second, ours and the same step in PyTorch (gasca_core.bench.step)."""
+    from gasca_core.bench import step as bench_step
+    bench_step.run(batch=args.batch, steps=3, rounds=max(3, args.repeat), threads=args.threads,
                    use_torch=not args.no_torch)
 
 

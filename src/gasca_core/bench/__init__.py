@@ -1,0 +1,10 @@
+"""Benchmarks, each also a command:
+
+    python -m gasca_core.bench          kernels.py: every CPU kernel pass of the gasca-64
+                                        layers, each version, vs NumPy and PyTorch; then the
+                                        training step (and the GPU section where a GPU is)
+    python -m gasca_core.bench.step     step.py: the trainer's own training step vs PyTorch
+    python -m gasca_core.bench.gpu      gpu.py: the CUDA kernels vs cuDNN
+
+Importing this package loads nothing compiled; each module loads what it times.
+"""

@@ -1,0 +1,123 @@
+"""What the command-line tools share: flag types, the data and architecture flags, and the
+one place where flags become a GascaConfig (model_config_from_args) and splits are loaded."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+import numpy as np
+
+from ..data import DATASET_NAMES
+from ..data.pairs import PairDataset
+from ..models import ACTIVATIONS, GascaConfig
+
+DATASETS = DATASET_NAMES
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is nothing to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="synthetic-faces",
+                   help="where the (input, target) pairs come from: the built-in synthetic faces "
+                        "(rendered and cached on first use), a folder with inputs/ and "
+                        "targets/, a Multi-PIE-style tree, or an .npz file")
+    g.add_argument("--data", metavar="PATH", default=None,
+                   help="the folder, tree or .npz file for --dataset folder/multipie/npz")
+    g.add_argument("--max-train", type=positive_int, default=None, metavar="N",
+                   help="use at most N training pairs (for quick runs)")
+    if image_size:
+        g.add_argument("--image-size", type=positive_int, default=64, metavar="S",
+                       help="images are S x S pixels (resized where a loader must)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not np.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    v = nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        vals = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got '{text}'")
+    return vals
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The architecture flags (their defaults are gasca-64's)."""
+    a = p.add_argument_group("architecture (default: gasca-64)")
+    a.add_argument("--channels", type=int_list, default=None, metavar="C1,C2,...",
+                   help="channels of each level; their number is the number of levels "
+                        "(default 32,64,128)")
+    a.add_argument("--kernel-sizes", type=int_list, default=None, metavar="K1,K2,...",
+                   help="kernel size of each level (default 5,5,3; extra levels use 3)")
+    a.add_argument("--hidden-activation", choices=ACTIVATIONS, default="leaky_relu",
+                   help="activation of the encoders and of the decoders above level 1")
+
+
+def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
+    """The GascaConfig that the architecture and --image-size flags describe; it is named
+    "gasca-64" only when every one of them is gasca-64's, "custom" otherwise."""
+    default = GascaConfig()
+    channels = args.channels or default.channels
+    ks = args.kernel_sizes or (default.kernel_sizes + [3] * max(0, len(channels) - 3))[:len(channels)]
+    if len(ks) != len(channels):
+        fail(f"--kernel-sizes has {len(ks)} entries, --channels {len(channels)}: give one per level")
+    image_size = getattr(args, "image_size", default.image_size)
+    name = default.name if (channels, ks, image_size, args.hidden_activation) == \
+        (default.channels, default.kernel_sizes, default.image_size, default.hidden_activation) \
+        else "custom"
+    try:
+        return GascaConfig(image_size=image_size, channels=channels, kernel_sizes=ks,
+                           hidden_activation=args.hidden_activation, name=name)
+    except ValueError as e:
+        fail(str(e))
+
+
+def load_splits(dataset: str, data: Optional[str], seed: int, image_size: int = 64,
+                max_train: Optional[int] = None) -> tuple[PairDataset, PairDataset, PairDataset]:
+    """(train, val, test) pairs of a dataset named by the flags; a missing --data stops the
+    tool with a message."""
+    from ..data import get_splits
+    if dataset != "synthetic-faces" and not data:
+        fail(f"--dataset {dataset} needs --data PATH")
+    return tuple(get_splits(dataset, data=data, seed=seed, image_size=image_size,
+                            max_train=max_train))  # type: ignore[return-value]
+
+
+def fail(msg: str, code: int = 2) -> "None":
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,213 @@
+"""python -m gasca_core.train: train a GASCA model (GANGGLW by default) from one command.
+
+With no arguments it trains GANGGLW on the built-in synthetic faces with the gasca-64
+architecture, then prints the test-set reconstruction error beside two trivial baselines
+(output = input, output = the mean target face).  Everything lands in --out: checkpoints
+(latest.npz, best.npz), metrics.jsonl, image grids after each phase, and a loss curve where
+matplotlib is installed.  Ctrl-C saves a checkpoint; --resume continues exactly there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+
+from ..evaluation import predict, results_tables
+from ..models import GascaConfig
+from ..training import (METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
+                        canonical_method, load_checkpoint)
+from .common import (HelpFormatter, add_data_args, add_model_args, fail, load_splits,
+                     model_config_from_args, nonneg_float, positive_float, positive_int)
+
+DEFAULT_STEPS = TrainConfig.steps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gasca_core.train",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog="Methods: 'gangglw' = GAN gradual greedy layer-wise (Algorithm 1: greedy stage per "
+               "level on codes, then fine-tune all of G, then all of D, on pixels; 'ganglw', the "
+               "first release's spelling, is accepted); 'joint' = the whole G and D trained "
+               "together from scratch; 'glw' = plain greedy layer-wise stacking without "
+               "fine-tuning. See README.md for which parameters move in each phase.",
+        formatter_class=HelpFormatter)
+    p.add_argument("--method", type=canonical_method, choices=METHODS, default=METHODS[0],
+                   help="training algorithm")
+    add_data_args(p)
+
+    b = p.add_argument_group("budget (give either --steps or --epochs)")
+    b.add_argument("--steps", type=positive_int, default=None,
+                   help=f"generator updates for the whole run, shared out over the phases; the "
+                        f"same number for every method, for fair comparisons (default {DEFAULT_STEPS} "
+                        f"when --epochs is not given)")
+    b.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the training pairs per greedy stage (and for the joint run)")
+    b.add_argument("--finetune-epochs", type=positive_int, default=None,
+                   help="passes per fine-tune phase of ganglw (default: --epochs)")
+    b.add_argument("--finetune-share", type=nonneg_float, default=TrainConfig.finetune_share,
+                   help="ganglw with --steps: share of the generator updates given to the fine-tunes")
+    b.add_argument("--d-finetune-ratio", type=nonneg_float, default=TrainConfig.d_finetune_ratio,
+                   help="ganglw: D fine-tune updates per G fine-tune update")
+    b.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="stop each phase when its share of this many seconds is used "
+                        "(for equal wall-clock comparisons)")
+
+    o = p.add_argument_group("optimisation and losses")
+    o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
+                   help="pairs per update")
+    o.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="Adam learning rate of G")
+    o.add_argument("--d-lr", type=positive_float, default=None, help="Adam learning rate of D (default: --lr)")
+    o.add_argument("--beta1", type=nonneg_float, default=TrainConfig.beta1, help="Adam beta1")
+    o.add_argument("--rec-loss", choices=("mse", "l1"), default="mse", help="reconstruction loss")
+    o.add_argument("--rec-weight", type=nonneg_float, default=TrainConfig.rec_weight,
+                   help="weight of the reconstruction term")
+    o.add_argument("--adv-loss", choices=("non_saturating", "saturating"), default=TrainConfig.adv_loss,
+                   help="generator's adversarial term: -log D(G(x)) (non_saturating) or the "
+                        "paper's log(1 - D(G(x))) (saturating)")
+    o.add_argument("--adv-weight", type=nonneg_float, default=TrainConfig.adv_weight,
+                   help="weight of the adversarial term (0 = plain autoencoders)")
+    o.add_argument("--d-steps", type=positive_int, default=1, help="D updates per G update")
+    o.add_argument("--on-nonfinite", choices=("stop", "skip"), default="stop",
+                   help="on a NaN/inf loss or gradient: stop the run, or skip that step")
+
+    add_model_args(p)
+
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and batches")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train; cuda needs CuPy (pip install \".[cuda]\") and a GPU")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default: runs/<method>-<dataset>-seed<seed>)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its saved "
+                        "configuration is used)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds a run")
+    r.add_argument("--eval-every", type=positive_int, default=None,
+                   help="steps between validations (default: every epoch, at most 200)")
+    r.add_argument("--checkpoint-every", type=positive_int, default=TrainConfig.checkpoint_every,
+                   help="steps between checkpoints (besides one at every validation)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--task", choices=("frontalize", "classify"), default="frontalize",
+                   help="what to train for; classification starts from a trained checkpoint "
+                        "and is run by python -m gasca_core.classify CHECKPOINT")
+    return p
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.steps is not None and args.epochs is not None:
+        fail("give either --steps (a budget of generator updates) or --epochs, not both")
+    steps = args.steps if args.epochs is None else None
+    if steps is None and args.epochs is None:
+        steps = DEFAULT_STEPS
+    try:
+        return TrainConfig(
+            method=args.method, steps=steps, epochs=args.epochs or 5,
+            finetune_epochs=args.finetune_epochs or args.epochs or 5,
+            finetune_share=args.finetune_share, d_finetune_ratio=args.d_finetune_ratio,
+            batch_size=args.batch_size, lr=args.lr, d_lr=args.d_lr, beta1=args.beta1,
+            rec_loss=args.rec_loss, rec_weight=args.rec_weight, adv_loss=args.adv_loss,
+            adv_weight=args.adv_weight, d_steps=args.d_steps, seed=args.seed,
+            eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+            on_nonfinite=args.on_nonfinite, time_budget=args.time_budget, device=args.device)
+    except ValueError as e:
+        fail(str(e))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.task == "classify":
+        fail("--task classify runs from a trained checkpoint: use python -m gasca_core.classify "
+             "CHECKPOINT (it trains the encoder's classifier and a from-scratch one, both reported)")
+    out = args.out or os.path.join("runs", f"{args.method}-{args.dataset}-seed{args.seed}")
+    latest = os.path.join(out, "latest.npz")
+    if args.device == "cuda":
+        from .. import backend
+        try:
+            backend.require_cuda()
+        except RuntimeError as e:
+            fail(f"--device cuda: {e}")
+
+    if args.resume:
+        try:
+            meta, _ = load_checkpoint(latest)
+        except CheckpointError as e:
+            fail(f"--resume: {e}")
+        for note in meta.get("notes", []):
+            print(f"note: {note}")
+        mc = GascaConfig.from_dict(meta["model_config"])
+        tc = TrainConfig.from_dict({**meta["train_config"], "device": args.device})
+        run_info = _load_run_info(out)
+        dataset, data, max_train = run_info.get("dataset", args.dataset), run_info.get("data", args.data), \
+            run_info.get("max_train", args.max_train)
+        if meta.get("finished"):
+            print(f"the run in {out} has already finished; evaluating it")
+    else:
+        if os.path.exists(latest) and not args.overwrite:
+            fail(f"{out} already holds a run ({latest}); pass --resume to continue it, "
+                 f"--overwrite to start afresh, or --out to choose another directory")
+        mc, tc = model_config_from_args(args), train_config_from_args(args)
+        dataset, data, max_train = args.dataset, args.data, args.max_train
+        if args.overwrite and os.path.isdir(out):
+            for name in ("latest.npz", "best.npz", "metrics.jsonl", "run.json"):
+                if os.path.exists(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+        os.makedirs(out, exist_ok=True)
+        _save_run_info(out, {"dataset": dataset, "data": data, "max_train": max_train,
+                             "argv": list(argv) if argv is not None else sys.argv[1:]})
+
+    t0 = time.perf_counter()
+    try:
+        train, val, test = load_splits(dataset, data, seed=tc.seed, image_size=mc.image_size,
+                                       max_train=max_train)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(f"could not load --dataset {dataset}: {e}")
+    print(f"data: {dataset}: {len(train)} training, {len(val)} validation, {len(test)} test pairs "
+          f"of {train.inputs.shape[1:]} ({time.perf_counter() - t0:.1f} s)")
+    trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress)
+    print(f"{tc.method}: {len(trainer.phases)} phases: " +
+          ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
+    try:
+        trainer.run(resume=args.resume)
+    except KeyboardInterrupt:
+        return 130
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+    report = final_report(trainer, train, test)
+    print(report)
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(report + "\n")
+    print(f"\noutputs in {out}/ (latest.npz, best.npz, metrics.jsonl, grid_*.png)")
+    return 0
+
+
+def final_report(trainer: Trainer, train, test) -> str:
+    """Test-set error of the trained G beside the two trivial baselines, and per yaw."""
+    out = predict(trainer.G, test.inputs, trainer.device)
+    return (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
+            f"{trainer.counters['g_updates']} G updates, {trainer.elapsed:.0f} s of training:\n"
+            + results_tables(f"GASCA ({trainer.tc.method})", out, test, train))
+
+
+def _save_run_info(out: str, info: dict) -> None:
+    with open(os.path.join(out, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+
+
+def _load_run_info(out: str) -> dict:
+    try:
+        with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What a run does, decided before it starts: TrainConfig (every training setting) and the
+phases each method runs (plan_phases).
+
+    kind        G side trained         D side trained        data
+    greedy      the new level G^k      the new level D^k     codes after k-1 encoders (pixels for k=1)
+    finetune_g  the whole G            nothing (D frozen)    pixels
+    finetune_d  nothing (G frozen)     the whole D           pixels (G's outputs as fakes)
+    joint       the whole G            the whole D           pixels
+
+    gangglw: greedy-1, then for k = 2..m: greedy-k, finetune_g-k, finetune_d-k
+    glw:     greedy-1 .. greedy-m           (stacking without the gradual fine-tuning)
+    joint:   joint (all m levels built at once, trained from scratch)
+
+The method GANGGLW (GAN gradual greedy layer-wise) is spelled "gangglw"; the first release
+spelled it "ganglw", which is still accepted everywhere (flags, configs, old checkpoints)
+and read as "gangglw".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .losses import ADV_LOSSES, REC_LOSSES
+
+METHODS = ("gangglw", "joint", "glw")
+METHOD_ALIASES = {"ganglw": "gangglw"}
+PHASE_KINDS = ("greedy", "finetune_g", "finetune_d", "joint")
+
+
+def canonical_method(name: str) -> str:
+    """The method's name as gasca_core spells it (an alias such as "ganglw" -> "gangglw");
+    unknown names are returned as they are, for validate() to reject."""
+    return METHOD_ALIASES.get(name, name)
+
+
+@dataclass
+class TrainConfig:
+    """How to train (everything but the architecture).  Saved with every checkpoint."""
+    method: str = "gangglw"             # or "joint", "glw" ("ganglw" is read as "gangglw")
+    steps: Optional[int] = 3000         # G-update budget for the whole run, shared out over phases
+    epochs: int = 5                     # per greedy stage / joint run, when steps is None
+    finetune_epochs: int = 5            # per fine-tune phase, when steps is None
+    finetune_share: float = 0.7         # ganglw: share of the G budget given to the fine-tunes
+    d_finetune_ratio: float = 0.25      # ganglw: D fine-tune steps per G fine-tune step
+    batch_size: int = 32
+    lr: float = 1e-3                    # Adam learning rate of G
+    d_lr: Optional[float] = None        # Adam learning rate of D (default: lr)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    rec_loss: str = "mse"
+    rec_weight: float = 1.0
+    adv_loss: str = "non_saturating"
+    adv_weight: float = 1e-4            # measured: 1e-3 raised joint test MSE 0.0046 -> 0.0056 (README)
+    d_steps: int = 1                    # D updates per G update in adversarial phases
+    seed: int = 0
+    eval_every: Optional[int] = None    # steps between validations (default: one epoch, at most 200)
+    eval_max: int = 512                 # validation pairs used for the periodic metrics
+    checkpoint_every: int = 200         # steps between 'latest' checkpoints (plus every validation)
+    on_nonfinite: str = "stop"          # "stop" the run, or "skip" the step
+    max_skips: int = 20                 # consecutive skipped steps before stopping anyway
+    time_budget: Optional[float] = None  # seconds for the whole run, shared out like the steps
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.method = canonical_method(self.method)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+        need(self.method in METHODS, f"method must be one of {METHODS}, got '{self.method}'")
+        need(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.epochs >= 1 and self.finetune_epochs >= 0,
+             f"epochs must be >= 1 and finetune_epochs >= 0, got {self.epochs}, {self.finetune_epochs}")
+        need(0.0 <= self.finetune_share < 1.0, f"finetune_share must be in [0, 1), got {self.finetune_share}")
+        need(self.d_finetune_ratio >= 0, f"d_finetune_ratio must be >= 0, got {self.d_finetune_ratio}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.lr > 0 and (self.d_lr is None or self.d_lr > 0), "learning rates must be > 0")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must be in [0, 1)")
+        need(self.rec_loss in REC_LOSSES, f"rec_loss must be one of {REC_LOSSES}, got '{self.rec_loss}'")
+        need(self.adv_loss in ADV_LOSSES, f"adv_loss must be one of {ADV_LOSSES}, got '{self.adv_loss}'")
+        need(self.rec_weight >= 0 and self.adv_weight >= 0, "loss weights must be >= 0")
+        need(self.d_steps >= 1, f"d_steps must be >= 1, got {self.d_steps}")
+        need(self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1")
+        need(self.eval_max >= 1 and self.checkpoint_every >= 1, "eval_max and checkpoint_every must be >= 1")
+        need(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be 'stop' or 'skip', got '{self.on_nonfinite}'")
+        need(self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 seconds")
+        need(self.device in ("cpu", "cuda"), f"device must be 'cpu' or 'cuda', got '{self.device}'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Phase:
+    name: str               # e.g. "greedy-2", "finetune_g-2"
+    kind: str               # one of PHASE_KINDS
+    level: int              # greedy: the level trained; otherwise the depth of G and D
+    steps: int              # planned updates (G updates; D updates for finetune_d)
+    time_share: float = 0.0  # share of TrainConfig.time_budget, when one is set
+
+    @property
+    def trains_g(self) -> bool:
+        return self.kind in ("greedy", "finetune_g", "joint")
+
+    @property
+    def trains_d(self) -> bool:
+        return self.kind in ("greedy", "finetune_d", "joint")
+
+
+def plan_phases(method: str, levels: int, cfg: TrainConfig, n_train: int) -> list[Phase]:
+    """The phases of a run, with their step counts.  `method` may be an alias (ganglw).
+
+    With a step budget B (cfg.steps), every method makes B generator updates in all:
+    joint all B in one phase; glw B/m per greedy stage; gangglw (1 - f) B / m per greedy
+    stage and f B / (m - 1) per G fine-tune (f = finetune_share), plus
+    d_finetune_ratio times as many D updates in each D fine-tune.  Without a budget, each
+    greedy stage (and the joint run) lasts `epochs` passes over the training pairs and each
+    fine-tune `finetune_epochs` passes.
+    """
+    method = canonical_method(method)
+    epoch = max(1, math.ceil(n_train / cfg.batch_size))
+    m = levels
+
+    def split(total: int, parts: int) -> list[int]:
+        base = [total // parts] * parts
+        for i in range(total - sum(base)):
+            base[i] += 1
+        return [max(1, b) for b in base]
+
+    phases: list[Phase] = []
+    if method == "joint":
+        phases = [Phase(f"joint-{m}", "joint", m, cfg.steps if cfg.steps else cfg.epochs * epoch)]
+    elif method == "glw":
+        steps = split(cfg.steps, m) if cfg.steps else [cfg.epochs * epoch] * m
+        phases = [Phase(f"greedy-{k}", "greedy", k, steps[k - 1]) for k in range(1, m + 1)]
+    elif method == "gangglw":
+        if cfg.steps:
+            f = cfg.finetune_share if m > 1 else 0.0
+            ft_total = int(round(cfg.steps * f))
+            greedy = split(cfg.steps - ft_total, m)
+            fine = split(ft_total, m - 1) if m > 1 else []
+        else:
+            greedy = [cfg.epochs * epoch] * m
+            fine = [max(1, cfg.finetune_epochs * epoch)] * (m - 1)
+        phases.append(Phase("greedy-1", "greedy", 1, greedy[0]))
+        for k in range(2, m + 1):
+            g_ft = fine[k - 2]
+            phases += [Phase(f"greedy-{k}", "greedy", k, greedy[k - 1]),
+                       Phase(f"finetune_g-{k}", "finetune_g", k, g_ft),
+                       Phase(f"finetune_d-{k}", "finetune_d", k,
+                             max(1, int(round(cfg.d_finetune_ratio * g_ft))))]
+    else:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+    # Time shares follow the G-update shares; D fine-tunes take their share of the G one.
+    total = sum(p.steps for p in phases if p.trains_g) or 1
+    for p in phases:
+        ref = p.steps if p.trains_g else p.steps * 0.5
+        p.time_share = ref / total
+    return phases
