@@ -397,3 +397,70 @@ def test_generator_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     save_checkpoint(str(tmp_path / "lie.npz"), meta, states)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_generator(str(tmp_path / "lie.npz"))
+
+
+# ----------------------------------------------------------------------------- the name
+
+
+def test_ganglw_is_an_alias_of_gangglw_everywhere():
+    from gasca_core.cli.train import build_parser
+    assert TrainConfig(method="ganglw").method == "gangglw"
+    tc = TrainConfig(method="gangglw", steps=30, batch_size=8)
+    assert [p.name for p in plan_phases("ganglw", 3, tc, 100)] == \
+        [p.name for p in plan_phases("gangglw", 3, tc, 100)]
+    assert build_parser().parse_args(["--method", "ganglw"]).method == "gangglw"
+    with pytest.raises(ValueError, match="method must be one of"):
+        TrainConfig(method="gan")
+
+
+def test_a_checkpoint_saved_as_ganglw_loads_and_resumes_exactly(tmp_path):
+    """The first release wrote method "ganglw" into its checkpoints: such a checkpoint is
+    read as "gangglw" (with a note) and a resume from it ends where an uninterrupted run
+    does, bit for bit."""
+    mc = GascaConfig(**TINY)
+    tc = TrainConfig(method="gangglw", steps=24, batch_size=8, seed=5, eval_every=4)
+    whole = Trainer(mc, tc, pairs(32, 0), pairs(8, 1), progress=False)
+    whole.run()
+
+    out = str(tmp_path / "run")
+    first = Trainer(mc, tc, pairs(32, 0), pairs(8, 1), out_dir=out, progress=False)
+
+    def stop(tr, idx):
+        if tr.counters["global_step"] == 13:
+            raise KeyboardInterrupt
+    first.on_step.append(stop)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    latest = os.path.join(out, "latest.npz")
+    meta, states = load_checkpoint(latest)
+    meta["train_config"]["method"] = "ganglw"            # as the first release wrote it
+    meta.pop("notes", None)
+    save_checkpoint(latest, meta, states)
+
+    meta, _ = load_checkpoint(latest)
+    assert meta["train_config"]["method"] == "gangglw"
+    assert any("ganglw" in n for n in meta["notes"])
+    resumed = Trainer(mc, TrainConfig.from_dict(meta["train_config"]), pairs(32, 0),
+                      pairs(8, 1), out_dir=out, progress=False)
+    resumed.run(resume=True)
+    for key, value in params_of(whole.G).items():
+        np.testing.assert_array_equal(value, resumed.G.state_dict()[key], err_msg=key)
+    g, _, gmeta = load_generator(latest)
+    assert gmeta["train_config"]["method"] == "gangglw"
+
+
+def test_the_training_step_is_the_one_the_loop_runs():
+    """Trainer.step (what the benchmark times) applied by hand over a phase's batches gives
+    the parameters Trainer.run reaches."""
+    mc = GascaConfig(**TINY)
+    tc = TrainConfig(method="joint", steps=7, batch_size=8, seed=2)
+    ran = Trainer(mc, tc, pairs(32, 0), pairs(8, 1), progress=False)
+    ran.run()
+    by_hand = Trainer(mc, tc, pairs(32, 0), pairs(8, 1), progress=False)
+    run = by_hand.start_phase(0)
+    for step in range(tc.steps):
+        batch, _ = run.batches.batch_at(step)
+        losses, ok = by_hand.step(run, batch.inputs, batch.targets)
+        assert ok and set(losses) == {"d_loss", "g_loss", "rec_loss", "adv_loss"}
+    for key, value in params_of(ran.G).items():
+        np.testing.assert_array_equal(value, by_hand.G.state_dict()[key], err_msg=key)

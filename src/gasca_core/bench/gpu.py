@@ -1,6 +1,6 @@
 """GPU benchmark: GFLOP/s of each CUDA kernel version on the gasca-64 layers, beside cuDNN.
 
-For the three convolutions of gasca-64 (DESIGN.md) and the three transposed convolutions that
+For the three convolutions of gasca-64 (docs/DESIGN.md) and the three transposed convolutions that
 mirror them (output_padding 1), at batch 64 and 256, float32, this times
 
   conv fwd / conv bwd-input / conv bwd-weight / convT fwd / convT bwd-input / convT bwd-weight
@@ -41,7 +41,7 @@ class Problem:
     The convolution maps x (N, Ci, S, S) to y (N, Co, S/2, S/2) with weight (Co, Ci, K, K).
     Its mirror, the transposed convolution of the decoder, maps (N, Co, S/2, S/2) back to
     (N, Ci, S, S) with the weight (Co, Ci, K, K) read as (C_in, C_out, K, K): exactly the
-    adjoint geometry, which is how DESIGN.md's decoders are built.
+    adjoint geometry, which is how the decoders of docs/DESIGN.md are built.
     """
 
     name: str
