@@ -104,8 +104,9 @@ def _torch_timer(torch) -> _EventTimer:
                        elapsed)
 
 
-def _ours(cp, gpu, p: Problem, version: int) -> dict[str, Callable[[], None]]:
-    """The six passes through gasca_core._C_cuda, version `version`."""
+def _arrays(cp, p: Problem):
+    """The arrays every library's six passes read and write (the same values for each):
+    x, w, the conv's and the transposed conv's biases, y, dy, dx, dw."""
     rng = cp.random.default_rng(0)
     f32 = cp.float32
     x = rng.standard_normal((p.batch, p.ci, p.size, p.size), dtype=f32)
@@ -114,8 +115,12 @@ def _ours(cp, gpu, p: Problem, version: int) -> dict[str, Callable[[], None]]:
     b_t = rng.standard_normal(p.ci, dtype=f32)
     y = cp.empty((p.batch, p.co, p.out_size, p.out_size), f32)
     dy = rng.standard_normal(y.shape, dtype=f32)
-    dx = cp.empty_like(x)
-    dw = cp.empty_like(w)
+    return x, w, b_conv, b_t, y, dy, cp.empty_like(x), cp.empty_like(w)
+
+
+def _ours(cp, gpu, p: Problem, version: int) -> dict[str, Callable[[], None]]:
+    """The six passes through gasca_core._C_cuda, version `version`."""
+    x, w, b_conv, b_t, y, dy, dx, dw = _arrays(cp, p)
     conv = dict(stride=p.stride, padding=p.pad, dilation=1, version=version)
     tconv = dict(conv, output_padding=1)
     s = lambda: cp.cuda.get_current_stream().ptr  # noqa: E731
@@ -164,16 +169,7 @@ def _cudnn_torch(torch, p: Problem) -> dict[str, Callable[[], None]]:
 
 def _cudnn_cupy(cp, cudnn, p: Problem) -> dict[str, Callable[[], None]]:
     """The six passes through CuPy's cuDNN bindings (tensor cores off: no TF32)."""
-    rng = cp.random.default_rng(0)
-    f32 = cp.float32
-    x = rng.standard_normal((p.batch, p.ci, p.size, p.size), dtype=f32)
-    w = rng.standard_normal((p.co, p.ci, p.k, p.k), dtype=f32)
-    b_conv = rng.standard_normal(p.co, dtype=f32)
-    b_t = rng.standard_normal(p.ci, dtype=f32)
-    y = cp.empty((p.batch, p.co, p.out_size, p.out_size), f32)
-    dy = rng.standard_normal(y.shape, dtype=f32)
-    dx = cp.empty_like(x)
-    dw = cp.empty_like(w)
+    x, w, b_conv, b_t, y, dy, dx, dw = _arrays(cp, p)
     geo = ((p.pad, p.pad), (p.stride, p.stride), (1, 1), 1)
     opts = dict(auto_tune=True, tensor_core="never")
     # A transposed convolution is cuDNN's backward-data of the adjoint convolution, its input
