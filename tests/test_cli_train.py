@@ -183,3 +183,16 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
     bad = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
                "--data", str(data), "--label", "colour"])
     assert bad.returncode != 0 and "colour" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_flags_become_one_config_in_every_tool():
+    """train and compare turn the architecture flags into a GascaConfig in one place: a
+    network is called gasca-64 only when every flag is gasca-64's."""
+    from gasca_core.cli import compare, train
+    for parser in (train.build_parser(), compare.build_parser()):
+        from gasca_core.cli.common import model_config_from_args
+        assert model_config_from_args(parser.parse_args([])).name == "gasca-64"
+        tanh = model_config_from_args(parser.parse_args(["--hidden-activation", "tanh"]))
+        assert tanh.name == "custom" and tanh.hidden_activation == "tanh"
+        small = model_config_from_args(parser.parse_args(["--image-size", "32"]))
+        assert small.name == "custom" and small.image_size == 32
