@@ -464,3 +464,10 @@ def test_the_training_step_is_the_one_the_loop_runs():
         assert ok and set(losses) == {"d_loss", "g_loss", "rec_loss", "adv_loss"}
     for key, value in params_of(ran.G).items():
         np.testing.assert_array_equal(value, by_hand.G.state_dict()[key], err_msg=key)
+
+
+def test_a_level_that_does_not_halve_and_restore_its_map_is_refused():
+    with pytest.raises(ValueError, match="level 1: kernel size 4 .* 33x33 and back to 65x65"):
+        GascaConfig(kernel_sizes=[4, 5, 3])
+    with pytest.raises(ValueError, match="level 2"):
+        GascaConfig(kernel_sizes=[5, 5, 3], paddings=[2, 0, 1])

@@ -87,6 +87,15 @@ class GascaConfig:
                     f"image_size {self.image_size} is not divisible by stride^{k + 1}: level "
                     f"{k + 1} would see a {size}x{size} map; use an image size divisible by "
                     f"{self.stride ** n} or fewer levels")
+            k_size, pad, s = self.kernel_sizes[k], self.paddings[k], self.stride
+            code = (size + 2 * pad - k_size) // s + 1          # the encoder's output
+            back = (code - 1) * s - 2 * pad + k_size + s - 1   # the decoder's (output_padding s - 1)
+            if code != size // s or back != size:
+                raise ValueError(
+                    f"level {k + 1}: kernel size {k_size} with padding {pad} and stride {s} maps "
+                    f"a {size}x{size} map to {code}x{code} and back to {back}x{back}; each level "
+                    f"must halve the map and restore it exactly (use an odd kernel size with "
+                    f"padding kernel_size // 2)")
             size //= self.stride
             if size < 1:
                 raise ValueError(f"image_size {self.image_size} is too small for {n} levels")
