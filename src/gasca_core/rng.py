@@ -14,6 +14,14 @@ the batches of epoch e of phase p are the same whether the run was interrupted o
     batches             7    [phase,] epoch    the order of the pairs in one epoch
     classifier-batches  11   epoch             the classify tool's batches
     classifier-holdout  -    -                 the classify tool's held-out images: [seed]
+    preview             -    -                 which pairs `python -m gasca_core.data preview` shows
+
+and one family of its own: person i of the synthetic faces draws its face from
+person_stream(data_seed, i), the i-th child of SeedSequence(data_seed), so that a person's
+face does not depend on how many people are rendered.
+
+gasca_core.manual_seed (init.py) seeds the global generator that layers built without an
+rng= draw from, as torch.manual_seed does; the trainer and the tools never use it.
 
 Seed lists of different lengths seed different streams, so "init-D" ([seed, 1, k]) and
 "split" ([seed, 1]) never repeat each other. The ids are the ones the first release used:
@@ -34,6 +42,7 @@ STREAMS: dict[str, Optional[int]] = {
     "batches": 7,
     "classifier-batches": 11,
     "classifier-holdout": None,  # seeded by [seed] alone, as the first release did
+    "preview": None,
 }
 
 
@@ -47,3 +56,9 @@ def stream(name: str, seed: int, *keys: int) -> np.random.Generator:
     if ident is None:
         return np.random.default_rng([int(seed), *(int(k) for k in keys)])
     return np.random.default_rng([int(seed), ident, *(int(k) for k in keys)])
+
+
+def person_stream(data_seed: int, person: int) -> np.random.Generator:
+    """The generator of synthetic person `person`: SeedSequence(data_seed).spawn(n)[person]
+    for any n > person."""
+    return np.random.default_rng(np.random.SeedSequence(int(data_seed), spawn_key=(int(person),)))

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..rng import stream
 from .datasets import DATASET_NAMES, get_splits, infer_dataset, load_dataset
 from .pairs import PairDataset
 from .grid import save_image_grid
@@ -60,7 +61,7 @@ def _label_text(labels: dict[str, np.ndarray], i: int) -> str:
 
 def preview(ds: PairDataset, out: str, n: int, seed: int, scale: int) -> None:
     """Save a grid of n pairs of ds: inputs above, targets below."""
-    rng = np.random.default_rng(seed)
+    rng = stream("preview", seed)
     pick = rng.choice(len(ds), size=min(n, len(ds)), replace=False)
     if "yaw" in ds.labels:
         pick = pick[np.argsort(ds.labels["yaw"][pick], kind="stable")]

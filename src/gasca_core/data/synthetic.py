@@ -57,6 +57,7 @@ from typing import Optional
 import numpy as np
 
 from .grid import file_mode
+from ..rng import person_stream
 from .pairs import PairDataset
 
 # Bump whenever a change to this file changes any rendered pixel: it is part of the cache key.
@@ -147,8 +148,8 @@ def light_directions(lights: tuple[tuple[float, float], ...]) -> np.ndarray:
 def sample_identities(n: int, seed: int) -> dict[str, np.ndarray]:
     """Draw the identity parameters of persons 0..n-1: a dict of float64 arrays, each (n,).
 
-    Person i draws from its own stream SeedSequence(seed).spawn(n)[i], so its face does
-    not depend on n. Lengths are in image half-widths (the image spans [-1, 1]).
+    Person i draws from its own stream, gasca_core.rng.person_stream(seed, i)
+    (= SeedSequence(seed).spawn(n)[i]), so its face does not depend on n. Lengths are in image half-widths (the image spans [-1, 1]).
     """
     ranges = {  # name: (low, high), drawn uniformly, in this order
         "head_w": (0.50, 0.60), "head_h": (0.68, 0.78), "head_d": (0.60, 0.70),
@@ -165,12 +166,11 @@ def sample_identities(n: int, seed: int) -> dict[str, np.ndarray]:
         "mouth_gap": (0.08, 0.13), "mouth_w": (0.11, 0.16), "mouth_h": (0.030, 0.045),
         "lip": (0.55, 0.78), "ear_h": (0.11, 0.15),
     }
-    streams = np.random.SeedSequence(int(seed)).spawn(int(n))
     draws = np.empty((int(n), len(ranges)))
     lows = np.array([lo for lo, _ in ranges.values()])
     highs = np.array([hi for _, hi in ranges.values()])
-    for i, stream in enumerate(streams):
-        draws[i] = np.random.default_rng(stream).uniform(lows, highs)
+    for i in range(int(n)):
+        draws[i] = person_stream(seed, i).uniform(lows, highs)
     return {name: draws[:, j] for j, name in enumerate(ranges)}
 
 
