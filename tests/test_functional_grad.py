@@ -22,7 +22,7 @@ def test_gradcheck_catches_a_wrong_backward(rng):
 
         @staticmethod
         def backward(ctx, grad):
-            (x,) = ctx.saved
+            (x,) = ctx.saved_tensors
             return (grad * x,)  # should be 2 x
 
     with pytest.raises(AssertionError, match="differ"):

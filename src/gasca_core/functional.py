@@ -153,7 +153,7 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = unbroadcast(grad * b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(grad * a, b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
@@ -167,7 +167,7 @@ class Div(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = unbroadcast(grad / b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(-grad * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
@@ -194,7 +194,7 @@ class Pow(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         p = ctx.exponent
         return grad * (p * x ** (p - 1)), None
 
@@ -243,7 +243,7 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = backend.gemm(grad, b, trans_b=True) if ctx.needs_input_grad[0] else None   # dC B^T
         gb = backend.gemm(a, grad, trans_a=True) if ctx.needs_input_grad[1] else None   # A^T dC
         return ga, gb
@@ -274,7 +274,7 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         gx = backend.gemm(grad, weight) if need_x else None               # (N,out)(out,in)
         gw = backend.gemm(grad, x, trans_a=True) if need_w else None      # (out,N)(N,in)
@@ -494,7 +494,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (mask,) = ctx.saved
+        (mask,) = ctx.saved_tensors
         return (grad * mask,)
 
 
@@ -508,7 +508,7 @@ class LeakyReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
-        (slope,) = ctx.saved
+        (slope,) = ctx.saved_tensors
         return grad * slope, None
 
 
@@ -528,7 +528,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * out * (1 - out),)
 
 
@@ -541,7 +541,7 @@ class Tanh(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * (1 - out * out),)
 
 
@@ -554,7 +554,7 @@ class Exp(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * out,)
 
 
@@ -566,7 +566,7 @@ class Log(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         return (grad / x,)
 
 
@@ -578,7 +578,7 @@ class Abs(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         return (grad * _xp(x).sign(x),)
 
 
@@ -600,7 +600,7 @@ class Clamp(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
-        (inside,) = ctx.saved
+        (inside,) = ctx.saved_tensors
         return grad * inside, None, None
 
 
@@ -700,7 +700,7 @@ class MSELoss(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
-        (diff,) = ctx.saved
+        (diff,) = ctx.saved_tensors
         g = 2 * diff * _reduction_grad(grad, diff.shape, ctx.reduction)
         return g, (-g if ctx.needs_input_grad[1] else None), None
 
@@ -715,7 +715,7 @@ class L1Loss(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
-        (sign,) = ctx.saved
+        (sign,) = ctx.saved_tensors
         g = sign * _reduction_grad(grad, sign.shape, ctx.reduction)
         return g, (-g if ctx.needs_input_grad[1] else None), None
 
@@ -739,7 +739,7 @@ class BCEWithLogits(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any, None]:
-        x, y, weight = ctx.saved
+        x, y, weight = ctx.saved_tensors
         g = _reduction_grad(grad, x.shape, ctx.reduction)
         if weight is not None:
             g = g * weight
@@ -768,7 +768,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
-        log_probs, target = ctx.saved
+        log_probs, target = ctx.saved_tensors
         xp = _xp(log_probs)
         g = xp.exp(log_probs)                     # softmax
         g[xp.arange(g.shape[0]), target] -= 1      # softmax - one_hot
@@ -847,7 +847,7 @@ class Conv2d(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = backend.conv2d_backward_input(grad, weight, x.shape, *ctx.geometry) if need_x else None
         gw = backend.conv2d_backward_weight(x, grad, weight.shape, *ctx.geometry) if need_w else None
@@ -866,7 +866,7 @@ class ConvTranspose2d(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         g = ctx.geometry
         gx = backend.conv_transpose2d_backward_input(grad, weight, x.shape, *g) if need_x else None

@@ -86,9 +86,14 @@ class enable_grad(no_grad):
 class Context:
     """What one operation remembers for its backward pass.
 
-    `saved`: arrays stashed by `save_for_backward`; `needs_input_grad[i]`: whether
-    positional argument i of forward is a tensor that requires grad (backward may skip
-    the others); any other attribute may be set freely by forward (shapes, options).
+    As in torch.autograd.Function: forward calls `ctx.save_for_backward(*tensors)` with the
+    arrays backward will need (or None), and backward reads them back from
+    `ctx.saved_tensors`; `ctx.needs_input_grad[i]` says whether positional argument i of
+    forward is a tensor that requires grad (backward may skip the others).  Anything else
+    (shapes, options) is set as a plain attribute (`ctx.stride = stride`).  Difference: our
+    Functions compute on raw arrays, so what is saved and given back are those arrays (a
+    Tensor passed to save_for_backward is saved as its array).  `ctx.saved` is the same
+    tuple under this project's older name.
     """
 
     def __init__(self, function: type, inputs: Tuple[Optional["Tensor"], ...]) -> None:
@@ -98,8 +103,26 @@ class Context:
         self.saved: Tuple[Any, ...] = ()
         self.released = False
 
-    def save_for_backward(self, *arrays: Any) -> None:
-        self.saved = arrays
+    def save_for_backward(self, *tensors: Any) -> None:
+        """Keep these arrays (or None) for backward: read them back from `ctx.saved_tensors`."""
+        saved = []
+        for i, t in enumerate(tensors):
+            if isinstance(t, Tensor):
+                t = t.data
+            elif t is not None and not (isinstance(t, (np.ndarray, np.generic)) or backend.is_cupy_array(t)):
+                raise TypeError(f"save_for_backward can only save arrays, Tensors or None, but "
+                                f"argument {i} is a {type(t).__name__}; keep other values as "
+                                f"attributes of ctx (ctx.name = value)")
+            saved.append(t)
+        self.saved = tuple(saved)
+
+    @property
+    def saved_tensors(self) -> Tuple[Any, ...]:
+        """What forward passed to `save_for_backward`, in the same order."""
+        if self.released:
+            raise RuntimeError("saved_tensors of a graph that backward() has already freed; "
+                               "pass retain_graph=True to the first backward to keep them")
+        return self.saved
 
     def release(self) -> None:
         """Drop everything the backward pass needed, so that memory can be reclaimed."""
@@ -114,7 +137,23 @@ class Function:
         backward(ctx, grad) -> one gradient (array or None) per positional argument of forward
 
     and are called through `apply`, which unwraps Tensor arguments, runs forward, and
-    links the result into the graph when a gradient will be needed.
+    links the result into the graph when a gradient will be needed.  As in
+    torch.autograd.Function, forward keeps what backward needs with
+    `ctx.save_for_backward(a, b)` and backward reads it with `a, b = ctx.saved_tensors`;
+    backward must return as many gradients as forward has positional arguments (extra
+    trailing Nones are allowed), else backward() raises.  Unlike PyTorch, forward and
+    backward see raw arrays (NumPy or CuPy), not Tensors.
+
+        class Square(Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, grad):
+                (x,) = ctx.saved_tensors
+                return 2 * x * grad
     """
 
     @staticmethod
@@ -454,6 +493,15 @@ def _accumulate_leaf_grad(tensor: Tensor, grad: Any) -> None:
         tensor.grad += grad
 
 
+def _check_gradient_count(ctx: Context, input_grads: Tuple[Any, ...]) -> None:
+    """As PyTorch: one gradient per positional input of forward; extra trailing Nones pass."""
+    expected = len(ctx.inputs)
+    if len(input_grads) < expected or any(g is not None for g in input_grads[expected:]):
+        raise RuntimeError(f"{ctx.function.__name__}.backward returned {len(input_grads)} "
+                           f"gradients, expected {expected} (one per positional argument of "
+                           f"forward; None for those that need none)")
+
+
 def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
     """Propagate `grad` (dL/droot) through root's graph to its leaves."""
     order = _topological_order(root)
@@ -472,6 +520,8 @@ def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
         input_grads = ctx.function.backward(ctx, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        if len(input_grads) != len(ctx.inputs):
+            _check_gradient_count(ctx, input_grads)
         for parent, pg in zip(ctx.inputs, input_grads):
             if parent is None or pg is None or not parent.requires_grad:
                 continue
