@@ -205,6 +205,40 @@ def _as_array(data: Any, dtype: Any = None) -> Any:
                         f"got {type(data).__name__} ({exc})") from None
 
 
+class _Default:
+    """The default of an argument that has a second spelling (PyTorch's `dim` / `keepdim`
+    and NumPy's `axis` / `keepdims`): it stands for `value` and lets a call that gives both
+    spellings be told from one that gives one."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+ALL_DIMS = _Default(None)      # dim left out: every dim
+NO_KEEPDIM = _Default(False)   # keepdim left out
+NOT_GIVEN = _Default(None)     # an alias (axis, keepdims) left out
+
+Dim = Union[None, int, Sequence[int]]
+
+
+def _shape_args(args: Tuple[Any, ...], name: str) -> Tuple[Any, ...]:
+    """Ints given as f(2, 3) or f((2, 3)) / f([2, 3]): the tuple (2, 3)."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    for a in args:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+            extra = (" (PyTorch's view(dtype) reinterprets bytes; that is not supported: "
+                     "use .to(dtype=...) to convert values)"
+                     if name == "view" and isinstance(a, (type, np.dtype, str)) else "")
+            raise TypeError(f"{name}: expected ints, or one tuple of ints, got {args!r}{extra}")
+    return tuple(int(a) for a in args)
+
+
 class Tensor:
     """An array with an optional gradient.
 
@@ -401,33 +435,117 @@ class Tensor:
     def __getitem__(self, index: Any) -> "Tensor":
         return _F.getitem(self, index)
 
-    # --- methods
-    def sum(self, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> "Tensor":
-        return _F.sum(self, axis, keepdims)
+    # --- reductions: PyTorch's dim / keepdim (NumPy's axis / keepdims are accepted as
+    # aliases; giving both spellings raises).  See the functions of the same names in
+    # functional for what each returns and where we deliberately differ.
+    def sum(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Sum over `dim` (an int, a tuple of ints, or None for every dim), as torch.sum."""
+        return _F.sum(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> "Tensor":
-        return _F.mean(self, axis, keepdims)
+    def mean(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Mean over `dim` (an int, a tuple of ints, or None for every dim), as torch.mean."""
+        return _F.mean(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
+    def amax(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Largest value over `dim`, as torch.amax (the gradient is shared among ties)."""
+        return _F.amax(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def amin(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Smallest value over `dim`, as torch.amin (the gradient is shared among ties)."""
+        return _F.amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def max(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Any = NOT_GIVEN, keepdims: Any = NOT_GIVEN) -> Any:
+        """As torch.max: `x.max()` is the largest element; `x.max(dim)` is the pair
+        (values, indices) along dim (a named tuple; indices are an int64 array).
+        NumPy's axis= raises (NumPy's max gives the values only: use amax)."""
+        return _F.max_or_min("max", self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def min(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Any = NOT_GIVEN, keepdims: Any = NOT_GIVEN) -> Any:
+        """As torch.min: `x.min()` is the smallest element; `x.min(dim)` is the pair
+        (values, indices) along dim (a named tuple; indices are an int64 array).
+        NumPy's axis= raises (NumPy's min gives the values only: use amin)."""
+        return _F.max_or_min("min", self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def argmax(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+               axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+        """Index of the largest value along dim (of the flattened tensor when dim is None),
+        as torch.argmax, returned as an int64 array (NumPy, or CuPy on "cuda")."""
+        return _F.argmax(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def argmin(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+               axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+        """Index of the smallest value along dim, as torch.argmin (an int64 array)."""
+        return _F.argmin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    # --- shapes: PyTorch's meanings (transpose swaps two dims; permute lists them all)
     def reshape(self, *shape: Any) -> "Tensor":
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _F.reshape(self, shape)
+        """This tensor's elements in a new shape, given as ints or one tuple (one entry
+        may be -1: inferred)."""
+        return _F.reshape(self, _shape_args(shape, "reshape"))
 
     def view(self, *shape: Any) -> "Tensor":
-        return self.reshape(*shape)
+        """As reshape.  Difference: PyTorch's view refuses a tensor whose memory layout
+        does not allow it (after a transpose, say); ours copies instead (our operations
+        never write into their inputs, so nothing can tell the copy from a view).
+        PyTorch's `view(dtype)`, a reinterpretation of the bytes, is not supported."""
+        return _F.reshape(self, _shape_args(shape, "view"))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        """Dims start_dim..end_dim merged into one, as torch.flatten."""
         return _F.flatten(self, start_dim, end_dim)
 
-    def transpose(self, *axes: int) -> "Tensor":
-        return _F.permute(self, axes if axes else None)
+    def transpose(self, dim0: Optional[int] = None, dim1: Optional[int] = None, *more: int) -> "Tensor":
+        """This tensor with dims dim0 and dim1 swapped, as torch.transpose.  (NumPy's
+        a.transpose(*axes) is permute(*dims) here; a.transpose() is .T for 2-D.)"""
+        if dim0 is None or dim1 is None or more:
+            given = tuple(d for d in (dim0, dim1) + more if d is not None)
+            raise TypeError(f"transpose(dim0, dim1) swaps two dims, as in PyTorch; got "
+                            f"transpose{given}.  NumPy's transpose(*axes) is permute(*dims) "
+                            f"here, and NumPy's transpose() of a 2-D array is .T")
+        return _F.transpose(self, dim0, dim1)
 
-    def permute(self, *axes: int) -> "Tensor":
-        return _F.permute(self, axes)
+    def permute(self, *dims: Any) -> "Tensor":
+        """This tensor with its dims reordered: permute(2, 0, 1) or permute((2, 0, 1))."""
+        return _F.permute(self, _shape_args(dims, "permute"))
 
     @property
     def T(self) -> "Tensor":
-        return _F.permute(self, None)
+        """The transpose of a 2-D tensor; a 0-D or 1-D tensor is returned as it is, as in
+        PyTorch.  Deliberate difference: PyTorch deprecates .T on other dims (where it
+        reverses every dim, NumPy's meaning); ours raises: use .mT or permute."""
+        if self.ndim <= 1:
+            return self
+        if self.ndim == 2:
+            return _F.transpose(self, 0, 1)
+        raise RuntimeError(f".T is for 2-D tensors (and returns 0-D/1-D ones as they are), got "
+                           f"{self.ndim}-D shape {self.shape}; PyTorch deprecates it there: use "
+                           f".mT to swap the last two dims, or permute(...) to reorder them all")
+
+    @property
+    def mT(self) -> "Tensor":
+        """The last two dims swapped (a batch of matrices transposed), as PyTorch's .mT."""
+        if self.ndim < 2:
+            raise RuntimeError(f".mT needs a tensor with at least 2 dims, got shape {self.shape}")
+        return _F.transpose(self, -2, -1)
+
+    def squeeze(self, dim: Dim = None) -> "Tensor":
+        """Dims of size 1 removed: every one (dim None), or those of `dim` (an int or a
+        tuple) that have size 1, as torch.squeeze (a dim of another size is left alone)."""
+        return _F.squeeze(self, dim)
+
+    def unsqueeze(self, dim: int) -> "Tensor":
+        """A new dim of size 1 inserted at position `dim` (in [-ndim-1, ndim])."""
+        return _F.unsqueeze(self, dim)
+
+    def contiguous(self) -> "Tensor":
+        """Returns self: our operations accept any memory layout (see view)."""
+        return self
 
     def relu(self) -> "Tensor":
         return _F.relu(self)
