@@ -412,19 +412,20 @@ class Stack(Function):
         return tuple(xp.take(grad, i, axis=ctx.axis) for i in range(grad.shape[ctx.axis]))
 
 
-def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """x with a new shape of the same size (one entry may be -1)."""
-    x = _tensor(x, "x")
+def reshape(input: Tensor, shape: Sequence[int]) -> Tensor:
+    """input with a new shape of the same size (one entry may be -1: inferred), as
+    torch.reshape."""
+    x = _tensor(input, "input")
     shape = tuple(int(s) for s in shape)
     known = int(np.prod([s for s in shape if s != -1]))
     unknown = shape.count(-1)
     if (unknown > 1 or any(s < -1 for s in shape)
-            or (unknown == 0 and known != x.size)
-            or (unknown == 1 and (known == 0 or x.size % known != 0))):
+            or (unknown == 0 and known != x.numel())
+            or (unknown == 1 and (known == 0 or x.numel() % known != 0))):
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} "
-                         f"({x.size} elements) into {shape}")
+                         f"({x.numel()} elements) into {shape}")
     if unknown:
-        shape = tuple(x.size // known if s == -1 else s for s in shape)
+        shape = tuple(x.numel() // known if s == -1 else s for s in shape)
     return Reshape.apply(x, shape)
 
 

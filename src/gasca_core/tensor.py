@@ -283,9 +283,22 @@ class Tensor:
     def ndim(self) -> int:
         return self.data.ndim
 
-    @property
-    def size(self) -> int:
+    def size(self, dim: Optional[int] = None) -> Any:
+        """The shape, as PyTorch's `x.size()`, or the length of dimension `dim`.
+        (NumPy's `a.size`, the number of elements, is `numel()`.)"""
+        if dim is None:
+            return self.shape
+        if self.ndim == 0:
+            raise IndexError(f"size({dim}): a 0-D tensor has no dims")
+        return self.shape[_F._dim(dim, self.ndim, "size")]
+
+    def numel(self) -> int:
+        """The number of elements."""
         return int(self.data.size)
+
+    def dim(self) -> int:
+        """The number of dimensions (the same as `ndim`)."""
+        return self.data.ndim
 
     @property
     def device(self) -> str:
@@ -303,6 +316,19 @@ class Tensor:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a Tensor with {self.data.size} elements is "
+                               "ambiguous (as in PyTorch); use .any() / .all() on .numpy(), or "
+                               "compare .item()")
+        return bool(self.data.reshape(()))
+
+    def __float__(self) -> float:
+        return self.item()
+
+    def __int__(self) -> int:
+        return int(self.item())
 
     def __repr__(self) -> str:
         extra = ", requires_grad=True" if self.requires_grad else ""
