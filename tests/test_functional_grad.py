@@ -116,22 +116,22 @@ def test_sigmoid_is_stable_for_large_inputs():
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_losses(reduction, rng):
     x, y = T(rng, 3, 4), T(rng, 3, 4)
-    gradcheck(lambda x, y: F.mse_loss(x, y, reduction), [x, y])
+    gradcheck(lambda x, y: F.mse_loss(x, y, reduction=reduction), [x, y])
     diff = x.data - y.data
     diff = np.where(np.abs(diff) < 0.05, 0.5, diff)
-    gradcheck(lambda x, y: F.l1_loss(x, y, reduction), [gc.Tensor(y.data + diff, requires_grad=True), y])
+    gradcheck(lambda x, y: F.l1_loss(x, y, reduction=reduction), [gc.Tensor(y.data + diff, requires_grad=True), y])
     target = gc.Tensor(rng.uniform(size=(3, 4)), requires_grad=True)
     weight = gc.Tensor(rng.uniform(0.5, 2.0, size=(4,)), requires_grad=True)
     gradcheck(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), [x, target])
-    gradcheck(lambda x, w: F.binary_cross_entropy_with_logits(x, target.data, w, reduction), [x, weight])
+    gradcheck(lambda x, w: F.binary_cross_entropy_with_logits(x, target.data, w, reduction=reduction), [x, weight])
     labels = np.array([0, 2, 1])
-    gradcheck(lambda x: F.cross_entropy(x, labels, reduction), [x])
+    gradcheck(lambda x: F.cross_entropy(x, labels, reduction=reduction), [x])
 
 
 def test_loss_values_match_their_definitions(rng):
     x, y = rng.standard_normal((5, 3)), rng.uniform(size=(5, 3))
     np.testing.assert_allclose(F.mse_loss(gc.Tensor(x), y).item(), np.mean((x - y) ** 2))
-    np.testing.assert_allclose(F.l1_loss(gc.Tensor(x), y, "sum").item(), np.sum(np.abs(x - y)))
+    np.testing.assert_allclose(F.l1_loss(gc.Tensor(x), y, reduction="sum").item(), np.sum(np.abs(x - y)))
     p = 1 / (1 + np.exp(-x))
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     np.testing.assert_allclose(F.binary_cross_entropy_with_logits(gc.Tensor(x), y, reduction="none").data, bce)

@@ -133,9 +133,26 @@ def _dim_and_keepdim(name: str, dim: Any, keepdim: Any, axis: Any, keepdims: Any
                                                                      "keepdims", keepdims))
 
 
-def _check_reduction(reduction: str) -> None:
+def _check_reduction(reduction: str, size_average: Any = None, reduce: Any = None,
+                     name: str = "loss") -> None:
+    """reduction must be 'mean', 'sum' or 'none'.  PyTorch's deprecated size_average and
+    reduce are refused: a reduction passed by position lands on size_average in PyTorch's
+    signatures (where F.mse_loss(x, y, "sum") silently means 'mean'), so it must be named."""
+    if size_average is not None or reduce is not None:
+        raise ValueError(f"{name}: size_average and reduce (PyTorch's deprecated spellings of "
+                         f"reduction) are not supported, got size_average={size_average!r}, "
+                         f"reduce={reduce!r}; pass reduction='mean', 'sum' or 'none' by name")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _unsupported(name: str, **options: Any) -> None:
+    """Raise for a PyTorch option we do not implement, unless it has its default value
+    (given as option=(value, default))."""
+    for option, (value, default) in options.items():
+        if not (value is None if default is None else value == default):
+            raise ValueError(f"{name}: {option}={value!r} is not supported (only the "
+                             f"default, {default!r})")
 
 
 def _reduce(loss: Any, reduction: str) -> Any:
@@ -866,13 +883,21 @@ class ToDevice(Function):
         return backend.to_device(grad, ctx.in_device), None
 
 
-def relu(x: Tensor) -> Tensor:
+def _check_not_inplace(name: str, inplace: bool) -> None:
+    if inplace:
+        raise ValueError(f"{name}: inplace=True is not supported: our operations never write "
+                         f"into their input (the result is the same; leave inplace out)")
+
+
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
     """max(x, 0)."""
+    _check_not_inplace("relu", inplace)
     return ReLU.apply(_tensor(x, "x"))
 
 
-def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x where x > 0, negative_slope * x elsewhere."""
+    _check_not_inplace("leaky_relu", inplace)
     return LeakyReLU.apply(_tensor(x, "x"), float(negative_slope))
 
 
@@ -1017,24 +1042,32 @@ class CrossEntropy(Function):
         return g * scale, None, None
 
 
-def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none')."""
-    _check_reduction(reduction)
+def mse_loss(input: Tensor, target: Any, size_average: Any = None, reduce: Any = None,
+             reduction: str = "mean", weight: Any = None) -> Tensor:
+    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none'), with
+    PyTorch's signature (size_average, reduce and weight are refused: name reduction)."""
+    _check_reduction(reduction, size_average, reduce, "mse_loss")
+    _unsupported("mse_loss", weight=(weight, None))
     input, target = _loss_operands(input, target, "mse_loss")
     return MSELoss.apply(input, target, reduction)
 
 
-def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """|input - target|, averaged ('mean'), summed ('sum') or elementwise ('none')."""
-    _check_reduction(reduction)
+def l1_loss(input: Tensor, target: Any, size_average: Any = None, reduce: Any = None,
+            reduction: str = "mean", weight: Any = None) -> Tensor:
+    """|input - target|, averaged ('mean'), summed ('sum') or elementwise ('none'), with
+    PyTorch's signature (size_average, reduce and weight are refused: name reduction)."""
+    _check_reduction(reduction, size_average, reduce, "l1_loss")
+    _unsupported("l1_loss", weight=(weight, None))
     input, target = _loss_operands(input, target, "l1_loss")
     return L1Loss.apply(input, target, reduction)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = None,
-                                     reduction: str = "mean") -> Tensor:
+                                     size_average: Any = None, reduce: Any = None,
+                                     reduction: str = "mean", pos_weight: Any = None) -> Tensor:
     """Binary cross-entropy of sigmoid(input) against target in [0, 1], computed from the
-    logits `input` so that it stays finite and exact for large |input|.
+    logits `input` so that it stays finite and exact for large |input|.  PyTorch's
+    signature; size_average, reduce and pos_weight are refused.
 
     Args:
         input: logits, any shape.  target: same shape, values in [0, 1] (a number is
@@ -1042,7 +1075,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = N
         weight: optional per-element weight, broadcastable to input's shape.
         reduction: 'mean' | 'sum' | 'none'.
     """
-    _check_reduction(reduction)
+    _check_reduction(reduction, size_average, reduce, "binary_cross_entropy_with_logits")
+    _unsupported("binary_cross_entropy_with_logits", pos_weight=(pos_weight, None))
     input = _tensor(input, "input")
     if not isinstance(target, Tensor) and np.ndim(target) == 0 and not backend.is_cupy_array(target):
         target = _xp(input.data).full(input.shape, target, dtype=input.dtype)
@@ -1057,9 +1091,15 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = N
     return BCEWithLogits.apply(input, target, weight, reduction)
 
 
-def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Softmax cross-entropy.  input: logits (N, C); target: class indices (N,) in [0, C)."""
-    _check_reduction(reduction)
+def cross_entropy(input: Tensor, target: Any, weight: Any = None, size_average: Any = None,
+                  ignore_index: int = -100, reduce: Any = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy.  input: logits (N, C); target: class indices (N,) in [0, C).
+    PyTorch's signature; class weights, another ignore_index and label smoothing are
+    refused, and so is a target equal to ignore_index (PyTorch would skip it)."""
+    _check_reduction(reduction, size_average, reduce, "cross_entropy")
+    _unsupported("cross_entropy", weight=(weight, None), ignore_index=(ignore_index, -100),
+                 label_smoothing=(label_smoothing, 0.0))
     input = _tensor(input, "input")
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: input must be logits of shape (N, C), got {input.shape}")
@@ -1071,7 +1111,8 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
         raise ValueError(f"cross_entropy: target must have shape ({input.shape[0]},), got {labels.shape}")
     labels = labels.astype(np.int64)
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= input.shape[1]):
-        raise ValueError(f"cross_entropy: target class indices must lie in [0, {input.shape[1]})")
+        raise ValueError(f"cross_entropy: target class indices must lie in [0, {input.shape[1]}) "
+                         f"(ignore_index, PyTorch's way of skipping some, is not supported)")
     return CrossEntropy.apply(input, labels, reduction)
 
 
