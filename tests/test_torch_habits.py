@@ -66,6 +66,7 @@ HABITS = [
     ("x.min()", lambda x: x.min()),
     ("x.max(dim=1).values", lambda x: x.max(dim=1).values),
     ("x.max(1)[0]", lambda x: x.max(1)[0]),
+    ("x.max(np.int64(2)).values", lambda x: x.max(np.int64(2)).values),
     ("x.max(-1, keepdim=True).values", lambda x: x.max(-1, keepdim=True).values),
     ("values, _ = x.min(0)", lambda x: x.min(0)[0]),
     ("x.min(dim=2, keepdim=True).values", lambda x: x.min(dim=2, keepdim=True).values),

@@ -685,7 +685,7 @@ def max_or_min(name: str, input: Tensor, dim: Any = ALL_DIMS, keepdim: Any = NO_
         raise TypeError(f"{name}(axis=...): NumPy's {name} gives the values, PyTorch's "
                         f"{name}(dim) the pair (values, indices); say {other}(dim) for the "
                         f"values or {name}(dim) for the pair")
-    if isinstance(dim, Tensor) or hasattr(dim, "shape"):
+    if isinstance(dim, (Tensor, np.ndarray)) or backend.is_cupy_array(dim):
         raise TypeError(f"{name}(input, other), PyTorch's elementwise {name}imum of two tensors, "
                         f"is not supported; {name}(dim) takes one int dim")
     if dim is ALL_DIMS:
