@@ -7,6 +7,14 @@ public API, with PyTorch's names and argument orders (F.conv2d(input, weight, bi
 stride, padding, dilation)); they check shapes and raise ValueError with clear messages
 before anything reaches the kernels.
 
+Dims, as in PyTorch: reductions (sum, mean, amax, amin, argmax, argmin) take `dim` (an
+int, a tuple or list, or None / () for every dim; negative dims count from the end) and
+`keepdim`; NumPy's `axis=` and `keepdims=` are accepted as aliases, but giving both
+spellings raises, and so does `axis=()` (NumPy: no dim, PyTorch: every dim).  A dim out
+of range raises IndexError, a dim named twice ValueError.  `transpose(x, dim0, dim1)`
+swaps two dims; `permute(x, dims)` reorders them all.  Tensor.max/min (as torch.max/min)
+are built on `max_or_min`: this module has no `max` or `min`, it uses Python's.
+
 Broadcasting: elementwise binary operations broadcast as NumPy does; their backward sums
 the gradient back down to each operand's shape (`unbroadcast`).  A plain number or array
 mixed with a Tensor is taken as a constant in the tensor's dtype and on its device.

@@ -11,6 +11,13 @@ fan_in computed from the weight's shape as PyTorch does (for ConvTranspose2d's w
 (in, out, kh, kw) that is out*kh*kw).  Random numbers come from `rng` when a layer is
 given one, else from the package's default generator (see `gasca_core.manual_seed`).
 
+Names are PyTorch's for the same layers: parameters "weight" and "bias" in PyTorch's
+layouts, Sequential/ModuleList children "0", "1", ..., the constructor arguments kept as
+attributes of the same names (in_channels, kernel_size, negative_slope, start_dim,
+reduction, ...), and the losses derive from one `_Loss` holding `reduction`.  PyTorch
+options we do not implement (inplace=True, pos_weight, class weights, ignore_index,
+label_smoothing, the deprecated size_average / reduce) raise rather than being ignored.
+
 state_dict() returns NumPy copies whatever the device, so checkpoints written from a GPU
 model load on a CPU one and back; load_state_dict() copies the values onto the
 parameters' own device and dtype.

@@ -16,6 +16,13 @@ Conventions, as in PyTorch:
   inputs, so activations can be reclaimed.  A second backward through the same graph
   raises, unless the first one passed `retain_graph=True`.
 - Inside `with no_grad():` operations record nothing.
+- Where a method has a PyTorch name it has PyTorch's meaning: reductions take `dim` (an
+  int, a tuple, or None for every dim) and `keepdim` (NumPy's `axis` / `keepdims` are
+  aliases); `transpose(dim0, dim1)` swaps two dims, `permute(*dims)` reorders them all;
+  `size()` is the shape and `numel()` the element count.  Where we deliberately differ,
+  the call raises and says what to use instead (`.T` of a tensor with more than 2 dims,
+  `max(axis=...)`, `view(dtype)`, ...); tests/test_torch_habits.py lists every case.
+  Indices (argmax, max(dim).indices) are int64 arrays, since Tensors hold floats only.
 
 Data types: float32 and float64 arrays are kept as given (not copied).  Anything else
 (Python numbers, lists, integer, boolean or float16 arrays) becomes float32, PyTorch's
@@ -518,8 +525,9 @@ class Tensor:
     def view(self, *shape: Any) -> "Tensor":
         """As reshape.  Difference: PyTorch's view refuses a tensor whose memory layout
         does not allow it (after a transpose, say); ours copies instead (our operations
-        never write into their inputs, so nothing can tell the copy from a view).
-        PyTorch's `view(dtype)`, a reinterpretation of the bytes, is not supported."""
+        never write into their inputs, so only writing into `.data` yourself could tell
+        the copy from a view).  PyTorch's `view(dtype)`, a reinterpretation of the
+        bytes, raises."""
         return _F.reshape(self, _shape_args(shape, "view"))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
