@@ -304,12 +304,13 @@ def test_repeated_or_missing_dims_raise_as_torch(call, torch):
     (lambda x: x.view(np.float64), TypeError, r"view\(dtype\)"),
     (lambda x: x.view("float32"), TypeError, r"view\(dtype\)"),
     (lambda x: x.reshape(2.5, -1), TypeError, "ints"),
+    (lambda x: F.reshape(x, (2.9, -1)), TypeError, "ints"),
     (lambda x: x[0, 0].mT, RuntimeError, "at least 2 dims"),
     (lambda x: x.argmax(dim=(0, 1)), TypeError, "one int"),
 ], ids=["T of 3-D", "max(axis)", "min(axis)", "max(other)", "max(tuple)", "max(dim=None)",
         "max(keepdim) without dim", "dim and axis", "keepdim and keepdims", "cat dim and axis",
         "axis=()", "transpose()", "transpose(2, 0, 1)", "permute(None)", "view(np.float64)",
-        "view('float32')", "reshape(2.5)", "mT of 1-D", "argmax(tuple)"])
+        "view('float32')", "reshape(2.5)", "F.reshape((2.9, -1))", "mT of 1-D", "argmax(tuple)"])
 def test_deliberate_difference_raises(call, error, match):
     with pytest.raises(error, match=match):
         call(gc.Tensor(np.ones(SHAPE)))

@@ -28,7 +28,8 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import backend
-from .tensor import ALL_DIMS, NO_KEEPDIM, NOT_GIVEN, Context, Dim, Function, Tensor, _Default
+from .tensor import (ALL_DIMS, NO_KEEPDIM, NOT_GIVEN, Context, Dim, Function, Tensor, _Default,
+                     _shape_args)
 
 IntOrPair = Union[int, Tuple[int, int]]
 _DIM0 = _Default(0)  # cat/stack's dim left out: 0
@@ -441,7 +442,8 @@ def reshape(input: Tensor, shape: Sequence[int]) -> Tensor:
     """input with a new shape of the same size (one entry may be -1: inferred), as
     torch.reshape."""
     x = _tensor(input, "input")
-    shape = tuple(int(s) for s in shape)
+    shape = _shape_args((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape),
+                        "reshape")
     known = int(np.prod([s for s in shape if s != -1]))
     unknown = shape.count(-1)
     if (unknown > 1 or any(s < -1 for s in shape)
