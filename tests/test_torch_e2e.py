@@ -68,7 +68,7 @@ def test_small_ops_match_torch(torch, rng):
         (lambda a: F.leaky_relu(a, 0.2), lambda a: tF.leaky_relu(a, 0.2)),
         (lambda a: F.binary_cross_entropy_with_logits(a * 30, y),
          lambda a: tF.binary_cross_entropy_with_logits(a * 30, torch.tensor(y))),
-        (lambda a: F.l1_loss(a, y, "sum"), lambda a: tF.l1_loss(a, torch.tensor(y), reduction="sum")),
+        (lambda a: F.l1_loss(a, y, reduction="sum"), lambda a: tF.l1_loss(a, torch.tensor(y), reduction="sum")),
         (lambda a: F.cross_entropy(a, np.array([0, 5, 2, 3])),
          lambda a: tF.cross_entropy(a, torch.tensor([0, 5, 2, 3]))),
     ]

@@ -7,6 +7,14 @@ public API, with PyTorch's names and argument orders (F.conv2d(input, weight, bi
 stride, padding, dilation)); they check shapes and raise ValueError with clear messages
 before anything reaches the kernels.
 
+Dims, as in PyTorch: reductions (sum, mean, amax, amin, argmax, argmin) take `dim` (an
+int, a tuple or list, or None / () for every dim; negative dims count from the end) and
+`keepdim`; NumPy's `axis=` and `keepdims=` are accepted as aliases, but giving both
+spellings raises, and so does `axis=()` (NumPy: no dim, PyTorch: every dim).  A dim out
+of range raises IndexError, a dim named twice ValueError.  `transpose(x, dim0, dim1)`
+swaps two dims; `permute(x, dims)` reorders them all.  Tensor.max/min (as torch.max/min)
+are built on `max_or_min`: this module has no `max` or `min`, it uses Python's.
+
 Broadcasting: elementwise binary operations broadcast as NumPy does; their backward sums
 the gradient back down to each operand's shape (`unbroadcast`).  A plain number or array
 mixed with a Tensor is taken as a constant in the tensor's dtype and on its device.
@@ -15,15 +23,16 @@ Convolutions and matrix products run on our own kernels through `gasca_core.back
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import backend
-from .tensor import Context, Function, Tensor
+from .tensor import (ALL_DIMS, NO_KEEPDIM, NOT_GIVEN, Context, Dim, Function, Tensor, _Default,
+                     _shape_args)
 
 IntOrPair = Union[int, Tuple[int, int]]
-Axis = Union[None, int, Sequence[int]]
+_DIM0 = _Default(0)  # cat/stack's dim left out: 0
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -86,22 +95,73 @@ def _pair(value: IntOrPair, name: str, minimum: int) -> Tuple[int, int]:
     return pair
 
 
-def _axes(axis: Axis, ndim: int) -> Tuple[int, ...]:
-    """Normalised, sorted axes (all axes for None)."""
-    if axis is None:
+def _dim(dim: Any, ndim: int, name: str) -> int:
+    """One dim as an index in [0, ndim); negative dims count from the end, as in PyTorch.
+    A 0-D tensor accepts 0 and -1 (PyTorch's rule), both given back as 0."""
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(f"{name}: a dim must be an int, got {dim!r}")
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{name}: dim {dim} is out of range for a tensor with {ndim} dims "
+                         f"(expected a dim in [{-n}, {n - 1}])")
+    return int(dim) % n
+
+
+def _dims(dim: Dim, ndim: int, name: str) -> Tuple[int, ...]:
+    """The dims a reduction runs over, sorted: an int, a tuple or list of ints, or None.
+    None and an empty tuple mean every dim (as in PyTorch); naming a dim twice raises.
+    A 0-D tensor accepts 0 and -1 and has no dim to reduce."""
+    if dim is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for a in axes:
-        if not -ndim <= a < max(ndim, 1):
-            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(a) % max(ndim, 1))
-    return tuple(sorted(set(out)))
+    dims = [dim] if isinstance(dim, (int, np.integer)) else list(dim)
+    out = [_dim(d, ndim, name) for d in dims]
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: dim {tuple(dims)} names a dim more than once")
+    if not out:
+        return tuple(range(ndim))
+    return tuple(sorted(set(out))) if ndim else ()
 
 
-def _check_reduction(reduction: str) -> None:
+def _spelling(name: str, torch_name: str, value: Any, numpy_name: str, alias: Any) -> Any:
+    """The value of an argument that PyTorch spells `torch_name` and NumPy `numpy_name`
+    (dim/axis, keepdim/keepdims): either spelling, never both."""
+    if alias is not NOT_GIVEN:
+        if not isinstance(value, _Default):
+            raise TypeError(f"{name}: got both {torch_name}= (PyTorch's spelling) and "
+                            f"{numpy_name}= (NumPy's); give one of them")
+        return alias
+    return value.value if isinstance(value, _Default) else value
+
+
+def _dim_and_keepdim(name: str, dim: Any, keepdim: Any, axis: Any, keepdims: Any) -> Tuple[Any, bool]:
+    """dim and keepdim of a reduction, from PyTorch's spelling or NumPy's aliases."""
+    if isinstance(axis, (tuple, list)) and len(axis) == 0:
+        raise ValueError(f"{name}: axis=() reduces over no dim in NumPy but dim=() over every "
+                         f"dim in PyTorch; say dim=None (or leave it out) for every dim")
+    return _spelling(name, "dim", dim, "axis", axis), bool(_spelling(name, "keepdim", keepdim,
+                                                                     "keepdims", keepdims))
+
+
+def _check_reduction(reduction: str, size_average: Any = None, reduce: Any = None,
+                     name: str = "loss") -> None:
+    """reduction must be 'mean', 'sum' or 'none'.  PyTorch's deprecated size_average and
+    reduce are refused: a reduction passed by position lands on size_average in PyTorch's
+    signatures (where F.mse_loss(x, y, "sum") silently means 'mean'), so it must be named."""
+    if size_average is not None or reduce is not None:
+        raise ValueError(f"{name}: size_average and reduce (PyTorch's deprecated spellings of "
+                         f"reduction) are not supported, got size_average={size_average!r}, "
+                         f"reduce={reduce!r}; pass reduction='mean', 'sum' or 'none' by name")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _unsupported(name: str, **options: Any) -> None:
+    """Raise for a PyTorch option we do not implement, unless it has its default value
+    (given as option=(value, default))."""
+    for option, (value, default) in options.items():
+        if not (value is None if default is None else value == default):
+            raise ValueError(f"{name}: {option}={value!r} is not supported (only the "
+                             f"default, {default!r})")
 
 
 def _reduce(loss: Any, reduction: str) -> Any:
@@ -153,7 +213,7 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = unbroadcast(grad * b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(grad * a, b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
@@ -167,7 +227,7 @@ class Div(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = unbroadcast(grad / b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(-grad * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
@@ -194,7 +254,7 @@ class Pow(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         p = ctx.exponent
         return grad * (p * x ** (p - 1)), None
 
@@ -243,7 +303,7 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any]:
-        a, b = ctx.saved
+        a, b = ctx.saved_tensors
         ga = backend.gemm(grad, b, trans_b=True) if ctx.needs_input_grad[0] else None   # dC B^T
         gb = backend.gemm(a, grad, trans_a=True) if ctx.needs_input_grad[1] else None   # A^T dC
         return ga, gb
@@ -274,7 +334,7 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         gx = backend.gemm(grad, weight) if need_x else None               # (N,out)(out,in)
         gw = backend.gemm(grad, x, trans_a=True) if need_w else None      # (out,N)(N,in)
@@ -378,41 +438,88 @@ class Stack(Function):
         return tuple(xp.take(grad, i, axis=ctx.axis) for i in range(grad.shape[ctx.axis]))
 
 
-def reshape(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """x with a new shape of the same size (one entry may be -1)."""
-    x = _tensor(x, "x")
-    shape = tuple(int(s) for s in shape)
+def reshape(input: Tensor, shape: Sequence[int]) -> Tensor:
+    """input with a new shape of the same size (one entry may be -1: inferred), as
+    torch.reshape."""
+    x = _tensor(input, "input")
+    shape = _shape_args((shape,) if isinstance(shape, (int, np.integer)) else tuple(shape),
+                        "reshape")
     known = int(np.prod([s for s in shape if s != -1]))
     unknown = shape.count(-1)
     if (unknown > 1 or any(s < -1 for s in shape)
-            or (unknown == 0 and known != x.size)
-            or (unknown == 1 and (known == 0 or x.size % known != 0))):
+            or (unknown == 0 and known != x.numel())
+            or (unknown == 1 and (known == 0 or x.numel() % known != 0))):
         raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} "
-                         f"({x.size} elements) into {shape}")
+                         f"({x.numel()} elements) into {shape}")
     if unknown:
-        shape = tuple(x.size // known if s == -1 else s for s in shape)
+        shape = tuple(x.numel() // known if s == -1 else s for s in shape)
     return Reshape.apply(x, shape)
 
 
-def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-    """Merge dimensions start_dim..end_dim into one: (N,C,H,W) with start_dim=1 -> (N, C*H*W)."""
-    x = _tensor(x, "x")
-    nd = max(x.ndim, 1)
-    start, end = start_dim % nd, end_dim % nd
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge dims start_dim..end_dim into one, as torch.flatten: (N,C,H,W) with start_dim=1
+    -> (N, C*H*W).  A 0-D tensor becomes shape (1,)."""
+    input = _tensor(input, "input")
+    start, end = _dim(start_dim, input.ndim, "flatten"), _dim(end_dim, input.ndim, "flatten")
     if start > end:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} "
-                         f"for shape {x.shape}")
-    shape = x.shape[:start] + (int(np.prod(x.shape[start:end + 1])),) + x.shape[end + 1:]
-    return Reshape.apply(x, shape)
+                         f"for shape {input.shape}")
+    shape = input.shape[:start] + (int(np.prod(input.shape[start:end + 1])),) + input.shape[end + 1:]
+    return Reshape.apply(input, shape)
 
 
-def permute(x: Tensor, axes: Optional[Sequence[int]] = None) -> Tensor:
-    """x with its axes reordered (reversed when axes is None, like NumPy's transpose)."""
-    x = _tensor(x, "x")
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(int(a) % max(x.ndim, 1) for a in axes)
-    if sorted(axes) != list(range(x.ndim)):
-        raise ValueError(f"permute: axes {axes} are not a permutation of 0..{x.ndim - 1}")
-    return Permute.apply(x, axes)
+def permute(input: Tensor, dims: Sequence[int]) -> Tensor:
+    """input with its dims reordered, as torch.permute: output dim i is input dim dims[i]."""
+    input = _tensor(input, "input")
+    if dims is None:
+        raise TypeError("permute: dims is required, as in PyTorch (NumPy's transpose() with no "
+                        "axes reverses them: say permute(x, tuple(reversed(range(x.ndim)))))")
+    dims = (dims,) if isinstance(dims, (int, np.integer)) else tuple(dims)
+    order = tuple(_dim(d, input.ndim, "permute") for d in dims)
+    if sorted(order) != list(range(input.ndim)):
+        raise ValueError(f"permute: dims {dims} must name each of the {input.ndim} dims of a "
+                         f"tensor of shape {input.shape} once")
+    return Permute.apply(input, order)
+
+
+def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
+    """input with dims dim0 and dim1 swapped, as torch.transpose (not NumPy's transpose,
+    which reorders every axis: that is permute)."""
+    input = _tensor(input, "input")
+    a, b = _dim(dim0, input.ndim, "transpose"), _dim(dim1, input.ndim, "transpose")
+    order = list(range(input.ndim))
+    if order:
+        order[a], order[b] = order[b], order[a]
+    return Permute.apply(input, tuple(order))
+
+
+def squeeze(input: Tensor, dim: Dim = None) -> Tensor:
+    """input without dims of size 1, as torch.squeeze: every such dim (dim None), or those
+    of `dim` (an int or a tuple) that have size 1 (a named dim of another size is kept)."""
+    input = _tensor(input, "input")
+    if dim is None:
+        drop = {i for i, n in enumerate(input.shape) if n == 1}
+    else:
+        dims = [dim] if isinstance(dim, (int, np.integer)) else list(dim)
+        named = [_dim(d, input.ndim, "squeeze") for d in dims]
+        if len(set(named)) != len(named):
+            raise ValueError(f"squeeze: dim {tuple(dims)} names a dim more than once")
+        drop = {d for d in named if input.ndim and input.shape[d] == 1}
+    return Reshape.apply(input, tuple(n for i, n in enumerate(input.shape) if i not in drop))
+
+
+def unsqueeze(input: Tensor, dim: int) -> Tensor:
+    """input with a new dim of size 1 at position `dim`, as torch.unsqueeze; dim lies in
+    [-ndim - 1, ndim], a negative one counting from the end of the result."""
+    input = _tensor(input, "input")
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(f"unsqueeze: dim must be an int, got {dim!r}")
+    n = input.ndim + 1
+    if not -n <= dim < n:
+        raise IndexError(f"unsqueeze: dim {dim} is out of range for a tensor with {input.ndim} "
+                         f"dims (expected a dim in [{-n}, {n - 1}])")
+    d = int(dim) % n
+    return Reshape.apply(input, input.shape[:d] + (1,) + input.shape[d:])
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
@@ -424,20 +531,28 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     return GetItem.apply(_tensor(x, "x"), index)
 
 
-def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Concatenate tensors along an existing axis (PyTorch's torch.cat)."""
+def cat(tensors: Sequence[Tensor], dim: int = _DIM0, *, axis: int = NOT_GIVEN) -> Tensor:
+    """Concatenate tensors along an existing dim (default 0), as torch.cat (NumPy's axis=
+    is accepted as an alias)."""
+    dim = _spelling("cat", "dim", dim, "axis", axis)
     tensors = [_tensor(t, "tensors[i]") for t in tensors]
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
-    return Cat.apply(*tensors, axis=axis)
+    dim = _dim(dim, tensors[0].ndim, "cat")
+    return Cat.apply(*tensors, axis=dim)
 
 
-def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Stack same-shaped tensors along a new axis."""
+def stack(tensors: Sequence[Tensor], dim: int = _DIM0, *, axis: int = NOT_GIVEN) -> Tensor:
+    """Stack same-shaped tensors along a new dim (default 0), as torch.stack (NumPy's axis=
+    is accepted as an alias)."""
+    dim = _spelling("stack", "dim", dim, "axis", axis)
     tensors = [_tensor(t, "tensors[i]") for t in tensors]
     if not tensors:
         raise ValueError("stack: needs at least one tensor")
-    return Stack.apply(*tensors, axis=axis)
+    n = tensors[0].ndim + 1
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or not -n <= dim < n:
+        raise IndexError(f"stack: dim {dim!r} is out of range for a result with {n} dims")
+    return Stack.apply(*tensors, axis=int(dim) % n)
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -471,16 +586,168 @@ class Mean(Function):
         return xp.broadcast_to(grad / ctx.count, ctx.in_shape), None, None
 
 
-def sum(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over `axis` (an int, a sequence, or None for all)."""
-    x = _tensor(x, "x")
-    return Sum.apply(x, _axes(axis, x.ndim), bool(keepdims))
+def sum(input: Tensor, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,  # noqa: A001
+        axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Tensor:
+    """Sum over `dim`, as torch.sum: an int, a tuple of ints, or None (or ()) for every dim;
+    keepdim=True keeps each reduced dim with size 1.  NumPy's axis= and keepdims= are
+    accepted as aliases (giving both spellings raises TypeError, and axis=() raises
+    because NumPy reads it as "no dim")."""
+    input = _tensor(input, "input")
+    dim, keepdim = _dim_and_keepdim("sum", dim, keepdim, axis, keepdims)
+    return Sum.apply(input, _dims(dim, input.ndim, "sum"), keepdim)
 
 
-def mean(x: Tensor, axis: Axis = None, keepdims: bool = False) -> Tensor:
-    """Mean over `axis` (an int, a sequence, or None for all)."""
-    x = _tensor(x, "x")
-    return Mean.apply(x, _axes(axis, x.ndim), bool(keepdims))
+def mean(input: Tensor, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+         axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Tensor:
+    """Mean over `dim`, as torch.mean (arguments as in `sum`)."""
+    input = _tensor(input, "input")
+    dim, keepdim = _dim_and_keepdim("mean", dim, keepdim, axis, keepdims)
+    return Mean.apply(input, _dims(dim, input.ndim, "mean"), keepdim)
+
+
+class Extremum(Function):
+    """The largest (or smallest) value over some dims.  The gradient is shared equally
+    among the entries that tie for it, as PyTorch's amax/amin and max()/min() without dim."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, dims: Tuple[int, ...], keepdim: bool, largest: bool) -> Any:
+        xp = _xp(x)
+        kept = x.max(axis=dims, keepdims=True) if largest else x.min(axis=dims, keepdims=True)
+        ties = x == kept
+        ctx.save_for_backward(ties, ties.sum(axis=dims, keepdims=True).astype(x.dtype))
+        ctx.dims, ctx.keepdim = dims, keepdim
+        return kept if keepdim else xp.squeeze(kept, axis=dims)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None, None]:
+        ties, count = ctx.saved_tensors
+        if not ctx.keepdim:
+            grad = _xp(grad).expand_dims(grad, ctx.dims)
+        return (grad / count) * ties, None, None, None
+
+
+class TakeAlongDim(Function):
+    """x's entries at `index` along `dim` (index: x's shape with size 1 at dim), as
+    torch.take_along_dim; the gradient goes back to exactly those entries."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, index: Any, dim: int, keepdim: bool) -> Any:
+        xp = _xp(x)
+        ctx.save_for_backward(index)
+        ctx.in_shape, ctx.dim, ctx.keepdim = x.shape, dim, keepdim
+        out = xp.take_along_axis(x, index, axis=dim)
+        return out if keepdim else xp.squeeze(out, axis=dim)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None, None]:
+        (index,) = ctx.saved_tensors
+        xp = _xp(grad)
+        if not ctx.keepdim:
+            grad = xp.expand_dims(grad, ctx.dim)
+        trailing = len(ctx.in_shape) - 1 - ctx.dim
+        positions = xp.arange(ctx.in_shape[ctx.dim]).reshape((-1,) + (1,) * trailing)
+        return grad * (positions == index), None, None, None
+
+
+def amax(input: Tensor, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+         axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Tensor:
+    """Largest value over `dim` (arguments as in `sum`), as torch.amax; the gradient is
+    shared equally among entries that tie for the largest value."""
+    input = _tensor(input, "input")
+    dim, keepdim = _dim_and_keepdim("amax", dim, keepdim, axis, keepdims)
+    return Extremum.apply(input, _dims(dim, input.ndim, "amax"), keepdim, True)
+
+
+def amin(input: Tensor, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+         axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Tensor:
+    """Smallest value over `dim` (arguments as in `sum`), as torch.amin; the gradient is
+    shared equally among entries that tie for the smallest value."""
+    input = _tensor(input, "input")
+    dim, keepdim = _dim_and_keepdim("amin", dim, keepdim, axis, keepdims)
+    return Extremum.apply(input, _dims(dim, input.ndim, "amin"), keepdim, False)
+
+
+class ValuesIndices(NamedTuple):
+    """What max(dim) and min(dim) return, as PyTorch's torch.return_types.max: the values
+    (a Tensor) and their indices along dim (an int64 array, see argmax)."""
+    values: Tensor
+    indices: Any
+
+
+def max_or_min(name: str, input: Tensor, dim: Any = ALL_DIMS, keepdim: Any = NO_KEEPDIM, *,
+               axis: Any = NOT_GIVEN, keepdims: Any = NOT_GIVEN) -> Any:
+    """What Tensor.max and Tensor.min compute (name "max" or "min"), as torch.max/min:
+    x.max() is the largest element (a 0-D Tensor; the gradient is shared among ties);
+    x.max(dim, keepdim=False) is the named pair (values, indices) along one int dim, ties
+    going to the first index, which alone gets the gradient.  Indices are an int64 array
+    (see argmax).  Deliberate differences, each raising TypeError: NumPy's axis= (NumPy's
+    max gives the values only: use amax), and max(other), PyTorch's elementwise maximum.
+
+    (There is no functional `max` or `min`: this module uses Python's own, and
+    torch.nn.functional has none either.)
+    """
+    if name not in ("max", "min"):
+        raise ValueError(f"max_or_min: name must be 'max' or 'min', got {name!r}")
+    largest = name == "max"
+    input = _tensor(input, "input")
+    other = "amax" if largest else "amin"
+    if axis is not NOT_GIVEN or keepdims is not NOT_GIVEN:
+        raise TypeError(f"{name}(axis=...): NumPy's {name} gives the values, PyTorch's "
+                        f"{name}(dim) the pair (values, indices); say {other}(dim) for the "
+                        f"values or {name}(dim) for the pair")
+    if isinstance(dim, (Tensor, np.ndarray)) or backend.is_cupy_array(dim):
+        raise TypeError(f"{name}(input, other), PyTorch's elementwise {name}imum of two tensors, "
+                        f"is not supported; {name}(dim) takes one int dim")
+    if dim is ALL_DIMS:
+        if keepdim is not NO_KEEPDIM:
+            raise TypeError(f"{name}(keepdim=...) needs a dim, as in PyTorch; {other}(keepdim=True) "
+                            f"keeps every dim")
+        return Extremum.apply(input, tuple(range(input.ndim)), False, largest)
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(f"{name}(dim) takes one int dim, as in PyTorch (leave it out for the "
+                        f"{name} of every element; {other}(dim) takes a tuple), got dim={dim!r}")
+    keepdim = bool(keepdim.value if isinstance(keepdim, _Default) else keepdim)
+    d = _dim(dim, input.ndim, name)
+    xp = _xp(input.data)
+    if input.ndim == 0:
+        return ValuesIndices(Reshape.apply(input, ()), xp.zeros((), dtype=np.int64))
+    pick = xp.argmax if largest else xp.argmin
+    index = xp.expand_dims(pick(input.data, axis=d).astype(np.int64, copy=False), d)
+    values = TakeAlongDim.apply(input, index, d, keepdim)
+    return ValuesIndices(values, index if keepdim else xp.squeeze(index, axis=d))
+
+
+def _arg_extreme(name: str, largest: bool, input: Any, dim: Any, keepdim: Any, axis: Any,
+                 keepdims: Any) -> Any:
+    input = _tensor(input, "input")
+    dim, keepdim = _dim_and_keepdim(name, dim, keepdim, axis, keepdims)
+    xp = _xp(input.data)
+    pick = xp.argmax if largest else xp.argmin
+    if dim is None:
+        index = xp.asarray(pick(input.data.reshape(-1)), dtype=np.int64)
+        return index.reshape((1,) * input.ndim) if keepdim else index
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool):
+        raise TypeError(f"{name}: dim must be one int or None, as in PyTorch, got {dim!r}")
+    d = _dim(dim, input.ndim, name)
+    if input.ndim == 0:
+        return xp.zeros((), dtype=np.int64)
+    index = pick(input.data, axis=d).astype(np.int64, copy=False)
+    return xp.expand_dims(index, d) if keepdim else index
+
+
+def argmax(input: Tensor, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+           axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+    """Index of the largest value along one int `dim` (in the flattened tensor when dim is
+    None), the first one where several tie, as torch.argmax.  Deliberate difference: the
+    indices come back as an int64 array (NumPy, or CuPy on "cuda"), not as a Tensor, since
+    our Tensors hold floating-point values only (and indices have no gradient)."""
+    return _arg_extreme("argmax", True, input, dim, keepdim, axis, keepdims)
+
+
+def argmin(input: Tensor, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+           axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+    """Index of the smallest value, as torch.argmin; see argmax."""
+    return _arg_extreme("argmin", False, input, dim, keepdim, axis, keepdims)
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -494,7 +761,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (mask,) = ctx.saved
+        (mask,) = ctx.saved_tensors
         return (grad * mask,)
 
 
@@ -508,7 +775,7 @@ class LeakyReLU(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
-        (slope,) = ctx.saved
+        (slope,) = ctx.saved_tensors
         return grad * slope, None
 
 
@@ -528,7 +795,7 @@ class Sigmoid(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * out * (1 - out),)
 
 
@@ -541,7 +808,7 @@ class Tanh(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * (1 - out * out),)
 
 
@@ -554,7 +821,7 @@ class Exp(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (out,) = ctx.saved
+        (out,) = ctx.saved_tensors
         return (grad * out,)
 
 
@@ -566,7 +833,7 @@ class Log(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         return (grad / x,)
 
 
@@ -578,7 +845,7 @@ class Abs(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any]:
-        (x,) = ctx.saved
+        (x,) = ctx.saved_tensors
         return (grad * _xp(x).sign(x),)
 
 
@@ -600,7 +867,7 @@ class Clamp(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
-        (inside,) = ctx.saved
+        (inside,) = ctx.saved_tensors
         return grad * inside, None, None
 
 
@@ -626,13 +893,21 @@ class ToDevice(Function):
         return backend.to_device(grad, ctx.in_device), None
 
 
-def relu(x: Tensor) -> Tensor:
+def _check_not_inplace(name: str, inplace: bool) -> None:
+    if inplace:
+        raise ValueError(f"{name}: inplace=True is not supported: our operations never write "
+                         f"into their input (the result is the same; leave inplace out)")
+
+
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
     """max(x, 0)."""
+    _check_not_inplace("relu", inplace)
     return ReLU.apply(_tensor(x, "x"))
 
 
-def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+def leaky_relu(x: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
     """x where x > 0, negative_slope * x elsewhere."""
+    _check_not_inplace("leaky_relu", inplace)
     return LeakyReLU.apply(_tensor(x, "x"), float(negative_slope))
 
 
@@ -700,7 +975,7 @@ class MSELoss(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
-        (diff,) = ctx.saved
+        (diff,) = ctx.saved_tensors
         g = 2 * diff * _reduction_grad(grad, diff.shape, ctx.reduction)
         return g, (-g if ctx.needs_input_grad[1] else None), None
 
@@ -715,7 +990,7 @@ class L1Loss(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, None]:
-        (sign,) = ctx.saved
+        (sign,) = ctx.saved_tensors
         g = sign * _reduction_grad(grad, sign.shape, ctx.reduction)
         return g, (-g if ctx.needs_input_grad[1] else None), None
 
@@ -739,7 +1014,7 @@ class BCEWithLogits(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, Any, Any, None]:
-        x, y, weight = ctx.saved
+        x, y, weight = ctx.saved_tensors
         g = _reduction_grad(grad, x.shape, ctx.reduction)
         if weight is not None:
             g = g * weight
@@ -768,7 +1043,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
-        log_probs, target = ctx.saved
+        log_probs, target = ctx.saved_tensors
         xp = _xp(log_probs)
         g = xp.exp(log_probs)                     # softmax
         g[xp.arange(g.shape[0]), target] -= 1      # softmax - one_hot
@@ -777,24 +1052,32 @@ class CrossEntropy(Function):
         return g * scale, None, None
 
 
-def mse_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none')."""
-    _check_reduction(reduction)
+def mse_loss(input: Tensor, target: Any, size_average: Any = None, reduce: Any = None,
+             reduction: str = "mean", weight: Any = None) -> Tensor:
+    """(input - target)^2, averaged ('mean'), summed ('sum') or elementwise ('none'), with
+    PyTorch's signature (size_average, reduce and weight are refused: name reduction)."""
+    _check_reduction(reduction, size_average, reduce, "mse_loss")
+    _unsupported("mse_loss", weight=(weight, None))
     input, target = _loss_operands(input, target, "mse_loss")
     return MSELoss.apply(input, target, reduction)
 
 
-def l1_loss(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """|input - target|, averaged ('mean'), summed ('sum') or elementwise ('none')."""
-    _check_reduction(reduction)
+def l1_loss(input: Tensor, target: Any, size_average: Any = None, reduce: Any = None,
+            reduction: str = "mean", weight: Any = None) -> Tensor:
+    """|input - target|, averaged ('mean'), summed ('sum') or elementwise ('none'), with
+    PyTorch's signature (size_average, reduce and weight are refused: name reduction)."""
+    _check_reduction(reduction, size_average, reduce, "l1_loss")
+    _unsupported("l1_loss", weight=(weight, None))
     input, target = _loss_operands(input, target, "l1_loss")
     return L1Loss.apply(input, target, reduction)
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = None,
-                                     reduction: str = "mean") -> Tensor:
+                                     size_average: Any = None, reduce: Any = None,
+                                     reduction: str = "mean", pos_weight: Any = None) -> Tensor:
     """Binary cross-entropy of sigmoid(input) against target in [0, 1], computed from the
-    logits `input` so that it stays finite and exact for large |input|.
+    logits `input` so that it stays finite and exact for large |input|.  PyTorch's
+    signature; size_average, reduce and pos_weight are refused.
 
     Args:
         input: logits, any shape.  target: same shape, values in [0, 1] (a number is
@@ -802,7 +1085,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = N
         weight: optional per-element weight, broadcastable to input's shape.
         reduction: 'mean' | 'sum' | 'none'.
     """
-    _check_reduction(reduction)
+    _check_reduction(reduction, size_average, reduce, "binary_cross_entropy_with_logits")
+    _unsupported("binary_cross_entropy_with_logits", pos_weight=(pos_weight, None))
     input = _tensor(input, "input")
     if not isinstance(target, Tensor) and np.ndim(target) == 0 and not backend.is_cupy_array(target):
         target = _xp(input.data).full(input.shape, target, dtype=input.dtype)
@@ -817,9 +1101,15 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Any, weight: Any = N
     return BCEWithLogits.apply(input, target, weight, reduction)
 
 
-def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor:
-    """Softmax cross-entropy.  input: logits (N, C); target: class indices (N,) in [0, C)."""
-    _check_reduction(reduction)
+def cross_entropy(input: Tensor, target: Any, weight: Any = None, size_average: Any = None,
+                  ignore_index: int = -100, reduce: Any = None, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy.  input: logits (N, C); target: class indices (N,) in [0, C).
+    PyTorch's signature; class weights, another ignore_index and label smoothing are
+    refused, and so is a target equal to ignore_index (PyTorch would skip it)."""
+    _check_reduction(reduction, size_average, reduce, "cross_entropy")
+    _unsupported("cross_entropy", weight=(weight, None), ignore_index=(ignore_index, -100),
+                 label_smoothing=(label_smoothing, 0.0))
     input = _tensor(input, "input")
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: input must be logits of shape (N, C), got {input.shape}")
@@ -831,7 +1121,8 @@ def cross_entropy(input: Tensor, target: Any, reduction: str = "mean") -> Tensor
         raise ValueError(f"cross_entropy: target must have shape ({input.shape[0]},), got {labels.shape}")
     labels = labels.astype(np.int64)
     if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= input.shape[1]):
-        raise ValueError(f"cross_entropy: target class indices must lie in [0, {input.shape[1]})")
+        raise ValueError(f"cross_entropy: target class indices must lie in [0, {input.shape[1]}) "
+                         f"(ignore_index, PyTorch's way of skipping some, is not supported)")
     return CrossEntropy.apply(input, labels, reduction)
 
 
@@ -847,7 +1138,7 @@ class Conv2d(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = backend.conv2d_backward_input(grad, weight, x.shape, *ctx.geometry) if need_x else None
         gw = backend.conv2d_backward_weight(x, grad, weight.shape, *ctx.geometry) if need_w else None
@@ -866,7 +1157,7 @@ class ConvTranspose2d(Function):
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
-        x, weight = ctx.saved
+        x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         g = ctx.geometry
         gx = backend.conv_transpose2d_backward_input(grad, weight, x.shape, *g) if need_x else None

@@ -11,6 +11,13 @@ fan_in computed from the weight's shape as PyTorch does (for ConvTranspose2d's w
 (in, out, kh, kw) that is out*kh*kw).  Random numbers come from `rng` when a layer is
 given one, else from the package's default generator (see `gasca_core.manual_seed`).
 
+Names are PyTorch's for the same layers: parameters "weight" and "bias" in PyTorch's
+layouts, Sequential/ModuleList children "0", "1", ..., the constructor arguments kept as
+attributes of the same names (in_channels, kernel_size, negative_slope, start_dim,
+reduction, ...), and the losses derive from one `_Loss` holding `reduction`.  PyTorch
+options we do not implement (inplace=True, pos_weight, class weights, ignore_index,
+label_smoothing, the deprecated size_average / reduce) raise rather than being ignored.
+
 state_dict() returns NumPy copies whatever the device, so checkpoints written from a GPU
 model load on a CPU one and back; load_state_dict() copies the values onto the
 parameters' own device and dtype.
@@ -194,7 +201,7 @@ class Module:
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Total number of scalar parameters (only those with requires_grad, if asked)."""
-        return int(sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only))
+        return int(sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only))
 
     # --- modes and gradients
     def train(self, mode: bool = True) -> "Module":
@@ -434,14 +441,21 @@ class ConvTranspose2d(Module):
 # ----------------------------------------------------------------------------- activations
 
 class ReLU(Module):
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        F._check_not_inplace("ReLU", inplace)
+        self.inplace = False
+
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
 
 class LeakyReLU(Module):
-    def __init__(self, negative_slope: float = 0.01) -> None:
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__()
+        F._check_not_inplace("LeakyReLU", inplace)
         self.negative_slope = float(negative_slope)
+        self.inplace = False
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope)
@@ -461,6 +475,11 @@ class Tanh(Module):
 
 
 class Identity(Module):
+    """Returns its input; arguments are ignored, as in PyTorch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
     def forward(self, x: Tensor) -> Tensor:
         return x
 
@@ -481,34 +500,56 @@ class Flatten(Module):
 
 # ----------------------------------------------------------------------------- losses
 
-class MSELoss(Module):
-    def __init__(self, reduction: str = "mean") -> None:
+class _Loss(Module):
+    """Base of the loss modules, as PyTorch's _Loss: holds `reduction` ('mean', 'sum' or
+    'none').  PyTorch's deprecated size_average and reduce come first in its signatures (so
+    MSELoss("sum") there silently means 'mean'); here they are refused: name reduction."""
+
+    def __init__(self, size_average: Any = None, reduce: Any = None, reduction: str = "mean") -> None:
         super().__init__()
-        F._check_reduction(reduction)
+        F._check_reduction(reduction, size_average, reduce, type(self).__name__)
         self.reduction = reduction
 
+
+class MSELoss(_Loss):
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return F.mse_loss(input, target, self.reduction)
+        return F.mse_loss(input, target, reduction=self.reduction)
 
 
-class L1Loss(MSELoss):
+class L1Loss(_Loss):
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return F.l1_loss(input, target, self.reduction)
+        return F.l1_loss(input, target, reduction=self.reduction)
 
 
-class BCEWithLogitsLoss(Module):
-    def __init__(self, weight: Any = None, reduction: str = "mean") -> None:
-        super().__init__()
-        F._check_reduction(reduction)
-        self.weight, self.reduction = weight, reduction
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy from logits (see F.binary_cross_entropy_with_logits).  As in
+    PyTorch, a `weight` is a buffer (in state_dict as "weight"); pos_weight is refused."""
+
+    def __init__(self, weight: Any = None, size_average: Any = None, reduce: Any = None,
+                 reduction: str = "mean", pos_weight: Any = None) -> None:
+        super().__init__(size_average, reduce, reduction)
+        F._unsupported("BCEWithLogitsLoss", pos_weight=(pos_weight, None))
+        self.register_buffer("weight", weight)
 
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return F.binary_cross_entropy_with_logits(input, target, self.weight, self.reduction)
+        weight = None if self.weight is None else self.weight.data
+        return F.binary_cross_entropy_with_logits(input, target, weight, reduction=self.reduction)
 
 
-class CrossEntropyLoss(MSELoss):
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy of logits (N, C) against class indices (N,), with PyTorch's
+    signature; class weights, another ignore_index and label smoothing are refused."""
+
+    def __init__(self, weight: Any = None, size_average: Any = None, ignore_index: int = -100,
+                 reduce: Any = None, reduction: str = "mean", label_smoothing: float = 0.0) -> None:
+        super().__init__(size_average, reduce, reduction)
+        F._unsupported("CrossEntropyLoss", weight=(weight, None), ignore_index=(ignore_index, -100),
+                       label_smoothing=(label_smoothing, 0.0))
+        self.register_buffer("weight", None)
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
     def forward(self, input: Tensor, target: Any) -> Tensor:
-        return F.cross_entropy(input, target, self.reduction)
+        return F.cross_entropy(input, target, reduction=self.reduction)
 
 
 # ----------------------------------------------------------------------------- containers

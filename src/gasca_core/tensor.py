@@ -16,6 +16,13 @@ Conventions, as in PyTorch:
   inputs, so activations can be reclaimed.  A second backward through the same graph
   raises, unless the first one passed `retain_graph=True`.
 - Inside `with no_grad():` operations record nothing.
+- Where a method has a PyTorch name it has PyTorch's meaning: reductions take `dim` (an
+  int, a tuple, or None for every dim) and `keepdim` (NumPy's `axis` / `keepdims` are
+  aliases); `transpose(dim0, dim1)` swaps two dims, `permute(*dims)` reorders them all;
+  `size()` is the shape and `numel()` the element count.  Where we deliberately differ,
+  the call raises and says what to use instead (`.T` of a tensor with more than 2 dims,
+  `max(axis=...)`, `view(dtype)`, ...); tests/test_torch_habits.py lists every case.
+  Indices (argmax, max(dim).indices) are int64 arrays, since Tensors hold floats only.
 
 Data types: float32 and float64 arrays are kept as given (not copied).  Anything else
 (Python numbers, lists, integer, boolean or float16 arrays) becomes float32, PyTorch's
@@ -86,9 +93,14 @@ class enable_grad(no_grad):
 class Context:
     """What one operation remembers for its backward pass.
 
-    `saved`: arrays stashed by `save_for_backward`; `needs_input_grad[i]`: whether
-    positional argument i of forward is a tensor that requires grad (backward may skip
-    the others); any other attribute may be set freely by forward (shapes, options).
+    As in torch.autograd.Function: forward calls `ctx.save_for_backward(*tensors)` with the
+    arrays backward will need (or None), and backward reads them back from
+    `ctx.saved_tensors`; `ctx.needs_input_grad[i]` says whether positional argument i of
+    forward is a tensor that requires grad (backward may skip the others).  Anything else
+    (shapes, options) is set as a plain attribute (`ctx.stride = stride`).  Difference: our
+    Functions compute on raw arrays, so what is saved and given back are those arrays (a
+    Tensor passed to save_for_backward is saved as its array).  `ctx.saved` is the same
+    tuple under this project's older name.
     """
 
     def __init__(self, function: type, inputs: Tuple[Optional["Tensor"], ...]) -> None:
@@ -98,8 +110,26 @@ class Context:
         self.saved: Tuple[Any, ...] = ()
         self.released = False
 
-    def save_for_backward(self, *arrays: Any) -> None:
-        self.saved = arrays
+    def save_for_backward(self, *tensors: Any) -> None:
+        """Keep these arrays (or None) for backward: read them back from `ctx.saved_tensors`."""
+        saved = []
+        for i, t in enumerate(tensors):
+            if isinstance(t, Tensor):
+                t = t.data
+            elif t is not None and not (isinstance(t, (np.ndarray, np.generic)) or backend.is_cupy_array(t)):
+                raise TypeError(f"save_for_backward can only save arrays, Tensors or None, but "
+                                f"argument {i} is a {type(t).__name__}; keep other values as "
+                                f"attributes of ctx (ctx.name = value)")
+            saved.append(t)
+        self.saved = tuple(saved)
+
+    @property
+    def saved_tensors(self) -> Tuple[Any, ...]:
+        """What forward passed to `save_for_backward`, in the same order."""
+        if self.released:
+            raise RuntimeError("saved_tensors of a graph that backward() has already freed; "
+                               "pass retain_graph=True to the first backward to keep them")
+        return self.saved
 
     def release(self) -> None:
         """Drop everything the backward pass needed, so that memory can be reclaimed."""
@@ -114,7 +144,23 @@ class Function:
         backward(ctx, grad) -> one gradient (array or None) per positional argument of forward
 
     and are called through `apply`, which unwraps Tensor arguments, runs forward, and
-    links the result into the graph when a gradient will be needed.
+    links the result into the graph when a gradient will be needed.  As in
+    torch.autograd.Function, forward keeps what backward needs with
+    `ctx.save_for_backward(a, b)` and backward reads it with `a, b = ctx.saved_tensors`;
+    backward must return as many gradients as forward has positional arguments (extra
+    trailing Nones are allowed), else backward() raises.  Unlike PyTorch, forward and
+    backward see raw arrays (NumPy or CuPy), not Tensors.
+
+        class Square(Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x * x
+
+            @staticmethod
+            def backward(ctx, grad):
+                (x,) = ctx.saved_tensors
+                return 2 * x * grad
     """
 
     @staticmethod
@@ -166,6 +212,40 @@ def _as_array(data: Any, dtype: Any = None) -> Any:
                         f"got {type(data).__name__} ({exc})") from None
 
 
+class _Default:
+    """The default of an argument that has a second spelling (PyTorch's `dim` / `keepdim`
+    and NumPy's `axis` / `keepdims`): it stands for `value` and lets a call that gives both
+    spellings be told from one that gives one."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+ALL_DIMS = _Default(None)      # dim left out: every dim
+NO_KEEPDIM = _Default(False)   # keepdim left out
+NOT_GIVEN = _Default(None)     # an alias (axis, keepdims) left out
+
+Dim = Union[None, int, Sequence[int]]
+
+
+def _shape_args(args: Tuple[Any, ...], name: str) -> Tuple[Any, ...]:
+    """Ints given as f(2, 3) or f((2, 3)) / f([2, 3]): the tuple (2, 3)."""
+    if len(args) == 1 and isinstance(args[0], (tuple, list)):
+        args = tuple(args[0])
+    for a in args:
+        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+            extra = (" (PyTorch's view(dtype) reinterprets bytes; that is not supported: "
+                     "use .to(dtype=...) to convert values)"
+                     if name == "view" and isinstance(a, (type, np.dtype, str)) else "")
+            raise TypeError(f"{name}: expected ints, or one tuple of ints, got {args!r}{extra}")
+    return tuple(int(a) for a in args)
+
+
 class Tensor:
     """An array with an optional gradient.
 
@@ -210,9 +290,22 @@ class Tensor:
     def ndim(self) -> int:
         return self.data.ndim
 
-    @property
-    def size(self) -> int:
+    def size(self, dim: Optional[int] = None) -> Any:
+        """The shape, as PyTorch's `x.size()`, or the length of dimension `dim`.
+        (NumPy's `a.size`, the number of elements, is `numel()`.)"""
+        if dim is None:
+            return self.shape
+        if self.ndim == 0:
+            raise IndexError(f"size({dim}): a 0-D tensor has no dims")
+        return self.shape[_F._dim(dim, self.ndim, "size")]
+
+    def numel(self) -> int:
+        """The number of elements."""
         return int(self.data.size)
+
+    def dim(self) -> int:
+        """The number of dimensions (the same as `ndim`)."""
+        return self.data.ndim
 
     @property
     def device(self) -> str:
@@ -230,6 +323,19 @@ class Tensor:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise RuntimeError(f"the truth value of a Tensor with {self.data.size} elements is "
+                               "ambiguous (as in PyTorch); use .any() / .all() on .numpy(), or "
+                               "compare .item()")
+        return bool(self.data.reshape(()))
+
+    def __float__(self) -> float:
+        return self.item()
+
+    def __int__(self) -> int:
+        return int(self.item())
 
     def __repr__(self) -> str:
         extra = ", requires_grad=True" if self.requires_grad else ""
@@ -362,33 +468,118 @@ class Tensor:
     def __getitem__(self, index: Any) -> "Tensor":
         return _F.getitem(self, index)
 
-    # --- methods
-    def sum(self, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> "Tensor":
-        return _F.sum(self, axis, keepdims)
+    # --- reductions: PyTorch's dim / keepdim (NumPy's axis / keepdims are accepted as
+    # aliases; giving both spellings raises).  See the functions of the same names in
+    # functional for what each returns and where we deliberately differ.
+    def sum(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Sum over `dim` (an int, a tuple of ints, or None for every dim), as torch.sum."""
+        return _F.sum(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
-    def mean(self, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> "Tensor":
-        return _F.mean(self, axis, keepdims)
+    def mean(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Mean over `dim` (an int, a tuple of ints, or None for every dim), as torch.mean."""
+        return _F.mean(self, dim, keepdim, axis=axis, keepdims=keepdims)
 
+    def amax(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Largest value over `dim`, as torch.amax (the gradient is shared among ties)."""
+        return _F.amax(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def amin(self, dim: Dim = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+             axis: Dim = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> "Tensor":
+        """Smallest value over `dim`, as torch.amin (the gradient is shared among ties)."""
+        return _F.amin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def max(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Any = NOT_GIVEN, keepdims: Any = NOT_GIVEN) -> Any:
+        """As torch.max: `x.max()` is the largest element; `x.max(dim)` is the pair
+        (values, indices) along dim (a named tuple; indices are an int64 array).
+        NumPy's axis= raises (NumPy's max gives the values only: use amax)."""
+        return _F.max_or_min("max", self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def min(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+            axis: Any = NOT_GIVEN, keepdims: Any = NOT_GIVEN) -> Any:
+        """As torch.min: `x.min()` is the smallest element; `x.min(dim)` is the pair
+        (values, indices) along dim (a named tuple; indices are an int64 array).
+        NumPy's axis= raises (NumPy's min gives the values only: use amin)."""
+        return _F.max_or_min("min", self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def argmax(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+               axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+        """Index of the largest value along dim (of the flattened tensor when dim is None),
+        as torch.argmax, returned as an int64 array (NumPy, or CuPy on "cuda")."""
+        return _F.argmax(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    def argmin(self, dim: Optional[int] = ALL_DIMS, keepdim: bool = NO_KEEPDIM, *,
+               axis: Optional[int] = NOT_GIVEN, keepdims: bool = NOT_GIVEN) -> Any:
+        """Index of the smallest value along dim, as torch.argmin (an int64 array)."""
+        return _F.argmin(self, dim, keepdim, axis=axis, keepdims=keepdims)
+
+    # --- shapes: PyTorch's meanings (transpose swaps two dims; permute lists them all)
     def reshape(self, *shape: Any) -> "Tensor":
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _F.reshape(self, shape)
+        """This tensor's elements in a new shape, given as ints or one tuple (one entry
+        may be -1: inferred)."""
+        return _F.reshape(self, _shape_args(shape, "reshape"))
 
     def view(self, *shape: Any) -> "Tensor":
-        return self.reshape(*shape)
+        """As reshape.  Difference: PyTorch's view refuses a tensor whose memory layout
+        does not allow it (after a transpose, say); ours copies instead (our operations
+        never write into their inputs, so only writing into `.data` yourself could tell
+        the copy from a view).  PyTorch's `view(dtype)`, a reinterpretation of the
+        bytes, raises."""
+        return _F.reshape(self, _shape_args(shape, "view"))
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "Tensor":
+        """Dims start_dim..end_dim merged into one, as torch.flatten."""
         return _F.flatten(self, start_dim, end_dim)
 
-    def transpose(self, *axes: int) -> "Tensor":
-        return _F.permute(self, axes if axes else None)
+    def transpose(self, dim0: Optional[int] = None, dim1: Optional[int] = None, *more: int) -> "Tensor":
+        """This tensor with dims dim0 and dim1 swapped, as torch.transpose.  (NumPy's
+        a.transpose(*axes) is permute(*dims) here; a.transpose() is .T for 2-D.)"""
+        if dim0 is None or dim1 is None or more:
+            given = tuple(d for d in (dim0, dim1) + more if d is not None)
+            raise TypeError(f"transpose(dim0, dim1) swaps two dims, as in PyTorch; got "
+                            f"transpose{given}.  NumPy's transpose(*axes) is permute(*dims) "
+                            f"here, and NumPy's transpose() of a 2-D array is .T")
+        return _F.transpose(self, dim0, dim1)
 
-    def permute(self, *axes: int) -> "Tensor":
-        return _F.permute(self, axes)
+    def permute(self, *dims: Any) -> "Tensor":
+        """This tensor with its dims reordered: permute(2, 0, 1) or permute((2, 0, 1))."""
+        return _F.permute(self, _shape_args(dims, "permute"))
 
     @property
     def T(self) -> "Tensor":
-        return _F.permute(self, None)
+        """The transpose of a 2-D tensor; a 0-D or 1-D tensor is returned as it is, as in
+        PyTorch.  Deliberate difference: PyTorch deprecates .T on other dims (where it
+        reverses every dim, NumPy's meaning); ours raises: use .mT or permute."""
+        if self.ndim <= 1:
+            return self
+        if self.ndim == 2:
+            return _F.transpose(self, 0, 1)
+        raise RuntimeError(f".T is for 2-D tensors (and returns 0-D/1-D ones as they are), got "
+                           f"{self.ndim}-D shape {self.shape}; PyTorch deprecates it there: use "
+                           f".mT to swap the last two dims, or permute(...) to reorder them all")
+
+    @property
+    def mT(self) -> "Tensor":
+        """The last two dims swapped (a batch of matrices transposed), as PyTorch's .mT."""
+        if self.ndim < 2:
+            raise RuntimeError(f".mT needs a tensor with at least 2 dims, got shape {self.shape}")
+        return _F.transpose(self, -2, -1)
+
+    def squeeze(self, dim: Dim = None) -> "Tensor":
+        """Dims of size 1 removed: every one (dim None), or those of `dim` (an int or a
+        tuple) that have size 1, as torch.squeeze (a dim of another size is left alone)."""
+        return _F.squeeze(self, dim)
+
+    def unsqueeze(self, dim: int) -> "Tensor":
+        """A new dim of size 1 inserted at position `dim` (in [-ndim-1, ndim])."""
+        return _F.unsqueeze(self, dim)
+
+    def contiguous(self) -> "Tensor":
+        """Returns self: our operations accept any memory layout (see view)."""
+        return self
 
     def relu(self) -> "Tensor":
         return _F.relu(self)
@@ -454,6 +645,15 @@ def _accumulate_leaf_grad(tensor: Tensor, grad: Any) -> None:
         tensor.grad += grad
 
 
+def _check_gradient_count(ctx: Context, input_grads: Tuple[Any, ...]) -> None:
+    """As PyTorch: one gradient per positional input of forward; extra trailing Nones pass."""
+    expected = len(ctx.inputs)
+    if len(input_grads) < expected or any(g is not None for g in input_grads[expected:]):
+        raise RuntimeError(f"{ctx.function.__name__}.backward returned {len(input_grads)} "
+                           f"gradients, expected {expected} (one per positional argument of "
+                           f"forward; None for those that need none)")
+
+
 def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
     """Propagate `grad` (dL/droot) through root's graph to its leaves."""
     order = _topological_order(root)
@@ -472,6 +672,8 @@ def run_backward(root: Tensor, grad: Any, retain_graph: bool = False) -> None:
         input_grads = ctx.function.backward(ctx, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
+        if len(input_grads) != len(ctx.inputs):
+            _check_gradient_count(ctx, input_grads)
         for parent, pg in zip(ctx.inputs, input_grads):
             if parent is None or pg is None or not parent.requires_grad:
                 continue
