@@ -36,37 +36,6 @@
 
 namespace gasca {
 
-ConvGeometry make_conv_geometry(int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w,
-                                int64_t out_channels, int64_t kernel_h, int64_t kernel_w,
-                                int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                                int64_t dilation_h, int64_t dilation_w) {
-  ConvGeometry g;
-  g.batch = batch;
-  g.in_channels = in_channels;
-  g.in_h = in_h;
-  g.in_w = in_w;
-  g.out_channels = out_channels;
-  g.kernel_h = kernel_h;
-  g.kernel_w = kernel_w;
-  g.stride_h = stride_h;
-  g.stride_w = stride_w;
-  g.pad_h = pad_h;
-  g.pad_w = pad_w;
-  g.dilation_h = dilation_h;
-  g.dilation_w = dilation_w;
-  // Floor division that is also right for a negative numerator (impossible geometries
-  // must come out <= 0, not round towards zero to 1).
-  auto out_size = [](int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t stride) {
-    const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
-    if (stride <= 0) return int64_t(0);
-    if (span < 0) return int64_t(0);
-    return span / stride + 1;
-  };
-  g.out_h = out_size(in_h, pad_h, dilation_h, kernel_h, stride_h);
-  g.out_w = out_size(in_w, pad_w, dilation_w, kernel_w, stride_w);
-  return g;
-}
-
 // ============================================================ version 0: reference
 // y[n, co, oh, ow] = bias[co] + sum_{ci, i, j} w[co, ci, i, j] * x[n, ci, ih, iw]
 //   with ih = oh*SH - PH + i*DH, iw = ow*SW - PW + j*DW (zero outside the image).

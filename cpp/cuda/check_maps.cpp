@@ -76,11 +76,9 @@ int main() {
     g.pad_w = pick(0, 3);
     g.in_h = pick(1, 12);
     g.in_w = pick(1, 12);
-    const int64_t span_h = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1;
-    const int64_t span_w = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1;
-    if (span_h < 0 || span_w < 0) continue;
-    g.out_h = span_h / g.stride_h + 1;
-    g.out_w = span_w / g.stride_w + 1;
+    g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
     ++cases;
     const int64_t Nb = g.batch, Ci = g.in_channels, Co = g.out_channels, H = g.in_h,
                   W = g.in_w, KH = g.kernel_h, KW = g.kernel_w, OH = g.out_h, OW = g.out_w;

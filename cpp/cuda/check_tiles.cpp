@@ -198,11 +198,9 @@ int main() {
     g.pad_w = pick(0, 2);
     g.in_h = pick(1, 13);
     g.in_w = pick(1, 13);
-    const int64_t sh = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1;
-    const int64_t sw = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1;
-    if (sh < 0 || sw < 0) continue;
-    g.out_h = sh / g.stride_h + 1;
-    g.out_w = sw / g.stride_w + 1;
+    g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
     ++cases;
     for (bool narrow : {false, true}) {
       g_narrow = narrow;

@@ -19,7 +19,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "conv2d.h"  // ConvGeometry (a plain struct: nothing of the CPU library is linked)
+#include "conv2d.h"  // ConvGeometry and its inline formulas (nothing of the CPU library is linked)
 
 namespace gasca {
 namespace cuda {
@@ -57,7 +57,8 @@ Status conv2d_backward_bias(int64_t batch, int64_t channels, int64_t pixels, con
 
 // ---------------------------------------------------------------- conv_transpose2d
 // `adj` is the geometry of the convolution whose adjoint the transposed convolution is
-// (see cpp/conv_transpose2d.h): nothing below is a new kernel.
+// (make_conv_transpose_geometry in cpp/conv2d.h; cpp/conv_transpose2d.h): nothing below is
+// a new kernel.
 template <typename T>
 inline Status conv_transpose2d_forward(const ConvGeometry& adj, const T* x, const T* w,
                                        const T* bias, T* y, int version, cudaStream_t stream) {

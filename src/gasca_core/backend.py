@@ -182,6 +182,9 @@ def set_num_threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- geometry
+# Python's copy of the geometry in cpp/conv2d.h (conv_out_size, conv_transpose_out_size),
+# which the kernels and the bindings' checks use: Python sizes the outputs it allocates and
+# explains a bad geometry before the bindings reject it.
 
 def conv2d_output_size(in_size: Pair, kernel: Pair, stride: Pair, padding: Pair,
                        dilation: Pair) -> Pair:
