@@ -25,7 +25,10 @@
 //      Geometries whose phase image would be mostly padding take version 1's path.
 //   conv2d_versions.h declares versions 1 and 2 for the dispatch below.
 //
-// Every faster version is checked against version 0 by tests/test_kernels_conv.py.
+// Every version accepts an output size smaller than the natural one (conv2d.h: the
+// transposed convolution's adjoint when output_padding >= stride); all loops run over
+// out_h x out_w.  Every faster version is checked against version 0 by
+// tests/test_kernels_conv.py.
 #include "conv2d.h"
 
 #include <algorithm>

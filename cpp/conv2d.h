@@ -4,8 +4,13 @@
 //   y: (N, C_out, OH, OW),   y[n, co, oh, ow] = bias[co] + sum over ci, i, j of
 //                            w[co, ci, i, j] * x[n, ci, oh*SH - PH + i*DH, ow*SW - PW + j*DW]
 //                            (x is zero outside the image)
-//   OH x OW is the output size, conv_out_size() below: every window position that fits in
-//   the padded image.
+//
+// OH x OW is normally the natural output size, conv_out_size() below: every window position
+// that fits in the padded image.  It may also be smaller (but positive): then only the
+// first OH rows and OW columns of outputs exist.  The forward pass computes just those;
+// for the two gradients the missing outputs are absent, as if their gradient were zero.
+// The transposed convolution needs this when its output_padding is >= its stride (see
+// make_conv_transpose_geometry); every version of every pass, CPU and CUDA, accepts it.
 //
 // All outputs are overwritten (never accumulated into).  All index arithmetic is int64_t.
 // `version` picks the implementation (see conv2d.cpp's top-of-file map); -1 = the fastest.
@@ -22,7 +27,9 @@ struct ConvGeometry {
   int64_t batch = 0, in_channels = 0, in_h = 0, in_w = 0;
   int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
-  int64_t out_h = 0, out_w = 0;  // derived: filled in by make_conv_geometry
+  // 1 <= out_h <= conv_out_size(in_h, ...), the same for out_w: the natural size
+  // (make_conv_geometry) or an explicit smaller one (make_conv_transpose_geometry).
+  int64_t out_h = 0, out_w = 0;
 };
 
 // ------------------------------------------------------------------ geometry
@@ -75,9 +82,10 @@ inline ConvGeometry make_conv_geometry(int64_t batch, int64_t in_channels, int64
 // (C_in, C_out, KH, KW) is the adjoint of the convolution that maps an image of its output
 // size (N, C_out, OH, OW), OH = conv_transpose_out_size(H, ...), back to (N, C_in, H, W)
 // with the same weight read as (out_channels = C_in, in_channels = C_out, KH, KW): the same
-// memory.  This returns that convolution's geometry.  Its output size is
-// conv_out_size(OH, ...) = H + output_pad / stride (floor): (H, W) exactly when
-// output_pad < stride, which the bindings check.
+// memory.  This returns that convolution's geometry.  Its output size is set to (H, W)
+// explicitly: the natural one, conv_out_size(OH, ...) = H + output_pad / stride (floor),
+// is larger when output_pad >= stride (PyTorch allows output_pad < max(stride, dilation)),
+// and the outputs past H are exactly the ones the transposed convolution does not have.
 inline ConvGeometry make_conv_transpose_geometry(
     int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w, int64_t out_channels,
     int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
@@ -85,8 +93,12 @@ inline ConvGeometry make_conv_transpose_geometry(
     int64_t dilation_w) {
   const int64_t oh = conv_transpose_out_size(in_h, kernel_h, stride_h, pad_h, output_pad_h, dilation_h);
   const int64_t ow = conv_transpose_out_size(in_w, kernel_w, stride_w, pad_w, output_pad_w, dilation_w);
-  return make_conv_geometry(batch, out_channels, oh, ow, in_channels, kernel_h, kernel_w,
-                            stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
+  ConvGeometry adj = make_conv_geometry(batch, out_channels, oh, ow, in_channels, kernel_h,
+                                        kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                                        dilation_w);
+  adj.out_h = in_h;
+  adj.out_w = in_w;
+  return adj;
 }
 
 // ------------------------------------------------------------------ the passes

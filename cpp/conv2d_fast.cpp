@@ -26,7 +26,9 @@
 //                    dot products of contiguous rows with vector partial sums.
 // Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose phase
 // image would be mostly padding (strides/paddings far beyond the image) take version 1's
-// path instead (phase_image_is_reasonable).
+// path instead (phase_image_is_reasonable).  An output smaller than the natural size (the
+// transposed convolution's adjoint, conv2d.h) needs nothing special: every loop runs over
+// out_h x out_w, and the phase image covers whatever those outputs read.
 #include "simd.h"  // first: it includes <immintrin.h> (see the note there)
 
 #include <algorithm>

@@ -13,7 +13,8 @@
 //   backward-input   dcol = W^T dy_n, then col2im adds each entry back onto its pixel
 //   backward-weight  dW = sum over n of dy_n col_n^T
 // One image at a time; only gemm is parallel.  The column matrix lives in the thread's
-// scratch memory (workspace.h).
+// scratch memory (workspace.h).  Every loop runs over out_h x out_w, so an output smaller
+// than the natural size (conv2d.h) needs nothing special.
 #include <algorithm>
 #include <cstdint>
 

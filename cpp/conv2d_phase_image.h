@@ -12,7 +12,8 @@
 // image (phase_split) and merging a gradient image back out of it (phase_merge), the runs
 // of output pixels along output rows (make_runs), reading any block of the column matrix
 // out of it (im2col_block) and adding one back into it (col2im_block), and the offset of
-// each kernel tap in it (tap_offsets).
+// each kernel tap in it (tap_offsets).  Any output size up to the natural one works: the
+// phase image is sized from out_h/out_w and the input, whichever reaches further.
 #pragma once
 
 #include <algorithm>

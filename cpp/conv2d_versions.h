@@ -8,7 +8,7 @@
 //   2  fast          conv2d_fast.cpp       namespace conv2d_v2
 //
 // Each version has the three passes of conv2d.h with the same arguments and contract
-// (outputs overwritten), for T = float and double.
+// (outputs overwritten; out_h/out_w up to the natural size), for T = float and double.
 #pragma once
 
 #include "conv2d.h"

@@ -7,11 +7,13 @@
 //
 //   x: (N, C_in, H, W)     w: (C_in, C_out, KH, KW)   (PyTorch's layout for ConvTranspose2d)
 //   y: (N, C_out, OH, OW)  OH = (H - 1)*SH - 2*PH + DH*(KH - 1) + OPH + 1   (same for OW;
-//                          conv_transpose_out_size in conv2d.h)
+//                          conv_transpose_out_size in conv2d.h), OPH < max(SH, DH)
 //
 // The adjoint convolution maps (N, C_out, OH, OW) -> (N, C_in, H, W) with weight
 // (C_in, C_out, KH, KW) read as (out_channels, in_channels, KH, KW): the same memory.  Its
-// geometry, `adj` below, comes from make_conv_transpose_geometry (conv2d.h).
+// geometry, `adj` below, comes from make_conv_transpose_geometry (conv2d.h), which also
+// says why its output size (H, W) may be smaller than its natural one (output_padding >=
+// stride): every conv2d pass accepts that.
 #pragma once
 #include "conv2d.h"
 

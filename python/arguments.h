@@ -312,9 +312,8 @@ inline ConvParams parse_conv_params(Conv kind, const ConvArgs& args) {
   p.dilation = parse_pair(args.dilation, "dilation", 1);
   if (kind == Conv::plain) return p;
   p.output_padding = parse_pair(args.output_padding, "output_padding", 0);
-  // PyTorch's bound.  The adjoint convolution maps back onto the input size only when
-  // output_padding < stride as well (the same bound whenever dilation <= stride, as in
-  // every gasca model); conv_t_geometry rejects the remaining cases by that round trip.
+  // PyTorch's bound.  (Where output_padding >= stride, the adjoint convolution has an
+  // output smaller than its natural size: see make_conv_transpose_geometry in conv2d.h.)
   const int64_t limit_h = std::max(p.stride.first, p.dilation.first);
   const int64_t limit_w = std::max(p.stride.second, p.dilation.second);
   if (p.output_padding.first >= limit_h || p.output_padding.second >= limit_w)
@@ -353,8 +352,9 @@ inline ConvGeometry conv_geometry(const Array& in, const Array& weight, const Co
 }
 
 // Geometry of the convolution whose adjoint is the transposed convolution with input x
-// (N, Ci, H, W) and weight (Ci, Co, KH, KW): make_conv_transpose_geometry (conv2d.h); checks
-// that it maps back onto exactly (H, W).
+// (N, Ci, H, W) and weight (Ci, Co, KH, KW): make_conv_transpose_geometry (conv2d.h).  Its
+// image is the transposed convolution's output (checked non-empty here); its output is
+// x's (H, W), at most its natural size for any output_padding >= 0 (conv2d.h).
 inline ConvGeometry conv_t_geometry(const Array& x, const Array& weight, const ConvParams& p) {
   if (weight.dim(0) != x.dim(1))
     value_error("channel mismatch: " + x.name + " has shape " + x.shape_s() + " (" +
@@ -374,13 +374,6 @@ inline ConvGeometry conv_t_geometry(const Array& x, const Array& weight, const C
                 ", stride " + tuple_str(p.stride.first, p.stride.second) + ", padding " +
                 tuple_str(p.padding.first, p.padding.second) + " gives output " +
                 tuple_str(adj.in_h, adj.in_w));
-  if (adj.out_h != x.dim(2) || adj.out_w != x.dim(3))
-    value_error("output_padding = " + tuple_str(p.output_padding.first, p.output_padding.second) +
-                " with stride " + tuple_str(p.stride.first, p.stride.second) + " and dilation " +
-                tuple_str(p.dilation.first, p.dilation.second) + ": the output " +
-                tuple_str(adj.in_h, adj.in_w) + " does not map back onto the input size " +
-                tuple_str(x.dim(2), x.dim(3)) + " of " + x.name +
-                " under the adjoint convolution; use output_padding < stride");
   return adj;
 }
 

@@ -8,7 +8,9 @@
 //     launch that failed and that kernel's name, so the bindings can raise a Python error
 //     that names the kernel.
 // Arguments are NOT validated here (the bindings do it, as on the CPU side): shapes must be
-// consistent, out_h/out_w positive, version in [-1, num_versions).
+// consistent, out_h/out_w positive and at most the natural size (smaller: the transposed
+// convolution's adjoint when output_padding >= stride, see cpp/conv2d.h; every version of
+// every pass computes just those outputs), version in [-1, num_versions).
 //
 // Version maps (each .cu file repeats its own in detail):
 //   conv2d:  0 naive (one thread per output element)  1 tiled implicit GEMM
