@@ -44,10 +44,6 @@
 #include "gemm_internal.h"
 #include "workspace.h"
 
-#ifdef GASCA_OPENMP
-#include <omp.h>
-#endif
-
 namespace gasca {
 namespace conv2d_v2 {
 
@@ -303,12 +299,7 @@ static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int tid = thread_id();
-#ifdef GASCA_OPENMP
-    const int nth = omp_get_num_threads();
-#else
-    const int nth = 1;
-#endif
+    const int tid = thread_id(), nth = thread_count();
     T* acc = ws + tid * per_thread;
     T* col = acc + acc_size;
     T* dyp = col + col_size;
@@ -371,12 +362,7 @@ static void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* dy,
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int tid = thread_id();
-#ifdef GASCA_OPENMP
-    const int nth = omp_get_num_threads();
-#else
-    const int nth = 1;
-#endif
+    const int tid = thread_id(), nth = thread_count();
     T* ap = ws + tid * per_thread;
     T* bp = ap + a_size;
     T* acc = tid == 0 ? dw : ap + part_offset;

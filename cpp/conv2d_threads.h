@@ -26,11 +26,21 @@ namespace gasca {
 namespace conv2d_v2 {
 namespace {  // private to conv2d_fast.cpp, the one file that includes this
 
+// This thread's number in the enclosing parallel region, and the region's thread count
+// (0 and 1 outside one, or in a build without OpenMP).
 inline int thread_id() {
 #ifdef GASCA_OPENMP
   return omp_get_thread_num();
 #else
   return 0;
+#endif
+}
+
+inline int thread_count() {
+#ifdef GASCA_OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
 #endif
 }
 
