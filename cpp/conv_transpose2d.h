@@ -6,30 +6,18 @@
 // the convolution it is the adjoint of, and call conv2d's kernels.
 //
 //   x: (N, C_in, H, W)     w: (C_in, C_out, KH, KW)   (PyTorch's layout for ConvTranspose2d)
-//   y: (N, C_out, OH, OW)  OH = (H - 1)*SH - 2*PH + DH*(KH - 1) + OPH + 1   (same for OW)
+//   y: (N, C_out, OH, OW)  OH = (H - 1)*SH - 2*PH + DH*(KH - 1) + OPH + 1   (same for OW;
+//                          conv_transpose_out_size in conv2d.h), OPH < max(SH, DH)
 //
 // The adjoint convolution maps (N, C_out, OH, OW) -> (N, C_in, H, W) with weight
-// (C_in, C_out, KH, KW) read as (out_channels, in_channels, KH, KW): the same memory.
+// (C_in, C_out, KH, KW) read as (out_channels, in_channels, KH, KW): the same memory.  Its
+// geometry, `adj` below, comes from make_conv_transpose_geometry (conv2d.h), which also
+// says why its output size (H, W) may be smaller than its natural one (output_padding >=
+// stride): every conv2d pass accepts that.
 #pragma once
 #include "conv2d.h"
 
 namespace gasca {
-
-// Geometry of the convolution whose adjoint is this transposed convolution.  Its
-// (in_h, in_w) is the transposed convolution's output size; its (out_h, out_w) is the
-// transposed convolution's input size (H, W) as long as output_padding < max(stride, dilation).
-inline ConvGeometry make_conv_transpose_geometry(
-    int64_t batch, int64_t in_channels, int64_t in_h, int64_t in_w, int64_t out_channels,
-    int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
-    int64_t pad_w, int64_t output_pad_h, int64_t output_pad_w, int64_t dilation_h,
-    int64_t dilation_w) {
-  const int64_t oh = (in_h - 1) * stride_h - 2 * pad_h + dilation_h * (kernel_h - 1) + output_pad_h + 1;
-  const int64_t ow = (in_w - 1) * stride_w - 2 * pad_w + dilation_w * (kernel_w - 1) + output_pad_w + 1;
-  ConvGeometry g = make_conv_geometry(batch, out_channels, oh, ow, in_channels, kernel_h, kernel_w,
-                                      stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w);
-  // The adjoint convolution must map back onto exactly (in_h, in_w); the bindings check it.
-  return g;
-}
 
 // y = conv_transpose(x, w) + bias: conv2d's backward-input pass, then the bias.
 template <typename T>

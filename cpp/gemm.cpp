@@ -22,7 +22,7 @@
 // across every A panel from L2; C's tile lives in registers for the whole KC loop.
 //
 // The pieces (packing, micro-kernel, macro-kernel) are exported through gemm_internal.h:
-// conv2d.cpp builds its products from them, including micro_kernel_indirect, the same
+// conv2d_fast.cpp builds its products from them, including micro_kernel_indirect, the same
 // register tile reading B in place from rows at given offsets (the implicit-gemm
 // convolution, which never packs its column matrix).
 //

@@ -26,7 +26,7 @@
 #include <utility>
 #include <vector>
 
-#include "conv2d.h"  // ConvGeometry: only the struct; the CUDA module does not link cpp/*.cpp
+#include "conv2d.h"  // ConvGeometry and its inline formulas (the CUDA module links no cpp/*.cpp)
 
 namespace gasca::bind {
 
@@ -312,9 +312,8 @@ inline ConvParams parse_conv_params(Conv kind, const ConvArgs& args) {
   p.dilation = parse_pair(args.dilation, "dilation", 1);
   if (kind == Conv::plain) return p;
   p.output_padding = parse_pair(args.output_padding, "output_padding", 0);
-  // PyTorch's bound.  The adjoint convolution maps back onto the input size only when
-  // output_padding < stride as well (the same bound whenever dilation <= stride, as in
-  // every gasca model); conv_t_geometry rejects the remaining cases by that round trip.
+  // PyTorch's bound.  (Where output_padding >= stride, the adjoint convolution has an
+  // output smaller than its natural size: see make_conv_transpose_geometry in conv2d.h.)
   const int64_t limit_h = std::max(p.stride.first, p.dilation.first);
   const int64_t limit_w = std::max(p.stride.second, p.dilation.second);
   if (p.output_padding.first >= limit_h || p.output_padding.second >= limit_w)
@@ -323,33 +322,14 @@ inline ConvParams parse_conv_params(Conv kind, const ConvArgs& args) {
   return p;
 }
 
-// The output size of a convolution along one axis; 0 for impossible geometries.  (The
-// formula of gasca::make_conv_geometry, which lives in the CPU library that the CUDA module
-// does not link; stride >= 1 here, checked by parse_pair.)
-inline int64_t conv_out_size(int64_t in, int64_t pad, int64_t dil, int64_t k, int64_t stride) {
-  const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
-  return span < 0 ? 0 : span / stride + 1;
-}
-
+// A convolution's geometry from the arrays' sizes and the parameters: conv2d.h's formulas
+// (the one copy, shared with the kernels; inline there, as the CUDA module links nothing of
+// the CPU library).
 inline ConvGeometry make_geometry(int64_t batch, int64_t ci, int64_t h, int64_t w, int64_t co,
                                   int64_t kh, int64_t kw, const ConvParams& p) {
-  ConvGeometry g;
-  g.batch = batch;
-  g.in_channels = ci;
-  g.in_h = h;
-  g.in_w = w;
-  g.out_channels = co;
-  g.kernel_h = kh;
-  g.kernel_w = kw;
-  g.stride_h = p.stride.first;
-  g.stride_w = p.stride.second;
-  g.pad_h = p.padding.first;
-  g.pad_w = p.padding.second;
-  g.dilation_h = p.dilation.first;
-  g.dilation_w = p.dilation.second;
-  g.out_h = conv_out_size(h, g.pad_h, g.dilation_h, kh, g.stride_h);
-  g.out_w = conv_out_size(w, g.pad_w, g.dilation_w, kw, g.stride_w);
-  return g;
+  return make_conv_geometry(batch, ci, h, w, co, kh, kw, p.stride.first, p.stride.second,
+                            p.padding.first, p.padding.second, p.dilation.first,
+                            p.dilation.second);
 }
 
 // Geometry of a convolution with input `in` (N, Ci, H, W) and weight (Co, Ci, KH, KW);
@@ -372,8 +352,9 @@ inline ConvGeometry conv_geometry(const Array& in, const Array& weight, const Co
 }
 
 // Geometry of the convolution whose adjoint is the transposed convolution with input x
-// (N, Ci, H, W) and weight (Ci, Co, KH, KW) (cpp/conv_transpose2d.h); checks that it maps
-// back onto exactly (H, W).
+// (N, Ci, H, W) and weight (Ci, Co, KH, KW): make_conv_transpose_geometry (conv2d.h).  Its
+// image is the transposed convolution's output (checked non-empty here); its output is
+// x's (H, W), at most its natural size for any output_padding >= 0 (conv2d.h).
 inline ConvGeometry conv_t_geometry(const Array& x, const Array& weight, const ConvParams& p) {
   if (weight.dim(0) != x.dim(1))
     value_error("channel mismatch: " + x.name + " has shape " + x.shape_s() + " (" +
@@ -381,27 +362,18 @@ inline ConvGeometry conv_t_geometry(const Array& x, const Array& weight, const C
                 " has shape " + weight.shape_s() +
                 " (a transposed-convolution weight (C_in, C_out, KH, KW) for " +
                 std::to_string(weight.dim(0)) + " input channels)");
-  const int64_t oh = (x.dim(2) - 1) * p.stride.first - 2 * p.padding.first +
-                     p.dilation.first * (weight.dim(2) - 1) + p.output_padding.first + 1;
-  const int64_t ow = (x.dim(3) - 1) * p.stride.second - 2 * p.padding.second +
-                     p.dilation.second * (weight.dim(3) - 1) + p.output_padding.second + 1;
-  if (oh <= 0 || ow <= 0)
+  // The adjoint convolution: image (N, Co, oh, ow) -> (N, Ci, H, W), weight read as
+  // (out_channels = Ci, in_channels = Co, KH, KW).
+  const ConvGeometry adj = make_conv_transpose_geometry(
+      x.dim(0), x.dim(1), x.dim(2), x.dim(3), weight.dim(1), weight.dim(2), weight.dim(3),
+      p.stride.first, p.stride.second, p.padding.first, p.padding.second,
+      p.output_padding.first, p.output_padding.second, p.dilation.first, p.dilation.second);
+  if (adj.in_h <= 0 || adj.in_w <= 0)
     value_error("output size would be empty: transposed convolution of " + x.name + " " +
                 x.shape_s() + " with kernel " + tuple_str(weight.dim(2), weight.dim(3)) +
                 ", stride " + tuple_str(p.stride.first, p.stride.second) + ", padding " +
                 tuple_str(p.padding.first, p.padding.second) + " gives output " +
-                tuple_str(oh, ow));
-  // The adjoint convolution: image (N, Co, oh, ow) -> (N, Ci, H, W), weight read as
-  // (out_channels = Ci, in_channels = Co, KH, KW).
-  ConvGeometry adj = make_geometry(x.dim(0), weight.dim(1), oh, ow, x.dim(1), weight.dim(2),
-                                   weight.dim(3), p);
-  if (adj.out_h != x.dim(2) || adj.out_w != x.dim(3))
-    value_error("output_padding = " + tuple_str(p.output_padding.first, p.output_padding.second) +
-                " with stride " + tuple_str(p.stride.first, p.stride.second) + " and dilation " +
-                tuple_str(p.dilation.first, p.dilation.second) + ": the output " +
-                tuple_str(oh, ow) + " does not map back onto the input size " +
-                tuple_str(x.dim(2), x.dim(3)) + " of " + x.name +
-                " under the adjoint convolution; use output_padding < stride");
+                tuple_str(adj.in_h, adj.in_w));
   return adj;
 }
 

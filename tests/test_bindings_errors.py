@@ -200,14 +200,41 @@ def test_conv_transpose_output_padding_too_large():
         _C.conv_transpose2d_forward(x, w, None, np.zeros((2, 3, 11, 11), F), (2, 2), (2, 2), (2, 2), (1, 1))
 
 
-def test_conv_transpose_output_padding_that_does_not_map_back():
-    """op < max(stride, dilation) but >= stride: PyTorch allows it, the adjoint would not
-    map back onto x's size, so we refuse rather than compute the wrong thing."""
+@pytest.mark.parametrize("version", [-1, 0, 1, 2])
+def test_conv_transpose_output_padding_below_dilation_but_not_stride_is_computed(version):
+    """op < max(stride, dilation) but >= stride: PyTorch allows it, and so do we (the adjoint
+    convolution gets an explicit output size below its natural one, conv2d.h); all three
+    passes run, in every version, and agree with version 0 (the NumPy references are in
+    test_kernels_conv.py)."""
+    if version >= len(_C.versions()["conv2d"]):
+        pytest.skip("no such version")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(F)
+    w = rng.standard_normal((2, 2, 3, 3)).astype(F)
+    geo = ((1, 1), (0, 0), (1, 1), (2, 2))  # stride, padding, output_padding, dilation
+    out, out0 = np.full((1, 2, 9, 9), np.nan, F), np.full((1, 2, 9, 9), np.nan, F)  # (4-1)*1 + 2*2 + 1 + 1
+    _C.conv_transpose2d_forward(x, w, None, out, *geo, version=version)
+    _C.conv_transpose2d_forward(x, w, None, out0, *geo, version=0)
+    np.testing.assert_allclose(out, out0, rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(out.shape).astype(F)
+    dx, dx0 = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    _C.conv_transpose2d_backward_input(dy, w, dx, *geo, version=version)
+    _C.conv_transpose2d_backward_input(dy, w, dx0, *geo, version=0)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-5, atol=1e-5)
+    dw, dw0 = np.full_like(w, np.nan), np.full_like(w, np.nan)
+    _C.conv_transpose2d_backward_weight(x, dy, dw, *geo, version=version)
+    _C.conv_transpose2d_backward_weight(x, dy, dw0, *geo, version=0)
+    np.testing.assert_allclose(dw, dw0, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_output_padding_at_max_of_stride_and_dilation_is_refused():
+    """PyTorch's bound, per axis: output_padding = max(stride, dilation) is one too many."""
     x = np.zeros((1, 2, 4, 4), F)
     w = np.zeros((2, 2, 3, 3), F)
-    out = np.zeros((1, 2, 9, 9), F)  # (4-1)*1 - 0 + 2*2 + 1 + 1
-    with pytest.raises(ValueError, match="does not map back"):
-        _C.conv_transpose2d_forward(x, w, None, out, (1, 1), (0, 0), (1, 1), (2, 2))
+    out = np.zeros((1, 2, 10, 9), F)
+    with pytest.raises(ValueError, match=r"output_padding = \(2, 1\) must be smaller than "
+                                         r"max\(stride, dilation\) = \(2, 2\)"):
+        _C.conv_transpose2d_forward(x, w, None, out, (1, 1), (0, 0), (2, 1), (2, 2))
 
 
 def test_conv_transpose_empty_output():

@@ -156,11 +156,29 @@ def transpose_of(g: dict) -> tuple[dict, tuple[int, int]]:
 
 
 def transpose_is_valid(g: dict) -> bool:
-    """output_padding < stride is what the kernels accept (see python/bindings.cpp)."""
+    """PyTorch's rule, which the bindings apply: output_padding < max(stride, dilation).
+    (transpose_of always gives output_padding < stride; OP_BEYOND_STRIDE below has the rest.)"""
     _, (oph, opw) = transpose_of(g)
     return 0 <= oph < max(g["stride"][0], g["dilation"][0]) and \
-        0 <= opw < max(g["stride"][1], g["dilation"][1]) and oph < g["stride"][0] and \
-        opw < g["stride"][1]
+        0 <= opw < max(g["stride"][1], g["dilation"][1])
+
+
+# Transposed convolutions with stride <= output_padding < dilation on at least one axis:
+# the adjoint convolution's output (H, W) is smaller than its natural size (cpp/conv2d.h).
+# (N, Ci, H, W, Co, KH, KW, stride, padding, output_padding, dilation)
+OP_BEYOND_STRIDE = [
+    (2, 3, 4, 5, 2, 3, 3, (1, 1), (0, 0), (1, 1), (2, 2)),
+    (1, 2, 3, 6, 3, 3, 2, (1, 2), (1, 0), (2, 1), (3, 1)),      # rectangular, one axis
+    (2, 4, 5, 4, 3, 2, 3, (2, 1), (0, 1), (3, 2), (4, 3)),      # stride 2: two stride phases
+    (1, 3, 7, 6, 2, 2, 2, (1, 1), (0, 0), (1, 2), (2, 3)),
+    (2, 70, 9, 11, 130, 3, 3, (1, 1), (1, 1), (1, 1), (2, 2)),  # across the 64-wide tiles
+    (4, 33, 8, 8, 65, 5, 5, (2, 2), (2, 2), (2, 3), (3, 4)),    # long reductions, split-K
+]
+
+
+def op_id(c) -> str:
+    return "n{}c{}-{}_{}x{}_k{}x{}_s{}{}_p{}{}_op{}{}_d{}{}".format(
+        c[0], c[1], c[4], c[2], c[3], c[5], c[6], *c[7], *c[8], *c[9], *c[10])
 
 
 # --------------------------------------------------------------------------- module facts
@@ -236,6 +254,50 @@ def test_conv_transpose2d_matches_cpu(g, dtype):
         gpu.conv_transpose2d_backward_weight(xd, dyd, dw, **t_kw, version=version,
                                              stream=stream())
         assert_close(dw, dw_ref, dtype, f"transposed backward-weight v{version}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", OP_BEYOND_STRIDE, ids=op_id)
+def test_conv_transpose2d_output_padding_beyond_stride_matches_cpu(cfg, dtype):
+    """stride <= output_padding < dilation: every GPU version against the CPU module (itself
+    held to NumPy and PyTorch by tests/test_kernels_conv.py), and in float64 the adjoint
+    identities <convT(x), g> = <x, bwd_in(g)> = <w, bwd_w(x, g)>."""
+    n, ci, h, w_, co, kh, kw, s, p, op, d = cfg
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, ci, h, w_)).astype(dtype)
+    w = rng.standard_normal((ci, co, kh, kw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    oh = (h - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+    ow = (w_ - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    t_kw = dict(stride=s, padding=p, output_padding=op, dilation=d)
+    y_ref = np.empty(dy.shape, dtype)
+    cpu.conv_transpose2d_forward(x, w, b, y_ref, **t_kw)
+    dx_ref = np.empty_like(x)
+    cpu.conv_transpose2d_backward_input(dy, w, dx_ref, **t_kw)
+    dw_ref = np.empty_like(w)
+    cpu.conv_transpose2d_backward_weight(x, dy, dw_ref, **t_kw)
+
+    xd, wd, bd, dyd = map(on_gpu, (x, w, b, dy))
+    for version in GPU_VERSIONS:
+        y = cp.full(dy.shape, np.nan, dtype)
+        gpu.conv_transpose2d_forward(xd, wd, bd, y, **t_kw, version=version, stream=stream())
+        assert_close(y, y_ref, dtype, f"transposed forward v{version}")
+        dx = cp.full(x.shape, np.nan, dtype)
+        gpu.conv_transpose2d_backward_input(dyd, wd, dx, **t_kw, version=version, stream=stream())
+        assert_close(dx, dx_ref, dtype, f"transposed backward-input v{version}")
+        dw = cp.full(w.shape, np.nan, dtype)
+        gpu.conv_transpose2d_backward_weight(xd, dyd, dw, **t_kw, version=version,
+                                             stream=stream())
+        assert_close(dw, dw_ref, dtype, f"transposed backward-weight v{version}")
+        if dtype == np.float64:
+            y0 = cp.empty(dy.shape, dtype)
+            gpu.conv_transpose2d_forward(xd, wd, None, y0, **t_kw, version=version,
+                                         stream=stream())
+            lhs = inner(y0, dyd)
+            scale = max(1.0, abs(lhs), float(cp.abs(y0).sum()))
+            assert abs(lhs - inner(xd, dx)) <= 1e-12 * scale, f"adjoint (input) v{version}"
+            assert abs(lhs - inner(wd, dw)) <= 1e-12 * scale, f"adjoint (weight) v{version}"
 
 
 def test_gasca64_decoder_layers_match_cpu():

@@ -3,6 +3,8 @@
 cpp/cuda/check_maps.cpp multiplies out the implicit-GEMM index maps of conv_maps.cuh and
 compares them with a direct convolution; cpp/cuda/check_tiles.cpp runs the tile engine of
 tiled_gemm.cuh itself on host threads (one std::thread per CUDA thread) on those maps.  Both
+include geometries whose output is smaller than the natural size (the transposed
+convolution's adjoint when stride <= output_padding < dilation).  Both
 are built here with the system C++ compiler and the CUDA headers, so a broken map or tile
 loop fails on any machine with a CUDA toolkit, not only where a GPU is present.  Skipped
 where no C++20 compiler or no CUDA headers are found.
@@ -10,6 +12,7 @@ where no C++20 compiler or no CUDA headers are found.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,11 +57,21 @@ def _build_and_run(source: str, tmp_path: Path) -> str:
     return ran.stdout
 
 
+def _smaller_outputs(out: str) -> int:
+    """How many geometries had an output smaller than the natural size (the transposed
+    convolution's adjoint when stride <= output_padding < dilation, cpp/conv2d.h)."""
+    m = re.search(r"(\d+) with an output smaller than the natural size", out)
+    assert m, out
+    return int(m.group(1))
+
+
 def test_implicit_gemm_index_maps_match_direct_convolution(tmp_path):
     out = _build_and_run("check_maps.cpp", tmp_path)
     assert ", 0 failures" in out and "geometries checked" in out
+    assert _smaller_outputs(out) > 0, out
 
 
 def test_tile_engine_on_host_threads_matches_direct_convolution(tmp_path):
     out = _build_and_run("check_tiles.cpp", tmp_path)
     assert ", 0 failures" in out and "geometries checked" in out
+    assert _smaller_outputs(out) > 0, out

@@ -181,6 +181,10 @@ CONV_T_CASES = [
     ((1, 3, 3, 4), 2, (3, 2), 2, 1, 1, 1),
     ((2, 2, 4, 3), 1, (5, 5), 2, 2, 1, 1),
     ((1, 1, 3, 3), 2, (3, 3), (2, 3), (1, 0), (1, 2), (2, 1)),
+    # stride <= output_padding < dilation (PyTorch's rule is op < max(stride, dilation)):
+    # rectangular, on both axes, and on one axis only
+    ((1, 2, 3, 4), 2, (3, 2), (1, 2), (1, 0), (1, 2), (2, 3)),
+    ((2, 1, 4, 3), 3, (2, 3), (2, 1), (0, 1), (3, 0), (4, 1)),
 ]
 
 

@@ -246,6 +246,46 @@ def _t_configs():
 T_CONFIGS = _t_configs()
 
 
+def _t_configs_op_beyond_stride():
+    """Transposed-conv configs with stride <= output_padding < dilation on at least one axis:
+    PyTorch's rule is output_padding < max(stride, dilation), and here the adjoint
+    convolution's output (H, W) is smaller than its natural size (H + op // stride)."""
+    cfgs = [
+        (2, 3, 4, 5, 2, 3, 3, (1, 1), (0, 0), (1, 1), (2, 2)),    # stride 1, dilation 2, op 1
+        (1, 2, 3, 6, 3, 3, 2, (1, 2), (1, 0), (2, 1), (3, 1)),    # rectangular: only the h axis
+        (2, 4, 5, 4, 3, 2, 3, (2, 1), (0, 1), (3, 2), (4, 3)),    # both axes, stride 2 and 1
+        (1, 3, 5, 16, 2, 3, 3, (1, 1), (1, 1), (1, 1), (2, 2)),   # adjoint rows of 16: implicit gemm
+        (2, 2, 6, 8, 3, 3, 3, (1, 2), (1, 1), (1, 2), (2, 3)),    # adjoint rows of 8: half vectors
+        (1, 5, 7, 3, 1, 5, 1, (2, 1), (3, 0), (3, 0), (5, 1)),    # op 3 in [2, 5), one output channel
+        (8, 32, 16, 16, 16, 3, 3, (1, 1), (1, 1), (1, 1), (2, 2)),  # large enough for several threads
+    ]
+    rng = np.random.default_rng(13)
+    while len(cfgs) < 16:
+        s = [int(v) for v in rng.integers(1, 4, size=2)]
+        d = [int(v) for v in rng.integers(1, 5, size=2)]
+        axis = int(rng.integers(0, 2))  # the axis with stride <= op < dilation
+        if d[axis] <= s[axis]:
+            continue
+        op = [int(rng.integers(0, max(sv, dv))) for sv, dv in zip(s, d)]
+        op[axis] = int(rng.integers(s[axis], d[axis]))
+        p = tuple(int(v) for v in rng.integers(0, 3, size=2))
+        kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+        h, w = (int(v) for v in rng.integers(1, 8, size=2))
+        oh = (h - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+        ow = (w - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+        if oh > 0 and ow > 0:
+            cfgs.append((int(rng.integers(1, 4)), int(rng.integers(1, 6)), h, w,
+                         int(rng.integers(1, 6)), kh, kw, tuple(s), p, tuple(op), tuple(d)))
+    for c in cfgs:
+        s, op, d = c[7], c[9], c[10]
+        assert all(o < max(a, b) for o, a, b in zip(op, s, d)), c
+        assert any(a <= o for o, a in zip(op, s)), c
+    return cfgs
+
+
+T_CONFIGS_OP = _t_configs_op_beyond_stride()
+
+
 def _t_ids(cfgs):
     return ["N{}C{}x{}x{}-O{}k{}x{}-s{}p{}op{}d{}".format(
         *c[:7], *(f"{a}{b}" for a, b in c[7:])) for c in cfgs]
@@ -253,7 +293,7 @@ def _t_ids(cfgs):
 
 @pytest.mark.parametrize("version", CONV_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("cfg", T_CONFIGS, ids=_t_ids(T_CONFIGS))
+@pytest.mark.parametrize("cfg", T_CONFIGS + T_CONFIGS_OP, ids=_t_ids(T_CONFIGS + T_CONFIGS_OP))
 def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
     rng = np.random.default_rng(abs(hash(cfg)) % 2**32)
@@ -269,8 +309,10 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     # Gradients, from the definition: y is linear in x and in w, so the input gradient is
     # the adjoint of the scatter (a plain convolution with the same weight read as
     # (Ci, Co, KH, KW) = (out, in, kh, kw)), and the weight gradient pairs dy's taps with x.
+    # That convolution's natural output is (H + op // s, W + ...): only its first H x W
+    # outputs are gathers of a scatter (the others read pixels no input pixel reached).
     dy = rng.standard_normal(ref.shape).astype(dtype)
-    ref_dx = ref_conv2d(dy, w, None, s, p, d)
+    ref_dx = ref_conv2d(dy, w, None, s, p, d)[:, :, :h, :wd]
     assert ref_dx.shape == x.shape
     dx = np.full(x.shape, np.nan, dtype=dtype)
     _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
@@ -286,8 +328,10 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", T_CONFIGS[:8], ids=_t_ids(T_CONFIGS[:8]))
-def test_conv_transpose2d_gradients_are_adjoints(cfg):
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("cfg", T_CONFIGS[:8] + T_CONFIGS_OP[:8],
+                         ids=_t_ids(T_CONFIGS[:8] + T_CONFIGS_OP[:8]))
+def test_conv_transpose2d_gradients_are_adjoints(cfg, version):
     """<convT(x), y> == <x, convT_backward_input(y)> and the weight gradient pairs likewise."""
     n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
     rng = np.random.default_rng(5)
@@ -296,12 +340,12 @@ def test_conv_transpose2d_gradients_are_adjoints(cfg):
     yshape = ref_conv_transpose2d(x, w, None, s, p, op, d).shape
     y = rng.standard_normal(yshape)
     tx = np.empty(yshape)
-    _C.conv_transpose2d_forward(x, w, None, tx, s, p, op, d)
+    _C.conv_transpose2d_forward(x, w, None, tx, s, p, op, d, version=version)
     gx = np.empty_like(x)
-    _C.conv_transpose2d_backward_input(y, w, gx, s, p, op, d)
+    _C.conv_transpose2d_backward_input(y, w, gx, s, p, op, d, version=version)
     np.testing.assert_allclose(np.vdot(tx, y), np.vdot(x, gx), rtol=1e-10)
     gw = np.empty_like(w)
-    _C.conv_transpose2d_backward_weight(x, y, gw, s, p, op, d)
+    _C.conv_transpose2d_backward_weight(x, y, gw, s, p, op, d, version=version)
     np.testing.assert_allclose(np.vdot(tx, y), np.vdot(w, gw), rtol=1e-10)
 
 
@@ -396,9 +440,11 @@ def test_conv2d_matches_torch(cfg, dtype, torch):
         np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
 
 
+@pytest.mark.parametrize("version", CONV_VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("cfg", T_CONFIGS[:10], ids=_t_ids(T_CONFIGS[:10]))
-def test_conv_transpose2d_matches_torch(cfg, dtype, torch):
+@pytest.mark.parametrize("cfg", T_CONFIGS[:10] + T_CONFIGS_OP,
+                         ids=_t_ids(T_CONFIGS[:10] + T_CONFIGS_OP))
+def test_conv_transpose2d_matches_torch(cfg, dtype, version, torch):
     n, ci, h, wd, co, kh, kw, s, p, op, d = cfg
     rng = np.random.default_rng(22)
     x = rng.standard_normal((n, ci, h, wd)).astype(dtype)
@@ -412,13 +458,66 @@ def test_conv_transpose2d_matches_torch(cfg, dtype, torch):
     dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
     ty.backward(torch.tensor(dy))
     y = np.empty_like(dy)
-    _C.conv_transpose2d_forward(x, w, b, y, s, p, op, d)
+    _C.conv_transpose2d_forward(x, w, b, y, s, p, op, d, version=version)
     dx = np.empty_like(x)
-    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d)
+    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
     dw = np.empty_like(w)
-    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d)
+    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
     db = np.empty_like(b)
     _C.conv2d_backward_bias(dy, db)
     for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
         ref = theirs.detach().numpy()
         np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
+
+
+# ----------------------------------------------------------------------------- huge dilation
+def _scatter(x, w, s, p, op, d):
+    """The transposed convolution by its definition, in Python loops over the taps that land
+    (tiny arrays only; any stride/padding/dilation, with no padded copy of anything)."""
+    n, ci, h, wd = x.shape
+    _, co, kh, kw = w.shape
+    oh = (h - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+    ow = (wd - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+    y = np.zeros((n, co, oh, ow))
+    for ih in range(h):
+        for i in range(kh):
+            r = ih * s[0] - p[0] + i * d[0]
+            if not 0 <= r < oh:
+                continue
+            for iw in range(wd):
+                for j in range(kw):
+                    c = iw * s[1] - p[1] + j * d[1]
+                    if 0 <= c < ow:
+                        y[:, :, r, c] += np.einsum("nc,co->no", x[:, :, ih, iw], w[:, :, i, j])
+    return y
+
+
+@pytest.mark.parametrize("version", CONV_VERSIONS)
+def test_conv_transpose2d_huge_dilation_with_output_padding_beyond_stride(version):
+    """Stride 1, dilation 2**20, padding 2**20, output_padding 5 (>= stride, < dilation) on
+    tiny arrays: the output is 8 x 2 (only the middle tap lands), the adjoint convolution's
+    natural output 8 rows against x's 3, and its phase image would be mostly padding
+    (version 2 takes version 1's path).  Forward and both gradients against the
+    definition: the gradients as the transposes of the forward map, built column by column."""
+    s, p, op, d = (1, 1), (2**20, 0), (5, 0), (2**20, 1)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 3, 2))
+    w = rng.standard_normal((2, 3, 3, 1))
+    y_ref = _scatter(x, w, s, p, op, d)
+    assert y_ref.shape == (2, 3, 8, 2) and np.abs(y_ref).max() > 0
+    dy = rng.standard_normal(y_ref.shape)
+    # y is linear in x (and in w): dx = J_x^T dy, J_x's columns being the images of unit x's.
+    unit = lambda shape, k: np.eye(int(np.prod(shape)))[k].reshape(shape)  # noqa: E731
+    dx_ref = np.array([np.vdot(_scatter(unit(x.shape, k), w, s, p, op, d), dy)
+                       for k in range(x.size)]).reshape(x.shape)
+    dw_ref = np.array([np.vdot(_scatter(x, unit(w.shape, k), s, p, op, d), dy)
+                       for k in range(w.size)]).reshape(w.shape)
+    y = np.full(y_ref.shape, np.nan)
+    _C.conv_transpose2d_forward(x, w, None, y, s, p, op, d, version=version)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dx = np.full(x.shape, np.nan)
+    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    dw = np.full(w.shape, np.nan)
+    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)

@@ -216,10 +216,22 @@ def test_layer_argument_validation():
         nn.Conv2d(0, 2, 3)
     with pytest.raises(ValueError, match="output_padding"):
         nn.ConvTranspose2d(2, 1, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match=r"output_padding \(2, 1\) must be smaller than "
+                                         r"max\(stride, dilation\) = \(2, 3\)"):
+        nn.ConvTranspose2d(2, 1, 3, stride=1, output_padding=(2, 1), dilation=(2, 3))
     with pytest.raises(ValueError, match="groups"):
         nn.Conv2d(2, 2, 3, groups=2)
     with pytest.raises(ValueError, match="dtype"):
         nn.Linear(2, 2, dtype=np.int32)
+
+
+def test_conv_transpose_output_padding_below_dilation_is_accepted(rng):
+    """PyTorch's rule, output_padding < max(stride, dilation): with stride 1 and dilation 2,
+    output_padding 1 adds a row and a column (the kernels compute it)."""
+    m = nn.ConvTranspose2d(2, 3, 3, stride=1, output_padding=1, dilation=2, rng=rng)
+    y = m(gc.Tensor(rng.standard_normal((1, 2, 4, 5)).astype(np.float32)))
+    assert y.shape == (1, 3, 4 - 1 + 2 * 2 + 1 + 1, 5 - 1 + 2 * 2 + 1 + 1)
+    assert "output_padding=(1, 1)" in repr(m) and "dilation=(2, 2)" in repr(m)
 
 
 def test_repr_lists_layers():

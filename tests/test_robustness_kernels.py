@@ -299,10 +299,12 @@ def conv_call(draw, fn: str) -> Call:
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = draw(pair(st.integers(1, 3), huge))
     padding = draw(pair(st.integers(0, 2), huge))
-    dilation = draw(pair(st.integers(1, 2), huge))
+    transposed = fn.startswith("conv_transpose2d")
+    # Dilations up to 3 for the transposed convolution: with strides 1..3 that leaves room
+    # for stride <= output_padding < dilation (see below).
+    dilation = draw(pair(st.integers(1, 3 if transposed else 2), huge))
     h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     version = draw(st.integers(-1, len(_C.versions()["conv2d"]) - 1))
-    transposed = fn.startswith("conv_transpose2d")
     if not transposed:
         h, w = min(h, 5), min(w, 5)
     if not huge and draw(st.integers(0, 4)):
@@ -357,13 +359,17 @@ def conv_call(draw, fn: str) -> Call:
                     lambda x_, d_: conv2d_weight_grad_ref(x_, d_, (kh, kw), stride, padding, dilation), x, dy)
     else:
         h, w = min(h, 5), min(w, 5)
-        # Mostly output_padding < stride (what we accept), sometimes < max(stride, dilation)
-        # (what PyTorch accepts), sometimes anything in 0..3.
+        # output_padding < stride (the adjoint convolution's natural output is x's size),
+        # or < max(stride, dilation) (PyTorch's rule: where it is >= stride the adjoint's
+        # output is smaller than its natural size, conv2d.h), or anything in 0..3 (past
+        # the rule: rejected).
         out_pad = draw(pair(st.integers(0, 3), False))
-        rule = draw(st.sampled_from(["< stride"] * 4 + ["< max(stride, dilation)", "any"]))
+        rule = draw(st.sampled_from(["< stride"] * 2 + ["< max(stride, dilation)"] * 3 + ["any"]))
         if rule != "any":
             limit = stride if rule == "< stride" else tuple(map(max, stride, dilation))
             out_pad = (min(out_pad[0], limit[0] - 1), min(out_pad[1], limit[1] - 1))
+        if any(s <= op < d for op, s, d in zip(out_pad, stride, dilation)):
+            event("stride <= output_padding < dilation: adjoint output below its natural size")
         oh = conv_t_out_size(h, kh, stride[0], padding[0], out_pad[0], dilation[0])
         ow = conv_t_out_size(w, kw, stride[1], padding[1], out_pad[1], dilation[1])
         y_shape = (n, co, oh, ow)
@@ -374,10 +380,6 @@ def conv_call(draw, fn: str) -> Call:
             y_shape = clip_shape(y_shape)
         elif out_pad[0] >= max(stride[0], dilation[0]) or out_pad[1] >= max(stride[1], dilation[1]):
             call.mark(INVALID, f"output_padding {out_pad} >= max(stride, dilation)")
-        elif out_pad[0] >= stride[0] or out_pad[1] >= stride[1]:
-            # PyTorch computes this; the adjoint convolution cannot map it back onto (H, W)
-            # (its output size is H - 1 + output_padding // stride + 1), so it is refused.
-            call.mark(INVALID, f"stride <= output_padding {out_pad} < dilation")
         geom["output_padding"] = out_pad
         x = random_array(rng, (n, ci, h, w), dtype)
         wt = random_array(rng, (ci, co, kh, kw), dtype)

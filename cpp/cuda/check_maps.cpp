@@ -3,9 +3,10 @@
 // The tiled kernels are a generic matrix-product engine plus these maps; the maps are where
 // a convolution's index arithmetic lives, so this program multiplies them out with a plain
 // triple loop on the host and compares with a direct convolution, for many random
-// geometries (strides, paddings, dilations, odd sizes).  It also checks that advance()
-// walks k exactly as cursor() decomposes it, and that the stride phases of the
-// backward-input pass write every element of dx exactly once.  No GPU needed:
+// geometries (strides, paddings, dilations, odd sizes, outputs smaller than the natural
+// size).  It also checks that advance() walks k exactly as cursor() decomposes it, and that
+// the stride phases of the backward-input pass write every element of dx exactly once.  No
+// GPU needed:
 //
 //   g++ -std=c++17 -O1 -I cpp -I /usr/local/cuda/include cpp/cuda/check_maps.cpp -o /tmp/check_maps
 //   (tests/test_cuda_host.py builds and runs it)
@@ -60,7 +61,7 @@ int main() {
   std::mt19937_64 gen(7);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
   std::normal_distribution<double> normal;
-  int cases = 0;
+  int cases = 0, smaller = 0;
   for (int trial = 0; trial < 400; ++trial) {
     ConvGeometry g;
     g.batch = pick(1, 3);
@@ -76,11 +77,17 @@ int main() {
     g.pad_w = pick(0, 3);
     g.in_h = pick(1, 12);
     g.in_w = pick(1, 12);
-    const int64_t span_h = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1;
-    const int64_t span_w = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1;
-    if (span_h < 0 || span_w < 0) continue;
-    g.out_h = span_h / g.stride_h + 1;
-    g.out_w = span_w / g.stride_w + 1;
+    g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
+    // One geometry in four with an output smaller than the natural size, on one axis or
+    // both (the transposed convolution's adjoint when output_padding >= stride, conv2d.h).
+    if (pick(0, 3) == 0) {
+      const int64_t natural = g.out_h * g.out_w;
+      g.out_h = pick(1, static_cast<int>(g.out_h));
+      g.out_w = pick(1, static_cast<int>(g.out_w));
+      smaller += g.out_h * g.out_w < natural;
+    }
     ++cases;
     const int64_t Nb = g.batch, Ci = g.in_channels, Co = g.out_channels, H = g.in_h,
                   W = g.in_w, KH = g.kernel_h, KW = g.kernel_w, OH = g.out_h, OW = g.out_w;
@@ -161,6 +168,7 @@ int main() {
       CHECK(std::fabs(dw[i] - dw_ref[i]) < 1e-9, "backward-weight trial %d index %zu: %g vs %g",
             trial, i, dw[i], dw_ref[i]);
   }
-  std::printf("%d geometries checked, %d failures\n", cases, failures);
+  std::printf("%d geometries checked (%d with an output smaller than the natural size), %d failures\n",
+              cases, smaller, failures);
   return failures == 0 ? 0 : 1;
 }

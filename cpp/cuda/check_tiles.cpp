@@ -181,7 +181,7 @@ void run_trial(const ConvGeometry& g, int trial, std::mt19937_64& gen) {
 int main() {
   std::mt19937_64 gen(11);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(gen); };
-  int cases = 0;
+  int cases = 0, smaller = 0;
   for (int trial = 0; cases < 24; ++trial) {
     ConvGeometry g;
     const bool big = trial % 4 == 0;  // channels across the 64-wide tile edges
@@ -198,11 +198,17 @@ int main() {
     g.pad_w = pick(0, 2);
     g.in_h = pick(1, 13);
     g.in_w = pick(1, 13);
-    const int64_t sh = g.in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1;
-    const int64_t sw = g.in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1;
-    if (sh < 0 || sw < 0) continue;
-    g.out_h = sh / g.stride_h + 1;
-    g.out_w = sw / g.stride_w + 1;
+    g.out_h = conv_out_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+    g.out_w = conv_out_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+    if (g.out_h <= 0 || g.out_w <= 0) continue;
+    // Every fourth geometry with an output smaller than the natural size (the transposed
+    // convolution's adjoint when output_padding >= stride, conv2d.h).
+    if (trial % 4 == 1) {
+      const int64_t natural = g.out_h * g.out_w;
+      g.out_h = pick(1, static_cast<int>(g.out_h));
+      g.out_w = pick(1, static_cast<int>(g.out_w));
+      smaller += g.out_h * g.out_w < natural;
+    }
     ++cases;
     for (bool narrow : {false, true}) {
       g_narrow = narrow;
@@ -210,6 +216,7 @@ int main() {
       run_trial<double>(g, trial, gen);
     }
   }
-  std::printf("%d geometries checked (float and double, both tile shapes), %d failures\n", cases, failures);
+  std::printf("%d geometries checked (float and double, both tile shapes; %d with an output "
+              "smaller than the natural size), %d failures\n", cases, smaller, failures);
   return failures == 0 ? 0 : 1;
 }

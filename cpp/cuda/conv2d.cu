@@ -25,6 +25,9 @@
 //      deterministic, no atomics.
 //   The bias gradient has one version: a block per channel, a tree reduction in shared
 //   memory (deterministic, no atomics).
+//   Both versions take an output (OH, OW) smaller than the natural size (cpp/conv2d.h: the
+//   transposed convolution's adjoint when output_padding >= stride): every index map reads
+//   and writes only outputs inside (OH, OW), and backward-input's gathers skip the rest.
 #include "common.cuh"
 #include "conv_maps.cuh"
 #include "tiled_gemm.cuh"

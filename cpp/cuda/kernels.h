@@ -8,7 +8,9 @@
 //     launch that failed and that kernel's name, so the bindings can raise a Python error
 //     that names the kernel.
 // Arguments are NOT validated here (the bindings do it, as on the CPU side): shapes must be
-// consistent, out_h/out_w positive, version in [-1, num_versions).
+// consistent, out_h/out_w positive and at most the natural size (smaller: the transposed
+// convolution's adjoint when output_padding >= stride, see cpp/conv2d.h; every version of
+// every pass computes just those outputs), version in [-1, num_versions).
 //
 // Version maps (each .cu file repeats its own in detail):
 //   conv2d:  0 naive (one thread per output element)  1 tiled implicit GEMM
@@ -19,7 +21,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "conv2d.h"  // ConvGeometry (a plain struct: nothing of the CPU library is linked)
+#include "conv2d.h"  // ConvGeometry and its inline formulas (nothing of the CPU library is linked)
 
 namespace gasca {
 namespace cuda {
@@ -57,7 +59,8 @@ Status conv2d_backward_bias(int64_t batch, int64_t channels, int64_t pixels, con
 
 // ---------------------------------------------------------------- conv_transpose2d
 // `adj` is the geometry of the convolution whose adjoint the transposed convolution is
-// (see cpp/conv_transpose2d.h): nothing below is a new kernel.
+// (make_conv_transpose_geometry in cpp/conv2d.h; cpp/conv_transpose2d.h): nothing below is
+// a new kernel.
 template <typename T>
 inline Status conv_transpose2d_forward(const ConvGeometry& adj, const T* x, const T* w,
                                        const T* bias, T* y, int version, cudaStream_t stream) {

@@ -182,6 +182,9 @@ def set_num_threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- geometry
+# Python's copy of the geometry in cpp/conv2d.h (conv_out_size, conv_transpose_out_size and
+# the output_padding rule), which the kernels and the bindings' checks use: Python sizes the
+# outputs it allocates and explains a bad geometry before the bindings reject it.
 
 def conv2d_output_size(in_size: Pair, kernel: Pair, stride: Pair, padding: Pair,
                        dilation: Pair) -> Pair:
@@ -196,6 +199,18 @@ def conv_transpose2d_output_size(in_size: Pair, kernel: Pair, stride: Pair, padd
     return tuple((i - 1) * s - 2 * p + d * (k - 1) + op + 1  # type: ignore[return-value]
                  for i, k, s, p, op, d in zip(in_size, kernel, stride, padding,
                                               output_padding, dilation))
+
+
+def check_output_padding(who: str, output_padding: Pair, stride: Pair, dilation: Pair) -> None:
+    """PyTorch's rule for a transposed convolution: output_padding < max(stride, dilation) on
+    each axis, else ValueError naming `who`.  (Where output_padding >= stride the kernels
+    compute the adjoint convolution with an output smaller than its natural size: see
+    make_conv_transpose_geometry in cpp/conv2d.h.)"""
+    limit = tuple(max(s, d) for s, d in zip(stride, dilation))
+    if any(op >= lim for op, lim in zip(output_padding, limit)):
+        raise ValueError(f"{who}: output_padding {tuple(output_padding)} must be smaller than "
+                         f"max(stride, dilation) = {limit} on each axis (stride {tuple(stride)}, "
+                         f"dilation {tuple(dilation)})")
 
 
 # ----------------------------------------------------------------------------- conv kernels

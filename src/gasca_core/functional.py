@@ -1218,16 +1218,13 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
     input (N, C_in, H, W), weight (C_in, C_out, KH, KW), bias (C_out) or None
     -> (N, C_out, OH, OW), OH = (H - 1) stride - 2 padding + dilation (KH - 1) + output_padding + 1.
-    output_padding must be smaller than stride or dilation (per axis).
+    output_padding must be smaller than max(stride, dilation) on each axis, as in PyTorch.
     """
     input, weight, bias = _check_conv_operands("conv_transpose2d", input, weight, bias, groups, 0)
     stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
     output_padding = _pair(output_padding, "output_padding", 0)
     dilation = _pair(dilation, "dilation", 1)
-    for op, s, d in zip(output_padding, stride, dilation):
-        if op >= max(s, d):
-            raise ValueError(f"conv_transpose2d: output_padding {output_padding} must be smaller "
-                             f"than stride {stride} or dilation {dilation} on each axis")
+    backend.check_output_padding("conv_transpose2d", output_padding, stride, dilation)
     out = backend.conv_transpose2d_output_size(input.shape[2:], weight.shape[2:], stride, padding,
                                                output_padding, dilation)
     if min(out) <= 0:

@@ -415,10 +415,8 @@ class ConvTranspose2d(Module):
         self.padding = F._pair(padding, "padding", 0)
         self.output_padding = F._pair(output_padding, "output_padding", 0)
         self.dilation = F._pair(dilation, "dilation", 1)
-        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
-            if op >= max(s, d):
-                raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
-                                 f"smaller than stride {self.stride} or dilation {self.dilation}")
+        backend.check_output_padding("ConvTranspose2d", self.output_padding, self.stride,
+                                     self.dilation)
         dtype = _float_dtype(dtype)
         self.weight = Parameter(np.empty((in_channels, out_channels) + self.kernel_size, dtype=dtype))
         self.bias = Parameter(np.empty((out_channels,), dtype=dtype)) if bias else None

@@ -1,0 +1,423 @@
+// conv2d_fast.cpp: conv2d version 2, the fast one: forward, backward-input and
+// backward-weight as matrix products built from the fast gemm's pieces (gemm_internal.h),
+// with no column matrix materialised whole and threads that never write where another does.
+//
+// Versions of conv2d (the full map atop conv2d.cpp):
+//   0  reference     conv2d.cpp
+//   1  im2col+gemm   conv2d_im2col.cpp
+//   2  fast          conv2d_fast.cpp (this file: the kernels), from these pieces:
+//                      conv2d_rows.h         row copies (masked AVX-512 runs, stride-2 split)
+//                      conv2d_phase_image.h  the zero-padded, phase-split image; runs;
+//                                            reading / adding back blocks of the column matrix
+//                      conv2d_packing.h      column-matrix blocks packed as gemm B panels
+//                      conv2d_threads.h      how many threads, and which slice is whose
+//
+// Each image is first copied once into its phase image (conv2d_phase_image.h): every run
+// of im2col/col2im is then a contiguous, bounds-check-free copy or add of one row segment.
+//   forward          implicit gemm when output rows are whole (or half) SIMD vectors
+//                    (forward_implicit: the micro-kernel reads its B operand straight out of
+//                    the phase image, no im2col at all); otherwise im2col writes straight
+//                    into the packed B panels (forward_packed).  The packed weight is
+//                    shared by all threads; the bias is added per block.
+//   backward-input   backward_input_blocked: W^T dy in cache-sized column blocks, col2im'd
+//                    into a phase image of dx, merged into dx at the end.
+//   backward-weight  backward_weight_gemm: per-thread dW over its own images, summed at the
+//                    end; backward_weight_small when dW is small (gasca layer 1: 32 x 25):
+//                    dot products of contiguous rows with vector partial sums.
+// Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose phase
+// image would be mostly padding (strides/paddings far beyond the image) take version 1's
+// path instead (phase_image_is_reasonable).  An output smaller than the natural size (the
+// transposed convolution's adjoint, conv2d.h) needs nothing special: every loop runs over
+// out_h x out_w, and the phase image covers whatever those outputs read.
+#include "simd.h"  // first: it includes <immintrin.h> (see the note there)
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "conv2d.h"
+#include "conv2d_packing.h"
+#include "conv2d_phase_image.h"
+#include "conv2d_rows.h"
+#include "conv2d_threads.h"
+#include "conv2d_versions.h"
+#include "gemm_internal.h"
+#include "workspace.h"
+
+namespace gasca {
+namespace conv2d_v2 {
+
+using detail::ceil_div;
+using detail::round_up;
+
+// forward as an implicit gemm: when every output row is a whole number of SIMD vectors
+// (OW % W == 0: gasca layers 1 and 2 in float), a tile of NR output pixels is NR / W
+// vectors, each a contiguous run of one row of the phase-split image for every tap (or
+// half-vectors, two per vector, when OW % (W / 2) == 0).  The
+// micro-kernel then reads B in place (micro_kernel_indirect) and nothing is packed but the
+// weight: the column matrix exists nowhere, not even one panel at a time.
+// With output rows of W / 2 pixels (gasca layer 3 in float: 8), each vector is assembled
+// from two half-vectors on consecutive output rows.
+template <typename T>
+static bool forward_implicit_applies(const ConvGeometry& g) {
+  constexpr int W = Simd<T>::W;
+  return g.out_w % W == 0 || (W >= 2 && g.out_w % (W / 2) == 0);
+}
+
+template <typename T>
+static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, W = Simd<T>::W, NV = NR / W;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t tiles = ceil_div(P, NR);
+  const bool halves = g.out_w % W != 0;  // rows of W / 2 pixels: two pieces per vector
+  const int piece = halves ? W / 2 : W, pieces = halves ? 2 * NV : NV;
+  // Split an image between threads only when there are fewer images than threads.
+  const int nt_all = conv_threads(g, g.batch * tiles);
+  const int64_t chunks = g.batch >= nt_all ? 1 : std::min<int64_t>(tiles, ceil_div(nt_all, g.batch));
+  const int64_t tiles_per_chunk = ceil_div(tiles, chunks);
+  const int64_t items = g.batch * chunks;
+  const int nt = conv_threads(g, items);
+
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
+  const int64_t per_thread = round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
+  int64_t* row_off = detail::scratch<int64_t>(detail::kSlotSpare, kdim);
+  detail::pack_a<T>(false, Co, kdim, w, kdim, ws);
+  tap_offsets(g, pi, row_off);
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* xp = ws + a_size + thread_id() * per_thread;
+    int64_t split = -1;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / chunks;
+      const int64_t t0 = (item % chunks) * tiles_per_chunk, t1 = std::min(tiles, t0 + tiles_per_chunk);
+      if (t0 >= t1) continue;
+      if (split != n) {
+        phase_split(g, pi, x + n * image, xp);
+        split = n;
+      }
+      T* yn = y + n * Co * P;
+      for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+        for (int64_t ip = 0; ip < m_panels; ++ip) {
+          const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
+          const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t q0 = t * NR;
+            int64_t vec_off[2 * NV];
+            for (int v = 0; v < pieces; ++v) {
+              // piece v covers pixels [q, q + piece) of one output row; past the last
+              // pixel, repeat the first piece (loaded, never stored).
+              const int64_t q = q0 + v * piece < P ? q0 + v * piece : q0;
+              vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
+            }
+            detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off, halves,
+                                             yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
+                                             mr, static_cast<int>(std::min<int64_t>(NR, P - q0)));
+          }
+        }
+      }
+      if (bias) {
+        const int64_t p0 = t0 * NR, p1 = std::min(P, t1 * NR);
+        for (int64_t co = 0; co < Co; ++co) {
+          T* row = yn + co * P;
+          const T b = bias[co];
+#pragma omp simd
+          for (int64_t q = p0; q < p1; ++q) row[q] += b;
+        }
+      }
+    }
+  }
+}
+
+// forward with the column matrix packed: for any other output width, each KC x NC block of
+// the column matrix is copied once, straight from the phase image into the gemm's B
+// panels (pack_b_im2col), and multiplied by the weight, packed once for all images.
+template <typename T>
+static void forward_packed(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  // Column blocks: at most NC pixels, balanced within an image.
+  const int64_t blocks_per_image = ceil_div(P, NC);
+  const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
+  const int64_t items = g.batch * blocks_per_image;
+  const int nt = conv_threads(g, items);
+
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
+  const int64_t b_size = round_up(std::min<int64_t>(KC, kdim) * nc_max, 64);
+  const int64_t per_thread = b_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
+  detail::pack_a<T>(false, Co, kdim, w, kdim, ws);  // the weight, packed once for all images
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* bp = ws + a_size + thread_id() * per_thread;
+    T* xp = bp + b_size;
+    int64_t split = -1;  // the image now in xp (a thread's items are consecutive)
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / blocks_per_image, blk = item % blocks_per_image;
+      const int64_t q0 = blk * nc_max, nc = std::min(nc_max, P - q0);
+      if (nc <= 0) continue;
+      if (split != n) {
+        phase_split(g, pi, x + n * image, xp);
+        split = n;
+      }
+      T* yn = y + n * Co * P;
+      for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+        pack_b_im2col(g, pi, xp, k0, kc, q0, nc, bp);
+        detail::macro_kernel<T>(Co, kdim, kb, ws, 0, m_panels, bp, kc, nc, yn + q0, P, T(1),
+                                kb == 0 ? T(0) : T(1));
+      }
+      if (bias)
+        for (int64_t co = 0; co < Co; ++co) {
+          T* row = yn + co * P + q0;
+          const T b = bias[co];
+#pragma omp simd
+          for (int64_t q = 0; q < nc; ++q) row[q] += b;
+        }
+    }
+  }
+}
+
+// backward-input: W^T dy in cache-sized column blocks, each added back at once by col2im
+// into a padded phase image of dx, merged into dx at the end.  Threads own whole images.
+template <typename T>
+static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  // Column blocks sized so that the block of W^T dy (kdim x nc) stays within ~256 KB (L2).
+  const int64_t want = std::max<int64_t>(NR, round_up((int64_t(256) << 10) / int64_t(sizeof(T)) / std::max<int64_t>(kdim, 1), NR));
+  const int64_t blocks_per_image = ceil_div(P, std::min(want, round_up(P, NR)));
+  const int64_t nc_max = round_up(ceil_div(P, blocks_per_image), NR);
+  const int nt = conv_threads(g, g.batch);
+
+  const int64_t a_size = round_up(detail::packed_a_size<T>(kdim, Co), 64);
+  const int64_t b_size = round_up(std::min<int64_t>(KC, Co) * nc_max, 64);
+  const int64_t c_size = round_up(kdim * nc_max, 64);
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t per_thread = b_size + c_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + nt * per_thread);
+  detail::pack_a<T>(true, kdim, Co, w, kdim, ws);  // W^T: (kdim x Co), packed once
+  const int64_t m_panels = ceil_div(kdim, MR);
+
+  // Threads own whole images: no two threads ever add into the same gradient.
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t n = 0; n < g.batch; ++n) {
+    T* bp = ws + a_size + thread_id() * per_thread;
+    T* col = bp + b_size;
+    T* dxp = col + c_size;  // the gradient, accumulated as a padded phase image
+    const T* dyn = dy + n * Co * P;
+    std::fill(dxp, dxp + pi.size, T(0));
+    for (int64_t q0 = 0; q0 < P; q0 += nc_max) {
+      const int64_t nc = std::min(nc_max, P - q0);
+      for (int64_t kb = 0; kb * KC < Co; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, Co - k0);
+        detail::pack_b<T>(false, k0, kc, q0, nc, dyn, P, bp);
+        detail::macro_kernel<T>(kdim, Co, kb, ws, 0, m_panels, bp, kc, nc, col, nc, T(1),
+                                kb == 0 ? T(0) : T(1));
+      }
+      col2im_block(g, pi, col, 0, kdim, q0, q0 + nc, nc, dxp);
+    }
+    phase_merge(g, pi, dxp, dx + n * image);
+  }
+}
+
+
+// backward-weight when dW is small (gasca layer 1: 32 x 25): a gemm over the pixels would
+// spend more time packing than multiplying (each packed element feeds only 2 * C_out
+// FLOPs), so instead each dW[co, tap] is a dot product of two contiguous rows, dy[co, :]
+// and col[tap, :], kept as a vector of partial sums that runs along the pixels.  A 4 x 5
+// tile of (co, tap) pairs shares its loads: 9 vector loads feed 20 FMAs.  The vector sums
+// live in a per-thread buffer across the whole batch and are reduced once at the end.
+template <typename T, int MT, int NT>
+static inline void dot_tile(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
+                            int64_t acc_ld, int64_t co, int64_t tap) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int W = S::W;
+  V a[MT][NT];
+  for (int u = 0; u < MT; ++u)
+    for (int v = 0; v < NT; ++v) a[u][v] = S::load(acc + ((co + u) * acc_ld + tap + v) * W);
+  for (int64_t q = 0; q < pv; q += W) {
+    V d[MT], c[NT];
+    for (int u = 0; u < MT; ++u) d[u] = S::load(dy + (co + u) * ld + q);
+    for (int v = 0; v < NT; ++v) c[v] = S::load(col + (tap + v) * ld + q);
+    for (int u = 0; u < MT; ++u)
+      for (int v = 0; v < NT; ++v) a[u][v] = S::fma(d[u], c[v], a[u][v]);
+  }
+  for (int u = 0; u < MT; ++u)
+    for (int v = 0; v < NT; ++v) S::store(acc + ((co + u) * acc_ld + tap + v) * W, a[u][v]);
+}
+
+template <typename T, int MT>
+static inline void dot_row(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
+                           int64_t kdim, int64_t co) {
+  constexpr int NT = 5;
+  int64_t tap = 0;
+  for (; tap + NT <= kdim; tap += NT) dot_tile<T, MT, NT>(dy, col, pv, ld, acc, kdim, co, tap);
+  for (; tap < kdim; ++tap) dot_tile<T, MT, 1>(dy, col, pv, ld, acc, kdim, co, tap);
+}
+
+template <typename T>
+static bool backward_weight_small_applies(const ConvGeometry& g) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  return g.out_channels * kdim * Simd<T>::W * int64_t(sizeof(T)) <= (int64_t(256) << 10);
+}
+
+template <typename T>
+static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  using S = Simd<T>;
+  constexpr int W = S::W;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t PV = round_up(P, W);  // rows padded with zeros to whole vectors
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const int nt = conv_threads(g, g.batch);
+  const int64_t acc_size = round_up(Co * kdim * W, 64);
+  const int64_t col_size = round_up(kdim * PV, 64);
+  const int64_t dy_size = P == PV ? 0 : round_up(Co * PV, 64);
+  const PhaseImage pi = make_phase_image(g);
+  const int64_t per_thread = acc_size + col_size + dy_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), nth = thread_count();
+    T* acc = ws + tid * per_thread;
+    T* col = acc + acc_size;
+    T* dyp = col + col_size;
+    T* xp = dyp + dy_size;
+    std::fill(acc, acc + Co * kdim * W, T(0));
+    if (PV != P) {  // the padding columns stay zero for the whole batch
+      for (int64_t r = 0; r < kdim; ++r) std::fill(col + r * PV + P, col + (r + 1) * PV, T(0));
+      for (int64_t co = 0; co < Co; ++co) std::fill(dyp + co * PV + P, dyp + (co + 1) * PV, T(0));
+    }
+    const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
+    for (int64_t n = n0; n < n1; ++n) {
+      phase_split(g, pi, x + n * image, xp);
+      im2col_block(g, pi, xp, 0, kdim, 0, P, col, PV);
+      const T* d = dy + n * Co * P;
+      if (PV != P) {
+        for (int64_t co = 0; co < Co; ++co) std::memcpy(dyp + co * PV, d + co * P, sizeof(T) * P);
+        d = dyp;
+      }
+      int64_t co = 0;
+      for (; co + 4 <= Co; co += 4) dot_row<T, 4>(d, col, PV, PV, acc, kdim, co);
+      for (; co < Co; ++co) dot_row<T, 1>(d, col, PV, PV, acc, kdim, co);
+    }
+#pragma omp barrier
+    // dw[e] = sum over threads and lanes of the partial sums; elements split between threads.
+    const int64_t e0 = Co * kdim * tid / nth, e1 = Co * kdim * (tid + 1) / nth;
+    for (int64_t e = e0; e < e1; ++e) {
+      typename S::V v = S::load(ws + e * W);
+      for (int t = 1; t < nth; ++t) v = S::add(v, S::load(ws + t * per_thread + e * W));
+      dw[e] = S::sum(v);
+    }
+  }
+}
+
+// backward-weight as a gemm: each thread accumulates dy_n col_n^T over its own images into
+// a private dW (col_n^T's packed panels gathered straight from the phase image,
+// pack_b_taps); the partial sums are added at the end.
+template <typename T>
+static void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const int nt = conv_threads(g, g.batch);
+  const int64_t wsize = Co * kdim;
+
+  // Per thread: the packed dy_n (A), a packed block of col_n^T (B, gathered straight from the
+  // phase image), a private dW (threads > 0) and the phase-split image.
+  const PhaseImage pi = make_phase_image(g);
+  if (pi.size >= (int64_t(1) << 31)) throw std::invalid_argument("conv2d: image too large");
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, P), 64);
+  const int64_t nc_max = std::min<int64_t>(NC, round_up(kdim, NR));
+  const int64_t b_size = round_up(std::min<int64_t>(KC, P) * nc_max, 64);
+  const int64_t part_offset = a_size + b_size;
+  const int64_t per_thread = part_offset + round_up(wsize, 64) + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+  int32_t* off32 = detail::scratch<int32_t>(detail::kSlotSpare, kdim);
+  tap_offsets(g, pi, off32);
+  const int64_t m_panels = ceil_div(Co, MR);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), nth = thread_count();
+    T* ap = ws + tid * per_thread;
+    T* bp = ap + a_size;
+    T* acc = tid == 0 ? dw : ap + part_offset;
+    T* xp = ap + part_offset + round_up(wsize, 64);
+    const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
+    bool first = true;
+    for (int64_t n = n0; n < n1; ++n) {
+      detail::pack_a<T>(false, Co, P, dy + n * Co * P, P, ap);
+      phase_split(g, pi, x + n * image, xp);
+      for (int64_t kb = 0; kb * KC < P; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
+        for (int64_t jc = 0; jc < kdim; jc += nc_max) {
+          const int64_t nc = std::min(nc_max, kdim - jc);
+          pack_b_taps(g, pi, xp, off32, k0, kc, jc, nc, bp);
+          detail::macro_kernel<T>(Co, P, kb, ap, 0, m_panels, bp, kc, nc, acc + jc, kdim, T(1),
+                                  first ? T(0) : T(1));
+        }
+        first = false;
+      }
+    }
+    if (first) std::fill(acc, acc + wsize, T(0));  // a thread with no images
+#pragma omp barrier
+    // dw += the other threads' partial sums, the elements split between the threads.
+    const int64_t e0 = wsize * tid / nth, e1 = wsize * (tid + 1) / nth;
+    for (int t = 1; t < nth; ++t) {
+      const T* part = ws + t * per_thread + part_offset;
+#pragma omp simd
+      for (int64_t e = e0; e < e1; ++e) dw[e] += part[e];
+    }
+  }
+}
+
+// ============================================================ the entry points
+template <typename T>
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  if (!phase_image_is_reasonable(g)) return conv2d_v1::forward(g, x, w, bias, y);
+  if (forward_implicit_applies<T>(g)) return forward_implicit(g, x, w, bias, y);
+  forward_packed(g, x, w, bias, y);
+}
+
+template <typename T>
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_input(g, dy, w, dx);
+  backward_input_blocked(g, dy, w, dx);
+}
+
+template <typename T>
+void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_weight(g, x, dy, dw);
+  if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
+  backward_weight_gemm(g, x, dy, dw);
+}
+
+GASCA_CONV2D_INSTANTIATE_VERSION(float)
+GASCA_CONV2D_INSTANTIATE_VERSION(double)
+
+}  // namespace conv2d_v2
+}  // namespace gasca

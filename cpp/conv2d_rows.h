@@ -1,0 +1,133 @@
+// conv2d_rows.h: the row copies of conv2d version 2 (conv2d_fast.cpp), AVX-512 where built.
+//
+// Versions of conv2d (the full map atop conv2d.cpp):
+//   0  reference     conv2d.cpp
+//   1  im2col+gemm   conv2d_im2col.cpp
+//   2  fast          conv2d_fast.cpp, from these pieces: conv2d_rows.h (this file: the
+//                    row copies), conv2d_phase_image.h, conv2d_packing.h, conv2d_threads.h
+//
+// Every copy in version 2 is one of these, moving one run of an image row: the zero-padded
+// phase image is built from rows (phase_split), the column matrix is read from and added
+// back into it in runs (im2col_block, col2im_block), and the gradient image is merged back
+// from it (phase_merge); see conv2d_phase_image.h.
+#pragma once
+
+#include "simd.h"  // first: it includes <immintrin.h> (see the note there)
+
+#include <algorithm>
+#include <cstdint>
+
+namespace gasca {
+namespace conv2d_v2 {
+namespace {  // private to conv2d_fast.cpp, the one file that includes this
+
+// Row copies.  copy_run / add_run: dst[k] = src[k] / dst[k] += src[k] for short runs (a
+// run is one output row segment: 8 to 32 elements in gasca), a vector at a time with a
+// masked tail under AVX-512.  copy_stride2 / store_stride2 split / merge the even columns of
+// a row (stride 2: every gasca layer): a two-register permute (gather) and an expand
+// (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.
+template <typename T>
+inline void copy_stride2(T* out, const T* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) out[k] = src[2 * k];
+}
+template <typename T>
+inline void store_stride2(T* d, const T* in, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) d[2 * k] = in[k];
+}
+#if defined(__AVX512F__)
+inline __mmask16 low_mask16(int64_t count) {  // the lowest min(count, 16) lanes
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+inline __mmask8 low_mask8(int64_t count) {
+  return count >= 8 ? __mmask8(0xFF) : count <= 0 ? __mmask8(0) : __mmask8((1u << count) - 1);
+}
+template <>
+inline void copy_stride2<float>(float* out, const float* src, int64_t n) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (; n > 0; n -= 16, out += 16, src += 32) {
+    const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of src read
+    const __m512 a = _mm512_maskz_loadu_ps(low_mask16(span), src);
+    const __m512 b = _mm512_maskz_loadu_ps(low_mask16(span - 16), src + 16);
+    _mm512_mask_storeu_ps(out, low_mask16(n), _mm512_permutex2var_ps(a, even, b));
+  }
+}
+template <>
+inline void copy_stride2<double>(double* out, const double* src, int64_t n) {
+  const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
+  for (; n > 0; n -= 8, out += 8, src += 16) {
+    const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
+    const __m512d a = _mm512_maskz_loadu_pd(low_mask8(span), src);
+    const __m512d b = _mm512_maskz_loadu_pd(low_mask8(span - 8), src + 8);
+    _mm512_mask_storeu_pd(out, low_mask8(n), _mm512_permutex2var_pd(a, even, b));
+  }
+}
+template <>
+inline void store_stride2<float>(float* d, const float* in, int64_t n) {
+  const __m512i upper = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; n > 0; n -= 16, in += 16, d += 32) {
+    const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of d touched
+    const __m512 v = _mm512_maskz_loadu_ps(low_mask16(n), in);
+    const __m512 lo = _mm512_maskz_expand_ps(0x5555, v);  // in[0..7] -> even lanes
+    const __m512 hi = _mm512_maskz_expand_ps(0x5555, _mm512_permutex2var_ps(v, upper, v));
+    _mm512_mask_storeu_ps(d, low_mask16(span) & 0x5555, lo);  // odd lanes untouched
+    _mm512_mask_storeu_ps(d + 16, low_mask16(span - 16) & 0x5555, hi);
+  }
+}
+template <>
+inline void store_stride2<double>(double* d, const double* in, int64_t n) {
+  const __m512i upper = _mm512_setr_epi64(4, 5, 6, 7, 4, 5, 6, 7);
+  for (; n > 0; n -= 8, in += 8, d += 16) {
+    const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
+    const __m512d v = _mm512_maskz_loadu_pd(low_mask8(n), in);
+    const __m512d lo = _mm512_maskz_expand_pd(0x55, v);
+    const __m512d hi = _mm512_maskz_expand_pd(0x55, _mm512_permutex2var_pd(v, upper, v));
+    _mm512_mask_storeu_pd(d, low_mask8(span) & 0x55, lo);
+    _mm512_mask_storeu_pd(d + 8, low_mask8(span - 8) & 0x55, hi);
+  }
+}
+#endif
+
+
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+template <typename T>
+inline void add_run(T* dst, const T* src, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
+}
+#if defined(__AVX512F__)
+template <>
+inline void copy_run<float>(float* dst, const float* src, int64_t n) {
+  for (; n >= 16; n -= 16, dst += 16, src += 16) _mm512_storeu_ps(dst, _mm512_loadu_ps(src));
+  if (n > 0) _mm512_mask_storeu_ps(dst, low_mask16(n), _mm512_maskz_loadu_ps(low_mask16(n), src));
+}
+template <>
+inline void copy_run<double>(double* dst, const double* src, int64_t n) {
+  for (; n >= 8; n -= 8, dst += 8, src += 8) _mm512_storeu_pd(dst, _mm512_loadu_pd(src));
+  if (n > 0) _mm512_mask_storeu_pd(dst, low_mask8(n), _mm512_maskz_loadu_pd(low_mask8(n), src));
+}
+template <>
+inline void add_run<float>(float* dst, const float* src, int64_t n) {
+  for (; n >= 16; n -= 16, dst += 16, src += 16)
+    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_loadu_ps(src)));
+  if (n > 0) {
+    const __mmask16 m = low_mask16(n);
+    _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), _mm512_maskz_loadu_ps(m, src)));
+  }
+}
+template <>
+inline void add_run<double>(double* dst, const double* src, int64_t n) {
+  for (; n >= 8; n -= 8, dst += 8, src += 8)
+    _mm512_storeu_pd(dst, _mm512_add_pd(_mm512_loadu_pd(dst), _mm512_loadu_pd(src)));
+  if (n > 0) {
+    const __mmask8 m = low_mask8(n);
+    _mm512_mask_storeu_pd(dst, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, dst), _mm512_maskz_loadu_pd(m, src)));
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace conv2d_v2
+}  // namespace gasca
