@@ -152,7 +152,7 @@ def main() -> int:
         tmp = Path(tmp)
         draw_inputs(tmp / "inputs.npz")
         runs = {"reference": (args.ref_python, {}),
-                "new": (sys.executable, {"PYTHONPATH": args.new_path})}
+                "new": (sys.executable, {"PYTHONPATH": os.path.abspath(args.new_path)})}
         for label, (python, extra) in runs.items():
             print(f"{label}:", flush=True)
             env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
