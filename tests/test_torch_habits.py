@@ -496,11 +496,12 @@ LAYERS = [
     ("BCEWithLogitsLoss(reduction='none')", lambda nn: nn.BCEWithLogitsLoss(reduction="none"), None),
     ("CrossEntropyLoss()", lambda nn: nn.CrossEntropyLoss(), None),
 ]
-CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
+CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+        "transposed", "output_padding", "groups")
 LOSS = ("reduction",)
 ATTRIBUTES = {  # the constructor arguments each layer keeps, under PyTorch's names
     "Linear": ("in_features", "out_features"), "Conv2d": CONV,
-    "ConvTranspose2d": CONV + ("output_padding",), "LeakyReLU": ("negative_slope", "inplace"),
+    "ConvTranspose2d": CONV, "LeakyReLU": ("negative_slope", "inplace"),
     "ReLU": ("inplace",), "Flatten": ("start_dim", "end_dim"), "MSELoss": LOSS, "L1Loss": LOSS,
     "BCEWithLogitsLoss": LOSS, "CrossEntropyLoss": LOSS + ("ignore_index", "label_smoothing"),
 }

@@ -363,68 +363,39 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class Conv2d(Module):
-    """2-D convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW).
-    weight (out_channels, in_channels, kh, kw), bias (out_channels).  Only groups=1."""
+class _ConvNd(Module):
+    """What Conv2d and ConvTranspose2d share, as PyTorch's _ConvNd: the geometry attributes
+    (in_channels, out_channels, kernel_size, stride, padding, dilation, transposed,
+    output_padding, groups), the weight, (out_channels, in_channels, kh, kw), or, transposed,
+    (in_channels, out_channels, kh, kw), the bias (out_channels), and PyTorch's
+    initialisation.  Only groups=1."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
-                 stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
-                 groups: int = 1, bias: bool = True, dtype: Any = None,
-                 rng: Optional[np.random.Generator] = None) -> None:
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, transposed: bool,
+                 output_padding: IntOrPair, groups: int, bias: bool, dtype: Any,
+                 rng: Optional[np.random.Generator]) -> None:
         super().__init__()
         if groups != 1:
-            raise ValueError(f"Conv2d: only groups=1 is supported, got groups={groups}")
+            raise ValueError(f"{name}: only groups=1 is supported, got groups={groups}")
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
         self.kernel_size = F._pair(kernel_size, "kernel_size", 1)
         self.stride = F._pair(stride, "stride", 1)
         self.padding = F._pair(padding, "padding", 0)
         self.dilation = F._pair(dilation, "dilation", 1)
-        dtype = _float_dtype(dtype)
-        self.weight = Parameter(np.empty((out_channels, in_channels) + self.kernel_size, dtype=dtype))
-        self.bias = Parameter(np.empty((out_channels,), dtype=dtype)) if bias else None
-        _init_weight_and_bias(self, rng)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
-
-    def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}, padding={self.padding}")
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        return s + ("" if self.bias is not None else ", bias=False")
-
-
-class ConvTranspose2d(Module):
-    """2-D transposed convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW),
-    OH = (H - 1) stride - 2 padding + dilation (kh - 1) + output_padding + 1.
-    weight (in_channels, out_channels, kh, kw), bias (out_channels).  Only groups=1."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
-                 stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
-                 groups: int = 1, bias: bool = True, dilation: IntOrPair = 1, dtype: Any = None,
-                 rng: Optional[np.random.Generator] = None) -> None:
-        super().__init__()
-        if groups != 1:
-            raise ValueError(f"ConvTranspose2d: only groups=1 is supported, got groups={groups}")
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = F._pair(kernel_size, "kernel_size", 1)
-        self.stride = F._pair(stride, "stride", 1)
-        self.padding = F._pair(padding, "padding", 0)
+        self.transposed = bool(transposed)
         self.output_padding = F._pair(output_padding, "output_padding", 0)
-        self.dilation = F._pair(dilation, "dilation", 1)
-        backend.check_output_padding("ConvTranspose2d", self.output_padding, self.stride,
-                                     self.dilation)
+        self.groups = 1
+        if self.transposed:
+            backend.check_output_padding(name, self.output_padding, self.stride, self.dilation)
+        elif self.output_padding != (0, 0):
+            raise ValueError(f"{name}: output_padding belongs to transposed convolutions")
         dtype = _float_dtype(dtype)
-        self.weight = Parameter(np.empty((in_channels, out_channels) + self.kernel_size, dtype=dtype))
-        self.bias = Parameter(np.empty((out_channels,), dtype=dtype)) if bias else None
+        channels = (self.in_channels, self.out_channels) if self.transposed else \
+            (self.out_channels, self.in_channels)
+        self.weight = Parameter(np.empty(channels + self.kernel_size, dtype=dtype))
+        self.bias = Parameter(np.empty((self.out_channels,), dtype=dtype)) if bias else None
         _init_weight_and_bias(self, rng)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
-                                  self.output_padding, 1, self.dilation)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -434,6 +405,38 @@ class ConvTranspose2d(Module):
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
         return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW).
+    weight (out_channels, in_channels, kh, kw), bias (out_channels).  Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                 groups: int = 1, bias: bool = True, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__("Conv2d", in_channels, out_channels, kernel_size, stride, padding,
+                         dilation, False, 0, groups, bias, dtype, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+class ConvTranspose2d(_ConvNd):
+    """2-D transposed convolution.  x (N, in_channels, H, W) -> (N, out_channels, OH, OW),
+    OH = (H - 1) stride - 2 padding + dilation (kh - 1) + output_padding + 1.
+    weight (in_channels, out_channels, kh, kw), bias (out_channels).  Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
+                 groups: int = 1, bias: bool = True, dilation: IntOrPair = 1, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__("ConvTranspose2d", in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, True, output_padding, groups, bias, dtype, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, 1, self.dilation)
 
 
 # ----------------------------------------------------------------------------- activations
