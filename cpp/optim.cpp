@@ -194,25 +194,14 @@ void adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, in
 template <typename T>
 void sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, T lr, T momentum, T dampening,
               T weight_decay, bool nesterov, bool first_step, int version) {
-  SgdHyper h;
-  h.lr = lr;
-  h.momentum = momentum;
-  h.dampening = dampening;
-  h.weight_decay = weight_decay;
-  h.nesterov = nesterov;
+  const SgdHyper h{lr, momentum, dampening, weight_decay, nesterov};
   sgd_step<T>(n, param, grad, momentum_buf, h, first_step, version);
 }
 
 template <typename T>
 void adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step, T lr,
                T beta1, T beta2, T eps, T weight_decay, bool decoupled, int version) {
-  AdamHyper h;
-  h.lr = lr;
-  h.beta1 = beta1;
-  h.beta2 = beta2;
-  h.eps = eps;
-  h.weight_decay = weight_decay;
-  h.decoupled = decoupled;
+  const AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled};
   adam_step<T>(n, param, grad, exp_avg, exp_avg_sq, step, h, version);
 }
 

@@ -188,12 +188,7 @@ void sgd_step(const py::object& param, const py::object& grad, const py::object&
   const SgdStep s = check_sgd_step(read_array, param, grad, momentum_buf, lr, momentum,
                                    dampening, weight_decay, nesterov, version,
                                    gasca::optim_num_versions());
-  gasca::SgdHyper h;
-  h.lr = lr;
-  h.momentum = momentum;
-  h.dampening = dampening;
-  h.weight_decay = weight_decay;
-  h.nesterov = nesterov;
+  const gasca::SgdHyper h{lr, momentum, dampening, weight_decay, nesterov};
   dispatch(s.param.dtype, [&](auto tag) {
     using T = decltype(tag);
     T* buf = s.has_buf ? s.momentum_buf.mptr<T>() : nullptr;
@@ -209,13 +204,7 @@ void adam_step(const py::object& param, const py::object& grad, const py::object
   const AdamStep s = check_adam_step(read_array, param, grad, exp_avg, exp_avg_sq, step, lr,
                                      beta1, beta2, eps, weight_decay, version,
                                      gasca::optim_num_versions());
-  gasca::AdamHyper h;
-  h.lr = lr;
-  h.beta1 = beta1;
-  h.beta2 = beta2;
-  h.eps = eps;
-  h.weight_decay = weight_decay;
-  h.decoupled = decoupled;
+  const gasca::AdamHyper h{lr, beta1, beta2, eps, weight_decay, decoupled};
   dispatch(s.param.dtype, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release release;

@@ -20,10 +20,14 @@ doing something else (tests `test_deliberate_difference_raises` and below):
 - the losses' deprecated size_average / reduce (in PyTorch a reduction passed by position
   lands there and silently means 'mean'), and options not implemented: pos_weight, class
   weights, ignore_index other than -100 or a target equal to it, label_smoothing;
-- inplace=True in ReLU / LeakyReLU (ours never write into their input).
-Two documented differences give PyTorch's values and do not raise: argmax and the indices
+- inplace=True in ReLU / LeakyReLU (ours never write into their input);
+- a Tensor as an index (`x[x > 0]`): ours hold floats, so a mask and a list of positions
+  look alike; a NumPy mask or integer array indexes as in PyTorch.
+Three documented differences give PyTorch's values and do not raise: argmax and the indices
 of max(dim) are int64 arrays (NumPy, or CuPy on "cuda"), not Tensors, because our Tensors
-hold floats only; and view() copies a tensor whose memory layout PyTorch's view refuses.
+hold floats only; comparisons (==, !=, <, <=, >, >=) are elementwise as in PyTorch but
+give 1.0 / 0.0 in the tensor's dtype rather than bools, for the same reason; and view()
+copies a tensor whose memory layout PyTorch's view refuses.
 
 Tests that need PyTorch take the `torch` fixture (tests/conftest.py), which skips them
 cleanly where it is not installed; the rest of the file runs regardless.
@@ -657,3 +661,47 @@ def test_gasca_generator_loads_a_torch_mirror_state_dict(torch, rng):
     g.load_state_dict({k: v.detach().numpy() for k, v in mirror.state_dict().items()})
     x = rng.random((2, 1, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(g(gc.Tensor(x)).data, mirror(torch.tensor(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["eq", "ne", "lt", "le", "gt", "ge"])
+def test_comparisons_are_elementwise_as_torch(op, torch, rng):
+    """`t == 0`, `pred == target`, `t > 0.5`: elementwise, as in PyTorch (ours give 1.0 /
+    0.0 in the tensor's dtype where PyTorch gives bools), with no gradient."""
+    import operator
+    a = np.round(rng.standard_normal((3, 4)), 1).astype(np.float32)
+    b = a.copy()
+    b[0, :2] += 1.0
+    fn = getattr(operator, op)
+    ours_t = fn(gc.Tensor(a, requires_grad=True), gc.Tensor(b))
+    theirs_t = fn(torch.from_numpy(a), torch.from_numpy(b))
+    np.testing.assert_array_equal(ours_t.numpy(), theirs_t.float().numpy())
+    assert ours_t.dtype == np.float32 and not ours_t.requires_grad
+    np.testing.assert_array_equal(fn(gc.Tensor(a), 0.0).numpy(),
+                                  fn(torch.from_numpy(a), 0.0).float().numpy())
+    assert float((gc.Tensor(a) == gc.Tensor(b)).mean()) == \
+        float((torch.from_numpy(a) == torch.from_numpy(b)).float().mean())
+
+
+def test_tensors_are_hashed_by_identity_and_one_element_comparisons_are_truthy():
+    a, b = gc.Tensor(np.ones(3)), gc.Tensor(np.ones(3))
+    keys = {a: "a", b: "b"}
+    assert keys[a] == "a" and keys[b] == "b"
+    assert a in [a] and bool(gc.Tensor(np.array([2.0])) == 2.0)
+    with pytest.raises(RuntimeError, match="ambiguous"):
+        bool(a == b)  # as in PyTorch: a many-element comparison has no single truth value
+
+
+def test_a_tensor_index_is_refused_and_numpy_masks_index_as_torch(torch, rng):
+    a = rng.standard_normal((4, 3)).astype(np.float32)
+    x = gc.Tensor(a, requires_grad=True)
+    with pytest.raises(TypeError, match="NumPy array"):
+        x[x > 0]
+    with pytest.raises(TypeError, match="NumPy array"):
+        x[0, gc.Tensor(np.array([1.0]))]
+    mask = a > 0
+    np.testing.assert_array_equal(x[mask].numpy(), torch.from_numpy(a)[torch.from_numpy(mask)].numpy())
+    rows = np.array([2, 0, 2])
+    x[rows].sum().backward()
+    t = torch.from_numpy(a).requires_grad_()
+    t[torch.from_numpy(rows)].sum().backward()
+    np.testing.assert_array_equal(x.grad, t.grad.numpy())

@@ -16,6 +16,7 @@
 #include <random>
 #include <vector>
 
+#include "check_reference.h"
 #include "conv_maps.cuh"
 
 using namespace gasca;
@@ -97,29 +98,8 @@ int main() {
       for (auto& e : *v) e = normal(gen);
 
     // Direct definitions.
-    std::vector<double> y_ref(dy.size(), 0), dx_ref(x.size(), 0), dw_ref(w.size(), 0);
-    for (int64_t n = 0; n < Nb; ++n)
-      for (int64_t co = 0; co < Co; ++co)
-        for (int64_t oh = 0; oh < OH; ++oh)
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const int64_t yi = ((n * Co + co) * OH + oh) * OW + ow;
-            y_ref[yi] += bias[co];
-            for (int64_t ci = 0; ci < Ci; ++ci)
-              for (int64_t i = 0; i < KH; ++i)
-                for (int64_t j = 0; j < KW; ++j) {
-                  const int64_t h = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                  const int64_t ww = ow * g.stride_w - g.pad_w + j * g.dilation_w;
-                  if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-                  const int64_t xi = ((n * Ci + ci) * H + h) * W + ww;
-                  const int64_t wi = ((co * Ci + ci) * KH + i) * KW + j;
-                  y_ref[yi] += w[wi] * x[xi];
-                  dx_ref[xi] += w[wi] * dy[yi];
-                  dw_ref[wi] += dy[yi] * x[xi];
-                }
-          }
-    for (int64_t n = 0; n < Nb; ++n)
-      for (int64_t ci = 0; ci < Ci; ++ci)
-        for (int64_t p = 0; p < H * W; ++p) dx_ref[(n * Ci + ci) * H * W + p] += bias_in[ci];
+    const DirectConv ref = direct_conv(g, x, w, dy, bias, bias_in);
+    const std::vector<double>&y_ref = ref.y, &dx_ref = ref.dx, &dw_ref = ref.dw;
 
     const int run = pick(1, 9);  // k values a thread walks from one cursor
     // Forward.

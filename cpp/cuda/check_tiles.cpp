@@ -36,6 +36,7 @@ std::barrier<>* emu_barrier = nullptr;
 inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
 
 #define GASCA_EMULATE_CUDA 1
+#include "check_reference.h"
 #include "conv_maps.cuh"
 #include "tiled_gemm.cuh"
 
@@ -122,29 +123,8 @@ void run_trial(const ConvGeometry& g, int trial, std::mt19937_64& gen) {
       bias_in(Ci);
   for (auto* v : {&x, &w, &dy, &bias, &bias_in})
     for (auto& e : *v) e = T(normal(gen));
-  std::vector<double> y_ref(dy.size(), 0), dx_ref(x.size(), 0), dw_ref(w.size(), 0);
-  for (int64_t n = 0; n < Nb; ++n)
-    for (int64_t co = 0; co < Co; ++co)
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const int64_t yi = ((n * Co + co) * OH + oh) * OW + ow;
-          y_ref[yi] += bias[co];
-          for (int64_t ci = 0; ci < Ci; ++ci)
-            for (int64_t i = 0; i < KH; ++i)
-              for (int64_t j = 0; j < KW; ++j) {
-                const int64_t h = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                const int64_t ww = ow * g.stride_w - g.pad_w + j * g.dilation_w;
-                if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-                const int64_t xi = ((n * Ci + ci) * H + h) * W + ww;
-                const int64_t wi = ((co * Ci + ci) * KH + i) * KW + j;
-                y_ref[yi] += double(w[wi]) * x[xi];
-                dx_ref[xi] += double(w[wi]) * dy[yi];
-                dw_ref[wi] += double(dy[yi]) * x[xi];
-              }
-        }
-  for (int64_t n = 0; n < Nb; ++n)
-    for (int64_t ci = 0; ci < Ci; ++ci)
-      for (int64_t p = 0; p < H * W; ++p) dx_ref[(n * Ci + ci) * H * W + p] += bias_in[ci];
+  const DirectConv ref = direct_conv(g, x, w, dy, bias, bias_in);
+  const std::vector<double>&y_ref = ref.y, &dx_ref = ref.dx, &dw_ref = ref.dw;
 
   const unsigned grid_cap = 1 + trial % 3;  // small caps exercise the grid-stride tile loop
   const int64_t splits = 1 + trial % 4;      // split-K slices, summed in order

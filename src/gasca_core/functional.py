@@ -523,11 +523,19 @@ def unsqueeze(input: Tensor, dim: int) -> Tensor:
 
 
 def getitem(x: Tensor, index: Any) -> Tensor:
-    """x[index] (NumPy indexing); the gradient is scattered back, summing repeated indices."""
-    if isinstance(index, Tensor):
-        index = index.data.astype(np.int64)
-    elif isinstance(index, tuple):
-        index = tuple(i.data.astype(np.int64) if isinstance(i, Tensor) else i for i in index)
+    """x[index] (NumPy indexing: ints, slices, integer or boolean arrays); the gradient is
+    scattered back, summing repeated indices.
+
+    Deliberate difference: a Tensor is refused as an index. PyTorch indexes with integer
+    tensors (positions) and bool tensors (masks); ours hold floats only (a comparison gives
+    1.0 / 0.0), so a Tensor index could mean either, and reading a mask as positions 0 and
+    1 would be a silent wrong answer. Index with a NumPy array instead."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, Tensor) for i in parts):
+        raise TypeError(
+            "indexing with a Tensor is ambiguous here (Tensors hold floats, so a mask and a "
+            "list of positions look alike): index with a NumPy array, e.g. "
+            "x[mask.numpy() > 0] for a mask or x[idx.numpy().astype(np.int64)] for positions")
     return GetItem.apply(_tensor(x, "x"), index)
 
 

@@ -331,6 +331,39 @@ class Tensor:
                                "compare .item()")
         return bool(self.data.reshape(()))
 
+    # Comparisons are elementwise, as in PyTorch (`t == 0`, `pred == target`), and record no
+    # graph. Deliberate difference: our Tensors hold floats only, so the result holds 1.0
+    # where the comparison is true and 0.0 elsewhere, in the tensor's dtype, where PyTorch
+    # gives a bool tensor; `(pred == target).mean()` and `.sum()` read the same. A Tensor
+    # is hashed by identity (as in PyTorch), so it can still key a dict.
+    __hash__ = object.__hash__
+
+    def _compare(self, other: Any, op: str) -> "Tensor":
+        other_data = other.data if isinstance(other, Tensor) else other
+        xp = backend.get_array_module(self.data)
+        result = getattr(self.data, op)(other_data)
+        if result is NotImplemented:
+            raise TypeError(f"cannot compare a Tensor with {type(other).__name__}")
+        return Tensor(xp.asarray(result, dtype=self.data.dtype))
+
+    def __eq__(self, other: Any) -> "Tensor":  # type: ignore[override]
+        return self._compare(other, "__eq__")
+
+    def __ne__(self, other: Any) -> "Tensor":  # type: ignore[override]
+        return self._compare(other, "__ne__")
+
+    def __lt__(self, other: Any) -> "Tensor":
+        return self._compare(other, "__lt__")
+
+    def __le__(self, other: Any) -> "Tensor":
+        return self._compare(other, "__le__")
+
+    def __gt__(self, other: Any) -> "Tensor":
+        return self._compare(other, "__gt__")
+
+    def __ge__(self, other: Any) -> "Tensor":
+        return self._compare(other, "__ge__")
+
     def __float__(self) -> float:
         return self.item()
 
