@@ -225,24 +225,17 @@ def test_conv2d_matches_cpu(g, dtype):
     assert_close(db, db_ref, dtype, "bias gradient")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("g", [g for g in GEOMETRIES if transpose_is_valid(g)], ids=geometry_id)
-def test_conv_transpose2d_matches_cpu(g, dtype):
-    # The transposed convolution maps the conv's output shape (N, Co, OH, OW) to its input
-    # shape (N, Ci, H, W), with weight (Co, Ci, KH, KW) read as (C_in, C_out, KH, KW).
-    x_conv, w, _, dy_conv = conv_arrays(g, dtype, seed=1)
-    t_kw, _ = transpose_of(g)
-    x = dy_conv  # the transposed convolution's input
-    dy = x_conv  # the gradient of its output
-    b = np.random.default_rng(2).standard_normal(g["ci"]).astype(dtype)
-    y_ref = np.empty_like(dy)
+def assert_transposed_versions_match_cpu(x, w, b, dy, t_kw, dtype) -> dict:
+    """Every GPU version's transposed forward, backward-input and backward-weight against
+    the CPU module's on the same arrays; returns {version: (dx, dw)} as computed on the GPU."""
+    y_ref = np.empty(dy.shape, dtype)
     cpu.conv_transpose2d_forward(x, w, b, y_ref, **t_kw)
     dx_ref = np.empty_like(x)
     cpu.conv_transpose2d_backward_input(dy, w, dx_ref, **t_kw)
     dw_ref = np.empty_like(w)
     cpu.conv_transpose2d_backward_weight(x, dy, dw_ref, **t_kw)
-
     xd, wd, bd, dyd = map(on_gpu, (x, w, b, dy))
+    grads = {}
     for version in GPU_VERSIONS:
         y = cp.full(dy.shape, np.nan, dtype)
         gpu.conv_transpose2d_forward(xd, wd, bd, y, **t_kw, version=version, stream=stream())
@@ -254,6 +247,21 @@ def test_conv_transpose2d_matches_cpu(g, dtype):
         gpu.conv_transpose2d_backward_weight(xd, dyd, dw, **t_kw, version=version,
                                              stream=stream())
         assert_close(dw, dw_ref, dtype, f"transposed backward-weight v{version}")
+        grads[version] = (dx, dw)
+    return grads
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("g", [g for g in GEOMETRIES if transpose_is_valid(g)], ids=geometry_id)
+def test_conv_transpose2d_matches_cpu(g, dtype):
+    # The transposed convolution maps the conv's output shape (N, Co, OH, OW) to its input
+    # shape (N, Ci, H, W), with weight (Co, Ci, KH, KW) read as (C_in, C_out, KH, KW).
+    x_conv, w, _, dy_conv = conv_arrays(g, dtype, seed=1)
+    t_kw, _ = transpose_of(g)
+    x = dy_conv  # the transposed convolution's input
+    dy = x_conv  # the gradient of its output
+    b = np.random.default_rng(2).standard_normal(g["ci"]).astype(dtype)
+    assert_transposed_versions_match_cpu(x, w, b, dy, t_kw, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -271,33 +279,17 @@ def test_conv_transpose2d_output_padding_beyond_stride_matches_cpu(cfg, dtype):
     ow = (w_ - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
     dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
     t_kw = dict(stride=s, padding=p, output_padding=op, dilation=d)
-    y_ref = np.empty(dy.shape, dtype)
-    cpu.conv_transpose2d_forward(x, w, b, y_ref, **t_kw)
-    dx_ref = np.empty_like(x)
-    cpu.conv_transpose2d_backward_input(dy, w, dx_ref, **t_kw)
-    dw_ref = np.empty_like(w)
-    cpu.conv_transpose2d_backward_weight(x, dy, dw_ref, **t_kw)
-
-    xd, wd, bd, dyd = map(on_gpu, (x, w, b, dy))
-    for version in GPU_VERSIONS:
-        y = cp.full(dy.shape, np.nan, dtype)
-        gpu.conv_transpose2d_forward(xd, wd, bd, y, **t_kw, version=version, stream=stream())
-        assert_close(y, y_ref, dtype, f"transposed forward v{version}")
-        dx = cp.full(x.shape, np.nan, dtype)
-        gpu.conv_transpose2d_backward_input(dyd, wd, dx, **t_kw, version=version, stream=stream())
-        assert_close(dx, dx_ref, dtype, f"transposed backward-input v{version}")
-        dw = cp.full(w.shape, np.nan, dtype)
-        gpu.conv_transpose2d_backward_weight(xd, dyd, dw, **t_kw, version=version,
-                                             stream=stream())
-        assert_close(dw, dw_ref, dtype, f"transposed backward-weight v{version}")
-        if dtype == np.float64:
-            y0 = cp.empty(dy.shape, dtype)
-            gpu.conv_transpose2d_forward(xd, wd, None, y0, **t_kw, version=version,
-                                         stream=stream())
-            lhs = inner(y0, dyd)
-            scale = max(1.0, abs(lhs), float(cp.abs(y0).sum()))
-            assert abs(lhs - inner(xd, dx)) <= 1e-12 * scale, f"adjoint (input) v{version}"
-            assert abs(lhs - inner(wd, dw)) <= 1e-12 * scale, f"adjoint (weight) v{version}"
+    grads = assert_transposed_versions_match_cpu(x, w, b, dy, t_kw, dtype)
+    if dtype != np.float64:
+        return
+    xd, wd, dyd = map(on_gpu, (x, w, dy))
+    for version, (dx, dw) in grads.items():
+        y0 = cp.empty(dy.shape, dtype)
+        gpu.conv_transpose2d_forward(xd, wd, None, y0, **t_kw, version=version, stream=stream())
+        lhs = inner(y0, dyd)
+        scale = max(1.0, abs(lhs), float(cp.abs(y0).sum()))
+        assert abs(lhs - inner(xd, dx)) <= 1e-12 * scale, f"adjoint (input) v{version}"
+        assert abs(lhs - inner(wd, dw)) <= 1e-12 * scale, f"adjoint (weight) v{version}"
 
 
 def test_gasca64_decoder_layers_match_cpu():
