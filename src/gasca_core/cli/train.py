@@ -48,11 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the training pairs per greedy stage (and for the joint run)")
     b.add_argument("--finetune-epochs", type=positive_int, default=None,
-                   help="passes per fine-tune phase of ganglw (default: --epochs)")
+                   help="passes per fine-tune phase of gangglw (default: --epochs)")
     b.add_argument("--finetune-share", type=nonneg_float, default=TrainConfig.finetune_share,
-                   help="ganglw with --steps: share of the generator updates given to the fine-tunes")
+                   help="gangglw with --steps: share of the generator updates given to the fine-tunes")
     b.add_argument("--d-finetune-ratio", type=nonneg_float, default=TrainConfig.d_finetune_ratio,
-                   help="ganglw: D fine-tune updates per G fine-tune update")
+                   help="gangglw: D fine-tune updates per G fine-tune update")
     b.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
                    help="stop each phase when its share of this many seconds is used "
                         "(for equal wall-clock comparisons)")

@@ -42,8 +42,8 @@ class TrainConfig:
     steps: Optional[int] = 3000         # G-update budget for the whole run, shared out over phases
     epochs: int = 5                     # per greedy stage / joint run, when steps is None
     finetune_epochs: int = 5            # per fine-tune phase, when steps is None
-    finetune_share: float = 0.7         # ganglw: share of the G budget given to the fine-tunes
-    d_finetune_ratio: float = 0.25      # ganglw: D fine-tune steps per G fine-tune step
+    finetune_share: float = 0.7         # gangglw: share of the G budget given to the fine-tunes
+    d_finetune_ratio: float = 0.25      # gangglw: D fine-tune steps per G fine-tune step
     batch_size: int = 32
     lr: float = 1e-3                    # Adam learning rate of G
     d_lr: Optional[float] = None        # Adam learning rate of D (default: lr)
