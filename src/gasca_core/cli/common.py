@@ -12,8 +12,6 @@ from ..data import DATASET_NAMES
 from ..data.pairs import PairDataset
 from ..models import ACTIVATIONS, GascaConfig
 
-DATASETS = DATASET_NAMES
-
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default, except where there is nothing to show (None, False)."""
@@ -26,7 +24,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASETS, default="synthetic-faces",
+    g.add_argument("--dataset", choices=DATASET_NAMES, default="synthetic-faces",
                    help="where the (input, target) pairs come from: the built-in synthetic faces "
                         "(rendered and cached on first use), a folder with inputs/ and "
                         "targets/, a Multi-PIE-style tree, or an .npz file")

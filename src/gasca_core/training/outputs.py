@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..data.grid import save_image_grid
+from ..evaluation import batched_apply
 
 
 class RunOutputs:
@@ -67,7 +68,6 @@ class RunOutputs:
     def save_grid(self, generator: Any, val: Any, name: str) -> str:
         """An image grid of 8 validation pairs spread over the whole split (so over people,
         yaws and lights); rows: input, G's output, target. Returns its path."""
-        from ..evaluation import batched_apply
         pick = np.unique(np.linspace(0, len(val) - 1, 8).round().astype(np.int64))
         x, y = val.take(pick)
         out = batched_apply(generator, x)

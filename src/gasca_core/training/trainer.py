@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from .. import backend, nn, optim
+from .. import __version__, backend, nn, optim
 from ..data.batching import BatchIterator
 from ..data.pairs import PairDataset
 from ..evaluation import batched_apply
@@ -100,7 +100,6 @@ class Trainer:
         if self.device == "cuda":
             backend.require_cuda()
         self.train_data, self.val_data = train.to(self.device), val.to(self.device)
-        self.out_dir = out_dir
         self.outputs = RunOutputs(out_dir) if out_dir else None
         self.progress, self.log = progress, log
         self.phases = plan_phases(train_config.method, model_config.levels, train_config,
@@ -356,7 +355,7 @@ class Trainer:
             "counters": dict(self.counters),
             "elapsed": self.elapsed,
             "best_val_mse": self.best_val_mse if math.isfinite(self.best_val_mse) else None,
-            "gasca_core_version": _version(),
+            "gasca_core_version": __version__,
         }
 
     def save(self, name: str = "latest", run: Optional[PhaseRun] = None) -> Optional[str]:
@@ -418,8 +417,3 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
     finally:
         if install:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _version() -> str:
-    from .. import __version__
-    return __version__
