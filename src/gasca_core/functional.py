@@ -1240,3 +1240,55 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
                          f"{input.shape}, kernel {weight.shape[2:]}, stride {stride}, "
                          f"padding {padding}, output_padding {output_padding}")
     return ConvTranspose2d.apply(input, weight, bias, stride, padding, output_padding, dilation)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+class UpsampleNearest(Function):
+    """Nearest-neighbour upsampling of (N, C, H, W) by integer factors (sh, sw): every input
+    pixel becomes an sh x sw block.  Its adjoint (the backward) sums each block back."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, sh: int, sw: int) -> Any:
+        n, c, h, w = x.shape
+        ctx.factors = (sh, sw)
+        xp = _xp(x)
+        out = xp.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw))
+        return xp.ascontiguousarray(out).reshape(n, c, h * sh, w * sw)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        sh, sw = ctx.factors
+        n, c, hs, ws = grad.shape
+        return grad.reshape(n, c, hs // sh, sh, ws // sw, sw).sum(axis=(3, 5)), None, None
+
+
+def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
+                mode: str = "nearest", align_corners: Any = None,
+                recompute_scale_factor: Any = None, antialias: bool = False) -> Tensor:
+    """Resize (N, C, H, W) maps, as torch.nn.functional.interpolate, for the one case this
+    library implements: mode "nearest" with integer scale factors (given as scale_factor,
+    or as a size that is an integer multiple of the input's).  Anything else raises."""
+    x = _tensor(input, "interpolate: input")
+    if x.ndim != 4:
+        raise ValueError(f"interpolate: input must be (N, C, H, W), got shape {x.shape}")
+    if mode != "nearest":
+        raise ValueError(f"interpolate: mode {mode!r} is not implemented; only 'nearest' is")
+    _unsupported("interpolate", align_corners=(align_corners, None),
+                 recompute_scale_factor=(recompute_scale_factor, None), antialias=(antialias, False))
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    h, w = x.shape[2:]
+    if scale_factor is not None:
+        pair = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+        if len(pair) != 2 or any(float(f) != int(f) or int(f) < 1 for f in pair):
+            raise ValueError(f"interpolate: scale_factor must be a positive integer or a pair of "
+                             f"them, got {scale_factor!r} (fractional factors are not implemented)")
+        sh, sw = int(pair[0]), int(pair[1])
+    else:
+        pair = size if isinstance(size, (tuple, list)) else (size, size)
+        if len(pair) != 2 or any(int(s) < 1 for s in pair) or pair[0] % h or pair[1] % w:
+            raise ValueError(f"interpolate: size {size!r} must be a positive integer multiple of "
+                             f"the input's ({h}, {w})")
+        sh, sw = int(pair[0]) // h, int(pair[1]) // w
+    return UpsampleNearest.apply(x, sh, sw)

@@ -28,6 +28,7 @@ from .rng import stream
 from .tensor import Tensor
 
 ACTIVATIONS = ("leaky_relu", "relu", "sigmoid", "tanh", "identity")
+DECODERS = ("transposed", "resize")
 
 
 @dataclass
@@ -48,13 +49,17 @@ class GascaConfig:
     leaky_slope: float = 0.2
     disc_channels: Optional[list] = None      # default: the generator's channels
     disc_activation: str = "leaky_relu"
+    decoder: str = "transposed"               # or "resize": upsample (nearest), then conv
     name: str = "gasca-64"
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
         self.kernel_sizes = [int(k) for k in self.kernel_sizes]
         if self.paddings is None:
-            self.paddings = [k // 2 for k in self.kernel_sizes]
+            # "same" before the stride: k // 2 for odd k; (k - stride) // 2 for even k, whose
+            # transposed convolution then overlaps evenly (every output pixel gets k / s taps)
+            self.paddings = [k // 2 if k % 2 else max(0, (k - self.stride) // 2)
+                             for k in self.kernel_sizes]
         self.paddings = [int(p) for p in self.paddings]
         if self.disc_channels is None:
             self.disc_channels = list(self.channels)
@@ -80,6 +85,13 @@ class GascaConfig:
                 raise ValueError(f"unknown activation '{act}', expected one of {ACTIVATIONS}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder '{self.decoder}', expected one of {DECODERS}")
+        if self.decoder == "resize" and any(k % 2 == 0 or p != k // 2 for k, p in
+                                            zip(self.kernel_sizes, self.paddings)):
+            raise ValueError(f"decoder 'resize' convolves at stride 1 and needs odd kernel sizes "
+                             f"with padding kernel_size // 2, got kernel sizes "
+                             f"{self.kernel_sizes}, paddings {self.paddings}")
         size = self.image_size
         for k in range(n):
             if size % self.stride:
@@ -89,16 +101,24 @@ class GascaConfig:
                     f"{self.stride ** n} or fewer levels")
             k_size, pad, s = self.kernel_sizes[k], self.paddings[k], self.stride
             code = (size + 2 * pad - k_size) // s + 1          # the encoder's output
-            back = (code - 1) * s - 2 * pad + k_size + s - 1   # the decoder's (output_padding s - 1)
-            if code != size // s or back != size:
+            plain = (code - 1) * s - 2 * pad + k_size          # the decoder's, output_padding 0
+            if code != size // s or not 0 <= size - plain < s:
                 raise ValueError(
                     f"level {k + 1}: kernel size {k_size} with padding {pad} and stride {s} maps "
-                    f"a {size}x{size} map to {code}x{code} and back to {back}x{back}; each level "
-                    f"must halve the map and restore it exactly (use an odd kernel size with "
-                    f"padding kernel_size // 2)")
+                    f"a {size}x{size} map to {code}x{code} and back to at most "
+                    f"{plain + s - 1}x{plain + s - 1}; each level must halve the map and restore "
+                    f"it exactly (an odd kernel size with padding kernel_size // 2, or an even "
+                    f"one with padding (kernel_size - stride) // 2)")
             size //= self.stride
             if size < 1:
                 raise ValueError(f"image_size {self.image_size} is too small for {n} levels")
+
+    def output_padding(self, level: int) -> int:
+        """The decoder of `level`'s output_padding: what restores the map exactly (s - 1 for
+        an odd kernel with padding k // 2, 0 for an even kernel with padding (k - s) // 2)."""
+        size = self.image_size // self.stride ** (level - 1)
+        k, p, s = self.kernel_sizes[level - 1], self.paddings[level - 1], self.stride
+        return size - ((size // s - 1) * s - 2 * p + k)
 
     def code_shape(self, level: int) -> tuple[int, int, int]:
         """(C, H, W) of the code after `level` encoders (level 0 = the image)."""
@@ -153,9 +173,12 @@ class ShallowAutoencoder(nn.Module):
         self.encoder = nn.Sequential(
             nn.Conv2d(c_in, c_out, k, stride=s, padding=p, rng=rng),
             make_activation(config.hidden_activation, config.leaky_slope))
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(c_out, c_in, k, stride=s, padding=p, output_padding=s - 1, rng=rng),
-            make_activation(out_act, config.leaky_slope))
+        if config.decoder == "transposed":
+            up = [nn.ConvTranspose2d(c_out, c_in, k, stride=s, padding=p,
+                                     output_padding=config.output_padding(level), rng=rng)]
+        else:  # "resize": every code pixel becomes an s x s block, then a stride-1 conv
+            up = [nn.Upsample(scale_factor=s), nn.Conv2d(c_out, c_in, k, padding=p, rng=rng)]
+        self.decoder = nn.Sequential(*up, make_activation(out_act, config.leaky_slope))
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)

@@ -439,6 +439,29 @@ class ConvTranspose2d(_ConvNd):
                                   self.output_padding, 1, self.dilation)
 
 
+
+class Upsample(Module):
+    """Nearest-neighbour upsampling by an integer factor (torch.nn.Upsample with
+    mode='nearest'; other modes raise).  No parameters."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest",
+                 align_corners: Any = None, recompute_scale_factor: Any = None) -> None:
+        super().__init__()
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+        if size is None:  # refuse a bad factor or mode now rather than at the first batch
+            F.interpolate(Tensor(np.zeros((1, 1, 1, 1), np.float32)), scale_factor=scale_factor,
+                          mode=mode, align_corners=align_corners,
+                          recompute_scale_factor=recompute_scale_factor)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners,
+                             self.recompute_scale_factor)
+
+    def extra_repr(self) -> str:
+        what = f"scale_factor={self.scale_factor}" if self.size is None else f"size={self.size}"
+        return f"{what}, mode='{self.mode}'"
+
 # ----------------------------------------------------------------------------- activations
 
 class ReLU(Module):

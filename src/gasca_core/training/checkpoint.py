@@ -133,7 +133,8 @@ def _upgrade(meta: dict, path: str) -> dict:
 
     Earlier releases spelled the method GANGGLW "ganglw": the name is converted (parameters,
     optimizer states and every other field are stored the same way) and the conversion is
-    listed in meta["notes"], which the tools print.
+    listed in meta["notes"], which the tools print.  Their model configs have no "decoder"
+    field: they all used transposed convolutions, and the field is filled in so.
     """
     tc = meta.get("train_config")
     if isinstance(tc, dict) and tc.get("method") in METHOD_ALIASES:
@@ -141,6 +142,9 @@ def _upgrade(meta: dict, path: str) -> dict:
         tc["method"] = METHOD_ALIASES[old]
         meta.setdefault("notes", []).append(f"{path}: method '{old}' (as earlier releases spelled it) read as "
                      f"'{tc['method']}'")
+    mc = meta.get("model_config")
+    if isinstance(mc, dict) and "decoder" not in mc:
+        mc["decoder"] = "transposed"  # the only decoder before the field existed
     return meta
 
 
