@@ -14,6 +14,9 @@ the batches of epoch e of phase p are the same whether the run was interrupted o
     batches             7    [phase,] epoch    the order of the pairs in one epoch
     classifier-batches  11   epoch             the classify tool's batches
     classifier-holdout  -    -                 the classify tool's held-out images: [seed]
+    recognizer-init     13   -                 initial weights of the face recognizer (recognition.py)
+    recognizer-batches  17   epoch             the recognizer's training batches
+    recognizer-augment  19   step              the recognizer's shifts and brightness/contrast jitter
     preview             -    -                 which pairs `python -m gasca_core.data preview` shows
 
 and one family of its own: person i of the synthetic faces draws its face from
@@ -42,6 +45,9 @@ STREAMS: dict[str, Optional[int]] = {
     "batches": 7,
     "classifier-batches": 11,
     "classifier-holdout": None,  # seeded by [seed] alone, as the first release did
+    "recognizer-init": 13,
+    "recognizer-batches": 17,
+    "recognizer-augment": 19,
     "preview": None,
 }
 
