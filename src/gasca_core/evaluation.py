@@ -255,3 +255,18 @@ def quality_tables(q: dict[str, Any]) -> str:
     for note in q.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def phase_end_table(history: Sequence[dict]) -> str:
+    """D's mean probability of 'real' on real targets and on G's outputs at the end of each
+    phase (the last validation record of the phase), beside the phase's validation MSE:
+    the first place to look for a discriminator that wins (D(fake) -> 0) or does nothing
+    (both near 0.5). Phases that train no D show '-'."""
+    last: dict[Any, dict] = {}
+    for rec in history:
+        last[rec.get("phase_index", rec.get("phase"))] = rec
+    rows = [[r.get("phase", "?"), r.get("phase_step", "-"), _fmt_or_dash(r.get("val_mse")),
+             _fmt_or_dash(r.get("d_real")), _fmt_or_dash(r.get("d_fake"))] for r in last.values()]
+    if not rows:
+        return ""
+    return format_table(["phase", "steps", "val MSE", "D(real)", "D(fake)"], rows)

@@ -141,6 +141,23 @@ class GascaConfig:
         return json.dumps(self.to_dict())
 
 
+# The architectures the tools know by name (--arch).  Each is a set of GascaConfig fields;
+# the others keep their defaults.  "gasca-64" is the paper's shapes and the one the kernel
+# and step benchmarks measure, whatever the default of the training tools is.
+ARCHITECTURES: dict[str, dict] = {
+    "gasca-64": {},
+    "gasca-64r": {"decoder": "resize"},
+}
+DEFAULT_ARCHITECTURE = "gasca-64"   # of the training tools (train, compare)
+
+
+def architecture(name: str, **overrides) -> GascaConfig:
+    """The named architecture (see ARCHITECTURES), with any fields overridden."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{name}', expected one of {sorted(ARCHITECTURES)}")
+    return GascaConfig(**{**ARCHITECTURES[name], **overrides, "name": name})
+
+
 def make_activation(name: str, slope: float = 0.2) -> nn.Module:
     if name == "leaky_relu":
         return nn.LeakyReLU(slope)

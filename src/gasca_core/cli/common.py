@@ -10,7 +10,8 @@ import numpy as np
 
 from ..data import DATASET_NAMES
 from ..data.pairs import PairDataset
-from ..models import ACTIVATIONS, GascaConfig
+from ..models import (ACTIVATIONS, ARCHITECTURES, DECODERS, DEFAULT_ARCHITECTURE, GascaConfig,
+                      architecture)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -75,32 +76,46 @@ def int_list(text: str) -> list[int]:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The architecture flags (their defaults are gasca-64's)."""
-    a = p.add_argument_group("architecture (default: gasca-64)")
+    """The architecture flags: a named architecture, and fields to override in it."""
+    a = p.add_argument_group(f"architecture (default: {DEFAULT_ARCHITECTURE})")
+    a.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCHITECTURE,
+                   help="a named architecture: gasca-64 is the paper's shapes (transposed-"
+                        "convolution decoders); gasca-64r the same levels with resize decoders "
+                        "(nearest upsampling, then a stride-1 convolution: no grid texture). "
+                        "The flags below override its fields")
     a.add_argument("--channels", type=int_list, default=None, metavar="C1,C2,...",
                    help="channels of each level; their number is the number of levels "
-                        "(default 32,64,128)")
+                        "(default: the architecture's, 32,64,128)")
     a.add_argument("--kernel-sizes", type=int_list, default=None, metavar="K1,K2,...",
-                   help="kernel size of each level (default 5,5,3; extra levels use 3)")
-    a.add_argument("--hidden-activation", choices=ACTIVATIONS, default="leaky_relu",
-                   help="activation of the encoders and of the decoders above level 1")
+                   help="kernel size of each level (default: the architecture's, 5,5,3; extra "
+                        "levels use 3)")
+    a.add_argument("--hidden-activation", choices=ACTIVATIONS, default=None,
+                   help="activation of the encoders and of the decoders above level 1 "
+                        "(default: the architecture's, leaky_relu)")
+    a.add_argument("--decoder", choices=DECODERS, default=None,
+                   help="how each level's decoder doubles the map: a transposed convolution, or "
+                        "resize (nearest upsampling, then a stride-1 convolution) "
+                        "(default: the architecture's)")
 
 
 def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
-    """The GascaConfig that the architecture and --image-size flags describe; it is named
-    "gasca-64" only when every one of them is gasca-64's, "custom" otherwise."""
-    default = GascaConfig()
-    channels = args.channels or default.channels
-    ks = args.kernel_sizes or (default.kernel_sizes + [3] * max(0, len(channels) - 3))[:len(channels)]
+    """The GascaConfig that the architecture flags and --image-size describe; it keeps the
+    architecture's name (--arch) only when no flag changes one of its fields, and is called
+    "custom" otherwise."""
+    base = architecture(getattr(args, "arch", None) or DEFAULT_ARCHITECTURE)
+    channels = args.channels or base.channels
+    ks = args.kernel_sizes or (base.kernel_sizes + [3] * max(0, len(channels) - len(base.kernel_sizes))
+                               )[:len(channels)]
     if len(ks) != len(channels):
         fail(f"--kernel-sizes has {len(ks)} entries, --channels {len(channels)}: give one per level")
-    image_size = getattr(args, "image_size", default.image_size)
-    name = default.name if (channels, ks, image_size, args.hidden_activation) == \
-        (default.channels, default.kernel_sizes, default.image_size, default.hidden_activation) \
-        else "custom"
+    fields = dict(image_size=getattr(args, "image_size", base.image_size), channels=channels,
+                  kernel_sizes=ks,
+                  hidden_activation=getattr(args, "hidden_activation", None) or base.hidden_activation,
+                  decoder=getattr(args, "decoder", None) or base.decoder)
+    same = all(getattr(base, k) == v for k, v in fields.items())
     try:
-        return GascaConfig(image_size=image_size, channels=channels, kernel_sizes=ks,
-                           hidden_activation=args.hidden_activation, name=name)
+        return GascaConfig(**{**base.to_dict(), **fields, "paddings": None,
+                              "disc_channels": None, "name": base.name if same else "custom"})
     except ValueError as e:
         fail(str(e))
 

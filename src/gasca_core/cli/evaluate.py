@@ -1,5 +1,7 @@
 """python -m gasca_core.evaluate CHECKPOINT: test-set MSE / PSNR / SSIM of a trained G, the
-error per yaw (where the data knows yaws), the two trivial baselines, and an image grid."""
+error per yaw (where the data knows yaws), the two trivial baselines, identity kept (rank-1
+of a face recognizer trained on the training people, against a gallery of the unseen
+people), sharpness, grid artefacts, realism, and an image grid."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..data.grid import save_image_grid
-from ..evaluation import predict, results_tables
+from ..evaluation import predict, quality_metrics, quality_tables, results_tables
 from ..training import CheckpointError, load_generator
 from .common import HelpFormatter, add_data_args, fail, load_splits
 
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, metavar="PNG",
                    help="where to save the image grid (default: next to the checkpoint)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip identity rank-1, sharpness, artefact and realism (the recognizer "
+                        "is trained once per training set, ~15 s, then cached)")
     return p
 
 
@@ -50,6 +55,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{meta['counters']['g_updates']} G updates; {args.split} split of {args.dataset}, "
           f"{len(split)} pairs")
     print(results_tables("model", out, split, train, label_keys=("yaw", "light")))
+    if not args.no_quality:
+        print("\nquality:")
+        print(quality_tables(quality_metrics(out, split, train, log=print)))
     grid = args.grid or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
                                      f"eval_{args.split}.png")
     n = min(8, len(split))

@@ -16,7 +16,7 @@ import time
 from typing import Optional, Sequence
 
 
-from ..evaluation import predict, results_tables
+from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
 from ..models import GascaConfig
 from ..training import (METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
@@ -180,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
 
-    report = final_report(trainer, train, test)
+    report = final_report(trainer, train, test, out)
     print(report)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write(report + "\n")
@@ -188,12 +188,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def final_report(trainer: Trainer, train, test) -> str:
-    """Test-set error of the trained G beside the two trivial baselines, and per yaw."""
+def final_report(trainer: Trainer, train, test, out_dir: Optional[str] = None) -> str:
+    """The trained G on the test set: MSE / PSNR / SSIM beside the two trivial baselines and
+    per yaw, then identity (rank-1 against a gallery of unseen people), sharpness, grid
+    artefacts and realism (evaluation.quality_metrics), and D's probabilities at the end
+    of each phase.  With out_dir, the quality figures are also saved as quality.json."""
     out = predict(trainer.G, test.inputs, trainer.device)
-    return (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
+    head = (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
             f"{trainer.counters['g_updates']} G updates, {trainer.elapsed:.0f} s of training:\n"
             + results_tables(f"GASCA ({trainer.tc.method})", out, test, train))
+    q = quality_metrics(out, test, train, log=print)
+    if out_dir:
+        with open(os.path.join(out_dir, "quality.json"), "w", encoding="utf-8") as f:
+            json.dump(q, f, indent=1)
+    parts = [head, "", "quality (test set):", quality_tables(q)]
+    table = phase_end_table(trainer.history)
+    if table:
+        parts += ["", "at the end of each phase (validation pairs):", table]
+    return "\n".join(parts)
 
 
 def _save_run_info(out: str, info: dict) -> None:
