@@ -196,3 +196,30 @@ def test_flags_become_one_config_in_every_tool():
         assert tanh.name == "custom" and tanh.hidden_activation == "tanh"
         small = model_config_from_args(parser.parse_args(["--image-size", "32"]))
         assert small.name == "custom" and small.image_size == 32
+
+
+def test_train_without_an_adversary_and_with_a_d_ratio(tmp_path, npz_data):
+    """--adv-weight 0: no D fine-tunes, no D updates, records without D probabilities, and
+    the tools still work; --d-ratio 0.5 halves the D updates of the alternating phases."""
+    import json
+    out = str(tmp_path / "w0")
+    r = run(train_args(npz_data, out, steps=20, extra=["--adv-weight", "0", "--eval-every", "4"]))
+    assert r.returncode == 0, r.stderr
+    assert "finetune_d" not in r.stdout and " 0 D updates" in r.stdout
+    assert "s of training clock" in r.stdout and "s wall" in r.stdout
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert recs and all(rec["d_real"] is None and rec["d_fake"] is None for rec in recs)
+    meta, _ = final_params(out)
+    assert meta["counters"]["d_updates"] == 0 and meta["wall_seconds"] >= meta["elapsed"] > 0
+    assert len(meta["phase_seconds"]) == 3 and abs(sum(meta["phase_seconds"]) - meta["elapsed"]) < 1e-9
+    ev = run(["gasca_core.evaluate", os.path.join(out, "latest.npz"), "--dataset", "npz",
+              "--data", npz_data])
+    assert ev.returncode == 0, ev.stderr
+
+    half = str(tmp_path / "half")
+    r = run(train_args(npz_data, half, steps=20, extra=["--method", "joint", "--d-ratio", "0.5"]))
+    assert r.returncode == 0, r.stderr
+    meta, _ = final_params(half)
+    assert meta["counters"]["g_updates"] == 20 and meta["counters"]["d_updates"] == 10
+    bad = run(train_args(npz_data, str(tmp_path / "bad"), extra=["--d-ratio", "2"]))
+    assert bad.returncode != 0 and "--d-ratio" in bad.stderr and "Traceback" not in bad.stderr
