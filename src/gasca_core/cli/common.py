@@ -65,6 +65,25 @@ def positive_float(text: str) -> float:
     return v
 
 
+def d_ratio(text: str) -> float:
+    """A D:G update ratio, in (0, 1]."""
+    v = positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return v
+
+
+def float_list(text: str) -> list[float]:
+    """Comma-separated finite numbers >= 0 (e.g. adversarial weights)."""
+    try:
+        vals = [nonneg_float(t.strip()) for t in text.split(",") if t.strip()]
+    except argparse.ArgumentTypeError:
+        vals = []
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0, got '{text}'")
+    return vals
+
+
 def int_list(text: str) -> list[int]:
     try:
         vals = [int(t) for t in text.split(",") if t.strip()]

@@ -1,18 +1,31 @@
 """python -m gasca_core.compare: the paper's comparison, GANGGLW vs joint vs plain greedy.
 
 Runs every method on the same data, the same architecture and the same budget of generator
-updates, over several seeds, and reports test MSE per method (mean and spread) and per yaw,
-with the wall-clock time each took.  With --budget both (the default) it also runs every
-method again for the wall-clock time joint training took, so that the cheaper greedy stages
-can spend their savings on more steps.  Writes results.json, results.md and a bar chart.
+updates, over several seeds, and reports test MSE per method (mean, a 95% confidence
+interval and the spread) and per yaw.  With --budget both (the default) it also runs every
+method again for the seconds joint training took, so that the cheaper greedy stages can
+spend their savings on more steps.
+
+One clock for every method: the trainer's training clock counts the training steps and the
+code encoding before each greedy stage, never validations, checkpoints or grids (for no
+method), and the equal-time budget is joint's seconds on that clock.  Every run records its
+training-clock and wall seconds and its G and D updates, and the tables show them.
+
+--adv-weights W1,W2,... repeats the whole comparison per adversarial weight (a sweep;
+0 = no D at all: "GASCA without the GA").  --ablations separates GANGGLW's two differences
+from joint training, cheaper steps and fewer D updates: it adds joint at GANGGLW's D:G
+update ratio (for every weight > 0) and every method with no D (weight 0).
+
+Writes results.json (every run, enough to rebuild the tables), results.md and bar charts;
+--report-only DIR rebuilds results.md and the charts from DIR/results.json, training nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,9 +33,12 @@ import numpy as np
 from ..evaluation import baselines, format_table, per_label_table, predict
 from ..metrics import mse_per_image
 from ..models import GascaConfig
-from ..training import METHODS, Trainer, TrainConfig, canonical_method
-from .common import (HelpFormatter, add_data_args, add_model_args, fail, int_list, load_splits,
-                     model_config_from_args, nonneg_float, positive_int)
+from ..training import METHODS, Trainer, TrainConfig, canonical_method, gangglw_d_ratio
+from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, float_list,
+                     int_list, load_splits, model_config_from_args, nonneg_float, positive_int)
+
+RESULTS_FORMAT = 2
+JOINT_AT_GANGGLW_RATIO = "joint (gangglw's D:G ratio)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,74 +51,308 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data split")
     p.add_argument("--steps", type=positive_int, default=600, help="generator updates per run")
     p.add_argument("--budget", choices=("steps", "time", "both"), default="both",
-                   help="equal generator updates, equal wall-clock time (joint's), or both")
+                   help="equal generator updates, equal training-clock time (joint's; "
+                        "validations excluded for every method), or both")
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--adv-weight", type=nonneg_float, default=TrainConfig.adv_weight)
+    p.add_argument("--adv-weight", type=nonneg_float, default=TrainConfig.adv_weight,
+                   help="adversarial weight (0 = no D is trained)")
+    p.add_argument("--adv-weights", type=float_list, default=None, metavar="W1,W2,...",
+                   help="run the whole comparison once per adversarial weight (a sweep, e.g. "
+                        "0,1e-4,1e-3,1e-2,1e-1; 0 = no D); overrides --adv-weight")
+    p.add_argument("--d-ratio", type=d_ratio, default=TrainConfig.d_ratio, metavar="R",
+                   help="D updates per step in phases that train G and D, in (0, 1] (every run)")
+    p.add_argument("--ablations", action="store_true",
+                   help=f"also run '{JOINT_AT_GANGGLW_RATIO}' (joint with GANGGLW's D updates "
+                        "per G update, for each weight > 0) and every method with no D "
+                        "(adversarial weight 0, added to the weights)")
     p.add_argument("--finetune-share", type=nonneg_float, default=TrainConfig.finetune_share,
                    help="gangglw: share of the G updates given to the fine-tunes")
     p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", default="runs/compare", metavar="DIR")
+    p.add_argument("--report-only", metavar="DIR", default=None,
+                   help="train nothing: rebuild DIR/results.md and the charts from DIR/results.json")
     p.add_argument("--progress", action="store_true", help="show per-phase progress bars")
     return p
 
 
+# ----------------------------------------------------------------------------- one run
+
+
 def run_one(mc: GascaConfig, tc: TrainConfig, train, val, test, progress: bool) -> dict:
-    t0 = time.perf_counter()
+    """Train one method with one seed and setting; returns the run's record for
+    results.json: test MSE (mean and per yaw), G and D updates, the training-clock and wall
+    seconds (all phases and per phase), and whatever quality_metrics adds."""
     trainer = Trainer(mc, tc, train, val, out_dir=None, progress=progress, log=lambda s: None)
-    trainer.run()
-    wall = time.perf_counter() - t0
+    final = trainer.run()
     out = predict(trainer.G, test.inputs, tc.device)
     mse = mse_per_image(out, test.targets)
-    res = {"method": tc.method, "seed": tc.seed, "test_mse": float(mse.mean()),
-           "g_updates": trainer.counters["g_updates"], "train_seconds": trainer.elapsed,
-           "wall_seconds": wall, "per_yaw": {}}
+    res = {"method": tc.method, "seed": tc.seed, "adv_weight": tc.adv_weight,
+           "d_ratio": tc.d_ratio, "time_budget": tc.time_budget,
+           "test_mse": float(mse.mean()),
+           "g_updates": final["g_updates"], "d_updates": final["d_updates"],
+           "train_seconds": final["train_seconds"], "wall_seconds": final["wall_seconds"],
+           "phase_seconds": final["phase_seconds"],
+           "phases": [p.name for p in trainer.phases], "per_yaw": {}}
     for yaw, n, m, _, _ in per_label_table(out, test.targets, test.labels, "yaw"):
         res["per_yaw"][str(yaw)] = m
+    res.update(quality_metrics(out, test, train))
     return res
 
 
-def summarize_runs(runs: list[dict], methods: list[str], budget: str) -> list[list]:
+def quality_metrics(out, test, train) -> dict:
+    """HOOK for per-run quality metrics beyond pixel MSE: fields returned here are stored
+    in every run's record (results.json).  To be filled by
+    evaluation.quality_metrics(out, test, train, recognizer) (identity, sharpness), which
+    is not on this branch yet; until then it adds nothing."""
+    return {}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def student_t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with df degrees of freedom (two-sided 95%), solved
+    from the closed-form CDF for integer df (Abramowitz & Stegun 26.7.3-4) by bisection."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+
+    def central(t: float) -> float:   # P(|T| < t)
+        theta = math.atan(t / math.sqrt(df))
+        s, c2 = math.sin(theta), math.cos(theta) ** 2
+        if df % 2:
+            if df == 1:
+                return 2 * theta / math.pi
+            term, acc = math.cos(theta), math.cos(theta)
+            for k in range(3, df - 1, 2):
+                term *= c2 * (k - 1) / k
+                acc += term
+            return 2 / math.pi * (theta + s * acc)
+        term, acc = 1.0, 1.0
+        for k in range(2, df - 1, 2):
+            term *= c2 * (k - 1) / k
+            acc += term
+        return s * acc
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if central(mid) < 0.95 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, Optional[float]]:
+    """(mean, half-width of its 95% confidence interval): Student t with n - 1 degrees of
+    freedom on the sample standard deviation (ddof 1); None with one value (n/a)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), None
+    return float(v.mean()), student_t_975(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _variant(r: dict) -> str:
+    return r.get("variant", r["method"])
+
+
+def _select(runs: list[dict], weight: float, budget: str, variant: Optional[str] = None) -> list[dict]:
+    return [r for r in runs if r["adv_weight"] == weight and r["budget"] == budget
+            and (variant is None or _variant(r) == variant)]
+
+
+def _mean(rs: list[dict], key: str):
+    vals = [r.get(key) for r in rs]
+    return float(np.mean(vals)) if vals and all(v is not None for v in vals) else "-"
+
+
+def summarize_runs(runs: list[dict], variants: list[str], budget: str, weight: float) -> list[list]:
+    """Rows per variant: runs, test MSE mean, its 95% CI (Student t), min-max, mean G and D
+    updates, mean training-clock and wall seconds."""
     rows = []
-    for m in methods:
-        rs = [r for r in runs if r["method"] == m and r["budget"] == budget]
+    for name in variants:
+        rs = _select(runs, weight, budget, name)
         if not rs:
             continue
-        v = np.array([r["test_mse"] for r in rs])
-        rows.append([m, len(rs), float(v.mean()), float(v.std()), float(v.min()), float(v.max()),
-                     float(np.mean([r["g_updates"] for r in rs])),
-                     float(np.mean([r["train_seconds"] for r in rs]))])
+        v = [r["test_mse"] for r in rs]
+        mean, half = mean_ci(v)
+        ci = "n/a" if half is None else f"{mean - half:.4g}-{mean + half:.4g}"
+        rows.append([name, len(rs), mean, ci, f"{min(v):.4g}-{max(v):.4g}",
+                     _mean(rs, "g_updates"), _mean(rs, "d_updates"),
+                     _mean(rs, "train_seconds"), _mean(rs, "wall_seconds")])
     return rows
 
 
-def bar_chart(runs: list[dict], methods: list[str], budgets: list[str], path: str) -> None:
-    """Mean test MSE per method (one bar group per budget), whiskers at min and max."""
+SUMMARY_HEADER = ["method", "runs", "test MSE mean", "95% CI (t)", "min-max", "G updates",
+                  "D updates", "train s (clock)", "wall s"]
+
+
+def _weight_title(w: float) -> str:
+    return f"adversarial weight {w:g}" + (" (no D: GASCA without the GA)" if w == 0 else "")
+
+
+def build_report(results: dict) -> str:
+    """results.md from a results.json's content (its format 1, before the fair clock, too)."""
+    args, runs = results.get("args", {}), results["runs"]
+    for r in runs:   # results.json of format 1: one weight, no variants or D updates
+        r.setdefault("adv_weight", args.get("adv_weight", TrainConfig.adv_weight))
+        r.setdefault("d_updates", None)
+    weights = results.get("adv_weights") or sorted({r["adv_weight"] for r in runs})
+    budgets = results.get("budgets") or [b for b in ("steps", "time") if any(r["budget"] == b for r in runs)]
+    variants = results.get("variants") or list(dict.fromkeys(_variant(r) for r in runs))
+    mc = results.get("model_config", {})
+    data = results.get("data", {})
+    argv = results.get("argv")
+    lines = []
+    if argv is not None:
+        lines.append(f"Command: python -m gasca_core.compare {' '.join(argv)}")
+    lines.append(f"Data: {args.get('dataset', '?')}, {data.get('n_train', '?')} training / "
+                 f"{data.get('n_test', '?')} test pairs; architecture {mc.get('channels')} "
+                 f"({mc.get('hidden_activation')}); {args.get('steps')} generator updates per "
+                 f"run at equal updates; D:G ratio {args.get('d_ratio', 1.0):g}; adversarial "
+                 f"weights {', '.join(f'{w:g}' for w in weights)}.")
+    base = results.get("baselines")
+    if base:
+        lines.append(f"Trivial baselines: output = input {base['copy_input_mse']:.5f}, "
+                     f"mean target face {base['mean_target_mse']:.5f}.")
+    lines += ["",
+              "Times: 'train s' is the training clock, the same for every method: training steps "
+              "and the code encoding before each greedy stage count; validations, checkpoints "
+              "and grids do not. 'wall s' is everything the run did. The equal-time budget is "
+              "joint's training-clock seconds (same seed and weight). 95% CI: mean +- "
+              "t(0.975, n-1) s / sqrt(n) over the seeds (Student t); n/a with one seed.", ""]
+    for w in weights:
+        lines += [f"## {_weight_title(w)}", ""]
+        for b in budgets:
+            rows = summarize_runs(runs, variants, b, w)
+            if not rows:
+                continue
+            what = (f"Equal generator updates ({args.get('steps')})" if b == "steps"
+                    else "Equal training-clock time (joint's seconds)")
+            lines += [f"{what}:", "", format_table(SUMMARY_HEADER, rows), ""]
+        yaws = sorted({y for r in runs if r["adv_weight"] == w for y in r["per_yaw"]}, key=float)
+        if yaws:
+            rows = []
+            for name in variants:
+                rs = _select(runs, w, "steps", name) or \
+                    [r for r in runs if r["adv_weight"] == w and _variant(r) == name]
+                if rs:
+                    rows.append([name] + [float(np.mean([r["per_yaw"][y] for r in rs])) for y in yaws])
+            lines += [f"Test MSE per yaw (degrees), {'equal updates' if 'steps' in budgets else 'equal time'}:",
+                      "", format_table(["method"] + yaws, rows), ""]
+    if len(weights) > 1:
+        lines += ["## Sweep over the adversarial weight", ""]
+        for b in budgets:
+            rows = []
+            for name in variants:
+                cells = []
+                for w in weights:
+                    rs = _select(runs, w, b, name)
+                    cells.append(float(np.mean([r["test_mse"] for r in rs])) if rs else "-")
+                if any(c != "-" for c in cells):
+                    rows.append([name] + cells)
+            lines += [f"Test MSE mean, equal {'updates' if b == 'steps' else 'time'}:", "",
+                      format_table(["method"] + [f"{w:g}" for w in weights], rows), ""]
+    lines += ["## Every run", "",
+              format_table(["method", "adv weight", "budget", "seed", "test MSE", "G updates",
+                            "D updates", "train s (clock)", "wall s", "time budget s"],
+                           [[_variant(r), f"{r['adv_weight']:g}", r["budget"], r["seed"],
+                             r["test_mse"], r["g_updates"],
+                             "-" if r.get("d_updates") is None else r["d_updates"],
+                             r["train_seconds"], r.get("wall_seconds", "-"),
+                             "-" if not r.get("time_budget") else r["time_budget"]]
+                            for r in runs]), ""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str, results: dict) -> list[str]:
+    """results.md and the charts in out_dir; returns the files written."""
+    report = build_report(results)
+    written = [os.path.join(out_dir, "results.md")]
+    with open(written[0], "w", encoding="utf-8") as f:
+        f.write(report + "\n")
+    runs = results["runs"]
+    weights = results.get("adv_weights") or sorted({r["adv_weight"] for r in runs})
+    budgets = results.get("budgets") or sorted({r["budget"] for r in runs})
+    variants = results.get("variants") or list(dict.fromkeys(_variant(r) for r in runs))
+    for w in weights:
+        name = "comparison.png" if len(weights) == 1 else f"comparison_adv{w:g}.png"
+        bar_chart([r for r in runs if r["adv_weight"] == w], variants, budgets,
+                  os.path.join(out_dir, name), title=_weight_title(w))
+        written.append(os.path.join(out_dir, name))
+    if len(weights) > 1 and sweep_chart(runs, variants, weights, budgets,
+                                        os.path.join(out_dir, "sweep.png")):
+        written.append(os.path.join(out_dir, "sweep.png"))
+    return [p for p in written if os.path.exists(p)]
+
+
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except Exception:
+        return None
+
+
+def bar_chart(runs: list[dict], methods: list[str], budgets: list[str], path: str,
+              title: str = "") -> None:
+    """Mean test MSE per method (one bar group per budget), whiskers at min and max."""
+    methods = [m for m in methods if any(_variant(r) == m for r in runs)]
+    plt = _pyplot()
+    if plt is None:
         return _bar_chart_pillow(runs, methods, budgets, path)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(methods)), 4))
     width = 0.8 / len(budgets)
     for j, b in enumerate(budgets):
         means, lo, hi = [], [], []
         for m in methods:
-            v = np.array([r["test_mse"] for r in runs if r["method"] == m and r["budget"] == b])
+            v = np.array([r["test_mse"] for r in runs if _variant(r) == m and r["budget"] == b])
             means.append(v.mean() if len(v) else np.nan)
             lo.append(v.mean() - v.min() if len(v) else 0)
             hi.append(v.max() - v.mean() if len(v) else 0)
         xs = np.arange(len(methods)) + j * width
         ax.bar(xs, means, width, yerr=[lo, hi], capsize=3, label=f"equal {b}")
     ax.set_xticks(np.arange(len(methods)) + width * (len(budgets) - 1) / 2)
-    ax.set_xticklabels(methods)
+    ax.set_xticklabels(methods, fontsize=8)
     ax.set_ylabel("test MSE")
+    if title:
+        ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def sweep_chart(runs: list[dict], variants: list[str], weights: list[float],
+                budgets: list[str], path: str) -> bool:
+    """Mean test MSE against the adversarial weight, one line per method and budget
+    (weights placed evenly, 0 included); False where matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = np.arange(len(weights))
+    for b in budgets:
+        for name in variants:
+            ys = [np.mean([r["test_mse"] for r in _select(runs, w, b, name)] or [np.nan])
+                  for w in weights]
+            if not np.all(np.isnan(ys)):
+                ax.plot(xs, ys, marker="o", ls="-" if b == "steps" else "--",
+                        label=f"{name}, equal {b}")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{w:g}" for w in weights])
+    ax.set_xlabel("adversarial weight")
+    ax.set_ylabel("test MSE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def _bar_chart_pillow(runs, methods, budgets, path) -> None:
@@ -110,10 +360,10 @@ def _bar_chart_pillow(runs, methods, budgets, path) -> None:
     w, h, pad = 480, 300, 40
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    vals = {(m, b): np.mean([r["test_mse"] for r in runs if r["method"] == m and r["budget"] == b] or [0])
+    vals = {(m, b): np.mean([r["test_mse"] for r in runs if _variant(r) == m and r["budget"] == b] or [0])
             for m in methods for b in budgets}
-    top = max(vals.values()) or 1.0
-    bw = (w - 2 * pad) / (len(methods) * (len(budgets) + 1))
+    top = max(vals.values(), default=0.0) or 1.0
+    bw = (w - 2 * pad) / (max(1, len(methods)) * (len(budgets) + 1))
     colours = ["#4477aa", "#ee6677", "#228833"]
     for i, m in enumerate(methods):
         for j, b in enumerate(budgets):
@@ -125,76 +375,111 @@ def _bar_chart_pillow(runs, methods, budgets, path) -> None:
     img.save(path)
 
 
+# ----------------------------------------------------------------------------- main
+
+
+def report_only(directory: str) -> int:
+    path = os.path.join(directory, "results.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        results["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--report-only: cannot read {path}: {e}")
+    written = write_report(directory, results)
+    print(build_report(results))
+    print(f"rebuilt from {path}: {', '.join(os.path.basename(p) for p in written)}")
+    return 0
+
+
+def plan_variants(methods: list[str], weight: float, ablations: bool, steps_cfg: TrainConfig,
+                  levels: int) -> list[tuple[str, str, Optional[float]]]:
+    """(label, method, d_ratio override) for one adversarial weight, joint first (its time
+    is the equal-time budget)."""
+    order = sorted(methods, key=lambda m: m != "joint")
+    out: list[tuple[str, str, Optional[float]]] = [(m, m, None) for m in order]
+    if ablations and weight > 0:
+        ratio = gangglw_d_ratio(steps_cfg, levels)
+        if ratio > 0:
+            out.insert(1 if "joint" in methods else 0,
+                       (JOINT_AT_GANGGLW_RATIO, "joint", min(1.0, ratio)))
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report_only:
+        return report_only(args.report_only)
     methods = [canonical_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         fail(f"--methods: unknown {bad}; choose from {METHODS}")
+    weights = sorted(set(args.adv_weights or [args.adv_weight]))
+    if args.ablations and 0.0 not in weights:
+        weights.insert(0, 0.0)   # the ablation "every method with no D"
     mc = model_config_from_args(args)
+    budgets = ["steps", "time"] if args.budget == "both" else [args.budget]
+    if "time" in budgets and "joint" not in methods:
+        fail("--budget time needs joint among --methods (its time is the budget)")
     train, val, test = load_splits(args.dataset, args.data, seed=args.data_seed,
                                    image_size=args.image_size, max_train=args.max_train)
     os.makedirs(args.out, exist_ok=True)
-    budgets = ["steps", "time"] if args.budget == "both" else [args.budget]
     print(f"comparing {methods} on {len(train)} training pairs, seeds {args.seeds}, "
-          f"{args.steps} G updates, budgets {budgets}")
-    runs: list[dict] = []
-    for seed in args.seeds:
-        joint_time = None
-        order = sorted(methods, key=lambda m: m != "joint")  # joint first: it sets the time
-        for b in budgets:
-            for m in order:
-                common = dict(method=m, batch_size=args.batch_size, lr=args.lr,
-                              adv_weight=args.adv_weight, finetune_share=args.finetune_share,
-                              seed=seed, device=args.device, checkpoint_every=10**9)
-                if b == "steps":
-                    tc = TrainConfig(steps=args.steps, **common)
-                elif m == "joint" and "steps" in budgets:
-                    # Joint's time *is* the budget: its equal-steps run is its equal-time run.
-                    r = dict(next(r for r in runs if r["method"] == "joint" and r["seed"] == seed
-                                  and r["budget"] == "steps"), budget="time")
-                    runs.append(r)
-                    continue
-                else:
-                    if joint_time is None:
-                        fail("--budget time needs joint among --methods (its time is the budget)")
-                    # Enough steps that the clock, not the step count, ends each phase.
-                    tc = TrainConfig(steps=args.steps * 20, time_budget=joint_time, **common)
-                r = run_one(mc, tc, train, val, test, args.progress)
-                r["budget"] = b
-                if m == "joint" and b == "steps":
-                    joint_time = r["train_seconds"]
-                runs.append(r)
-                print(f"  seed {seed} {b:5s} {m:7s} test MSE {r['test_mse']:.5f} "
-                      f"({r['g_updates']} G updates, {r['train_seconds']:.0f} s)", flush=True)
-                with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-                    json.dump({"args": vars(args), "model_config": mc.to_dict(), "runs": runs}, f, indent=1)
+          f"{args.steps} G updates, budgets {budgets}, adversarial weights {weights}")
+    results = {"format": RESULTS_FORMAT,
+               "argv": list(argv) if argv is not None else sys.argv[1:],
+               "args": vars(args), "model_config": mc.to_dict(),
+               "data": {"n_train": len(train), "n_val": len(val), "n_test": len(test)},
+               "baselines": baselines(train, test), "adv_weights": weights,
+               "budgets": budgets, "variants": [], "runs": []}
+    runs: list[dict] = results["runs"]
 
-    base = baselines(train, test)
-    lines = [f"Command: python -m gasca_core.compare {' '.join(argv if argv is not None else sys.argv[1:])}",
-             f"Data: {args.dataset}, {len(train)} training / {len(test)} test pairs; "
-             f"architecture {mc.channels} ({mc.hidden_activation}); adversarial weight {args.adv_weight}.",
-             f"Trivial baselines: output = input {base['copy_input_mse']:.5f}, "
-             f"mean target face {base['mean_target_mse']:.5f}.", ""]
-    for b in budgets:
-        lines += [f"Equal {'generator updates' if b == 'steps' else 'wall-clock time (joint’s)'}:", "",
-                  format_table(["method", "runs", "test MSE mean", "std", "min", "max",
-                                "G updates", "train s"], summarize_runs(runs, methods, b)), ""]
-    yaws = sorted({y for r in runs for y in r["per_yaw"]}, key=float)
-    if yaws:
-        rows = []
-        for m in methods:
-            rs = [r for r in runs if r["method"] == m and r["budget"] == "steps"] or \
-                 [r for r in runs if r["method"] == m]
-            rows.append([m] + [float(np.mean([r["per_yaw"][y] for r in rs])) for y in yaws])
-        lines += ["Test MSE per yaw (degrees), equal updates:", "",
-                  format_table(["method"] + yaws, rows), ""]
-    report = "\n".join(lines)
-    print("\n" + report)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(report + "\n")
-    bar_chart(runs, methods, budgets, os.path.join(args.out, "comparison.png"))
-    print(f"results in {args.out}/ (results.json, results.md, comparison.png)")
+    def save_results() -> None:
+        with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+
+    for w in weights:
+        for seed in args.seeds:
+            common = dict(batch_size=args.batch_size, lr=args.lr, adv_weight=w,
+                          finetune_share=args.finetune_share, d_ratio=args.d_ratio,
+                          seed=seed, device=args.device, checkpoint_every=10**9)
+            variants = plan_variants(methods, w, args.ablations,
+                                     TrainConfig(steps=args.steps, **common), mc.levels)
+            for label, _, _ in variants:
+                if label not in results["variants"]:
+                    results["variants"].append(label)
+            joint_time = None
+            for b in budgets:
+                for label, m, ratio in variants:
+                    cfg = dict(common, method=m, d_ratio=ratio or args.d_ratio)
+                    plain_joint = label == "joint"
+                    if b == "time" and plain_joint and "steps" in budgets:
+                        # Joint's time *is* the budget: its equal-steps run is its equal-time run.
+                        r = dict(next(r for r in runs if _variant(r) == "joint" and r["seed"] == seed
+                                      and r["adv_weight"] == w and r["budget"] == "steps"),
+                                 budget="time")
+                        runs.append(r)
+                        continue
+                    if b == "steps" or plain_joint:
+                        tc = TrainConfig(steps=args.steps, **cfg)
+                    else:
+                        # Enough steps that the clock, not the step count, ends each phase.
+                        tc = TrainConfig(steps=args.steps * 20, time_budget=joint_time, **cfg)
+                    r = run_one(mc, tc, train, val, test, args.progress)
+                    r.update(variant=label, budget=b)
+                    if plain_joint:
+                        joint_time = r["train_seconds"]
+                    runs.append(r)
+                    print(f"  adv {w:g} seed {seed} {b:5s} {label:28s} test MSE {r['test_mse']:.5f} "
+                          f"({r['g_updates']} G / {r['d_updates']} D updates, "
+                          f"{r['train_seconds']:.1f} s clock, {r['wall_seconds']:.1f} s wall)",
+                          flush=True)
+                    save_results()
+    save_results()
+    written = write_report(args.out, results)
+    print("\n" + build_report(results))
+    print(f"results in {args.out}/ (results.json, " +
+          ", ".join(os.path.basename(p) for p in written) + ")")
     return 0
 
 

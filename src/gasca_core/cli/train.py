@@ -20,7 +20,7 @@ from ..evaluation import phase_end_table, predict, quality_metrics, quality_tabl
 from ..models import GascaConfig
 from ..training import (METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
-from .common import (HelpFormatter, add_data_args, add_model_args, fail, load_splits,
+from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
                      model_config_from_args, nonneg_float, positive_float, positive_int)
 
 DEFAULT_STEPS = TrainConfig.steps
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--d-finetune-ratio", type=nonneg_float, default=TrainConfig.d_finetune_ratio,
                    help="gangglw: D fine-tune updates per G fine-tune update")
     b.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
-                   help="stop each phase when its share of this many seconds is used "
-                        "(for equal wall-clock comparisons)")
+                   help="seconds of training clock for the whole run (validations, checkpoints "
+                        "and grids excluded): each phase stops when its own clock reaches its "
+                        "share; the shares sum to 1 (for equal-time comparisons)")
 
     o = p.add_argument_group("optimisation and losses")
     o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
@@ -70,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator's adversarial term: -log D(G(x)) (non_saturating) or the "
                         "paper's log(1 - D(G(x))) (saturating)")
     o.add_argument("--adv-weight", type=nonneg_float, default=TrainConfig.adv_weight,
-                   help="weight of the adversarial term (0 = plain autoencoders)")
+                   help="weight of the adversarial term (0 = plain autoencoders: no D is "
+                        "trained at all and gangglw has no D fine-tunes)")
     o.add_argument("--d-steps", type=positive_int, default=1, help="D updates per G update")
+    o.add_argument("--d-ratio", type=d_ratio, default=TrainConfig.d_ratio, metavar="R",
+                   help="in (0, 1]: phases that train G and D update D on a share R of their "
+                        "steps (step i iff floor((i+1)R) > floor(iR)); 1 = every step")
     o.add_argument("--on-nonfinite", choices=("stop", "skip"), default="stop",
                    help="on a NaN/inf loss or gradient: stop the run, or skip that step")
 
@@ -112,7 +117,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
             finetune_share=args.finetune_share, d_finetune_ratio=args.d_finetune_ratio,
             batch_size=args.batch_size, lr=args.lr, d_lr=args.d_lr, beta1=args.beta1,
             rec_loss=args.rec_loss, rec_weight=args.rec_weight, adv_loss=args.adv_loss,
-            adv_weight=args.adv_weight, d_steps=args.d_steps, seed=args.seed,
+            adv_weight=args.adv_weight, d_steps=args.d_steps, d_ratio=args.d_ratio, seed=args.seed,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
             on_nonfinite=args.on_nonfinite, time_budget=args.time_budget, device=args.device)
     except ValueError as e:
@@ -195,7 +200,9 @@ def final_report(trainer: Trainer, train, test, out_dir: Optional[str] = None) -
     of each phase.  With out_dir, the quality figures are also saved as quality.json."""
     out = predict(trainer.G, test.inputs, trainer.device)
     head = (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
-            f"{trainer.counters['g_updates']} G updates, {trainer.elapsed:.0f} s of training:\n"
+            f"{trainer.counters['g_updates']} G updates, {trainer.counters['d_updates']} D "
+            f"updates, {trainer.train_seconds:.0f} s of training clock "
+            f"({trainer.wall_seconds:.0f} s wall with validations and checkpoints):\n"
             + results_tables(f"GASCA ({trainer.tc.method})", out, test, train))
     q = quality_metrics(out, test, train, log=print)
     if out_dir:

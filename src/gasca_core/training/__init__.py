@@ -2,7 +2,7 @@
 layer-wise training, all through one loop.
 
     phases.py      TrainConfig, Phase, plan_phases: what a run does, decided up front
-    trainer.py     Trainer: the loop, and step(), the one training step
+    trainer.py     Trainer: the loop, and step(), the one training step; TrainingClock
     losses.py      the GAN and reconstruction losses (label conventions)
     nonfinite.py   what a NaN or infinite loss does (stop, or skip the update)
     checkpoint.py  atomic checkpoints, load_generator
@@ -12,10 +12,12 @@ from .checkpoint import CheckpointError, load_checkpoint, load_generator, save_c
 from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
 from .nonfinite import NonFiniteGuard, NonFiniteLossError
 from .outputs import RunOutputs
-from .phases import METHOD_ALIASES, METHODS, Phase, TrainConfig, canonical_method, plan_phases
-from .trainer import PhaseRun, Trainer, frozen
+from .phases import (METHOD_ALIASES, METHODS, Phase, TrainConfig, canonical_method, d_update_due,
+                     gangglw_d_ratio, plan_phases, planned_d_updates)
+from .trainer import PhaseRun, Trainer, TrainingClock, frozen
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_generator", "save_checkpoint",
            "adversarial_loss", "discriminator_loss", "reconstruction_loss", "NonFiniteGuard",
            "NonFiniteLossError", "RunOutputs", "METHOD_ALIASES", "METHODS", "Phase",
-           "TrainConfig", "canonical_method", "plan_phases", "PhaseRun", "Trainer", "frozen"]
+           "TrainConfig", "canonical_method", "d_update_due", "gangglw_d_ratio", "plan_phases",
+           "planned_d_updates", "PhaseRun", "Trainer", "TrainingClock", "frozen"]

@@ -11,6 +11,20 @@ phases each method runs (plan_phases).
     glw:     greedy-1 .. greedy-m           (stacking without the gradual fine-tuning)
     joint:   joint (all m levels built at once, trained from scratch)
 
+With no adversary (adv_weight 0) D cannot change G, so no D is trained at all: greedy and
+joint phases make G updates only and gangglw's finetune_d phases are left out of the plan.
+Every phase keeps the batch stream key it has in the full plan (Phase.key), so G sees the
+same batches, and ends with the same parameters, as in a run that trains D at weight 0.
+
+The cost model behind the time shares (TrainConfig.time_budget): a step that updates G
+costs one unit, whatever it also does for D; a D-only step (finetune_d) costs half a unit
+(a forward pass of the frozen G, then D's forward and backward).  A phase's share of the
+budget is its steps' cost over the cost of the whole plan, so the shares of every plan
+sum to exactly 1 (up to float rounding) and a time-budgeted run spends T seconds of its
+training clock, not more.  The model is a plan, not a measurement: a greedy step on small
+codes is cheaper than a joint step on pixels, and that is the point of GANGGLW's claim
+at equal time (each method spends its seconds on as many steps as they buy).
+
 The method GANGGLW (GAN gradual greedy layer-wise) is spelled "gangglw"; the first release
 spelled it "ganglw", which is still accepted everywhere (flags, configs, old checkpoints)
 and read as "gangglw".
@@ -54,13 +68,16 @@ class TrainConfig:
     adv_loss: str = "non_saturating"
     adv_weight: float = 1e-4            # measured: 1e-3 raised joint test MSE 0.0046 -> 0.0056 (README)
     d_steps: int = 1                    # D updates per G update in adversarial phases
+    d_ratio: float = 1.0                # in (0, 1]: share of a phase's steps that update D
+                                        # (phases training G and D; see d_update_due)
     seed: int = 0
     eval_every: Optional[int] = None    # steps between validations (default: one epoch, at most 200)
     eval_max: int = 512                 # validation pairs used for the periodic metrics
     checkpoint_every: int = 200         # steps between 'latest' checkpoints (plus every validation)
     on_nonfinite: str = "stop"          # "stop" the run, or "skip" the step
     max_skips: int = 20                 # consecutive skipped steps before stopping anyway
-    time_budget: Optional[float] = None  # seconds for the whole run, shared out like the steps
+    time_budget: Optional[float] = None  # seconds of training clock for the whole run, shared
+                                         # out over the phases by their time_share
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -84,11 +101,17 @@ class TrainConfig:
         need(self.adv_loss in ADV_LOSSES, f"adv_loss must be one of {ADV_LOSSES}, got '{self.adv_loss}'")
         need(self.rec_weight >= 0 and self.adv_weight >= 0, "loss weights must be >= 0")
         need(self.d_steps >= 1, f"d_steps must be >= 1, got {self.d_steps}")
+        need(0.0 < self.d_ratio <= 1.0, f"d_ratio must be in (0, 1], got {self.d_ratio}")
         need(self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1")
         need(self.eval_max >= 1 and self.checkpoint_every >= 1, "eval_max and checkpoint_every must be >= 1")
         need(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be 'stop' or 'skip', got '{self.on_nonfinite}'")
         need(self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 seconds")
         need(self.device in ("cpu", "cuda"), f"device must be 'cpu' or 'cuda', got '{self.device}'")
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether G has an adversary: with adv_weight 0 no D is trained at all."""
+        return self.adv_weight > 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,8 +127,10 @@ class Phase:
     name: str               # e.g. "greedy-2", "finetune_g-2"
     kind: str               # one of PHASE_KINDS
     level: int              # greedy: the level trained; otherwise the depth of G and D
-    steps: int              # planned updates (G updates; D updates for finetune_d)
+    steps: int              # planned steps (G updates; D updates for finetune_d)
     time_share: float = 0.0  # share of TrainConfig.time_budget, when one is set
+    key: int = -1           # batch stream key: the phase's index in the method's full plan
+                            # (the same as its index unless D-only phases were left out)
 
     @property
     def trains_g(self) -> bool:
@@ -113,11 +138,52 @@ class Phase:
 
     @property
     def trains_d(self) -> bool:
+        """Whether the phase kind trains D (when there is an adversary; see
+        TrainConfig.adversarial)."""
         return self.kind in ("greedy", "finetune_d", "joint")
+
+    @property
+    def cost(self) -> float:
+        """Planned cost in G-step units (the cost model in the module docstring)."""
+        return self.steps * STEP_COST[self.kind]
+
+
+# The cost of one step of each phase kind, in units of a step that updates G.
+STEP_COST = {"greedy": 1.0, "finetune_g": 1.0, "joint": 1.0, "finetune_d": 0.5}
+
+
+def d_update_due(step: int, ratio: float) -> bool:
+    """Whether step `step` (0-based, within its phase) of a phase that trains G and D also
+    updates D, at D:G ratio `ratio` in (0, 1]: iff floor((step + 1) r) > floor(step r).
+    r = 1 updates D at every step; r = 1/2 at steps 1, 3, 5, ...; over n steps D is
+    updated floor(n r) times (the sum telescopes)."""
+    return math.floor((step + 1) * ratio) > math.floor(step * ratio)
+
+
+def planned_d_updates(phase: Phase, cfg: TrainConfig) -> int:
+    """D updates the phase makes when it runs all its planned steps (none without an
+    adversary): d_steps per D-only step, d_steps per due step of an alternating phase."""
+    if not (cfg.adversarial and phase.trains_d):
+        return 0
+    steps = phase.steps if not phase.trains_g else math.floor(phase.steps * cfg.d_ratio)
+    return steps * cfg.d_steps
+
+
+def gangglw_d_ratio(cfg: TrainConfig, levels: int, n_train: Optional[int] = None) -> float:
+    """GANGGLW's D updates per G update over its whole plan (greedy stages one D update
+    per G update at d_ratio 1, the D fine-tunes as planned), from cfg's budget and
+    settings whatever cfg.method is.  The ablation "joint at GANGGLW's D:G ratio" runs
+    joint with d_ratio set to this.  n_train is needed when cfg.steps is None (epochs)."""
+    if cfg.steps is None and n_train is None:
+        raise ValueError("gangglw_d_ratio: an epoch budget needs n_train")
+    plan = plan_phases("gangglw", levels, cfg, n_train or cfg.batch_size)
+    g = sum(p.steps for p in plan if p.trains_g)
+    return sum(planned_d_updates(p, cfg) for p in plan) / g
 
 
 def plan_phases(method: str, levels: int, cfg: TrainConfig, n_train: int) -> list[Phase]:
-    """The phases of a run, with their step counts.  `method` may be an alias (ganglw).
+    """The phases of a run, with their step counts, time shares and batch keys.  `method`
+    may be an alias (ganglw).
 
     With a step budget B (cfg.steps), every method makes B generator updates in all:
     joint all B in one phase; glw B/m per greedy stage; gangglw (1 - f) B / m per greedy
@@ -125,6 +191,10 @@ def plan_phases(method: str, levels: int, cfg: TrainConfig, n_train: int) -> lis
     d_finetune_ratio times as many D updates in each D fine-tune.  Without a budget, each
     greedy stage (and the joint run) lasts `epochs` passes over the training pairs and each
     fine-tune `finetune_epochs` passes.
+
+    Without an adversary (cfg.adv_weight 0) the D fine-tunes are left out; the other
+    phases keep their steps and their batch keys.  Time shares follow the cost model of
+    the module docstring and sum to 1.
     """
     method = canonical_method(method)
     epoch = max(1, math.ceil(n_train / cfg.batch_size))
@@ -160,9 +230,11 @@ def plan_phases(method: str, levels: int, cfg: TrainConfig, n_train: int) -> lis
                              max(1, int(round(cfg.d_finetune_ratio * g_ft))))]
     else:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")
-    # Time shares follow the G-update shares; D fine-tunes take their share of the G one.
-    total = sum(p.steps for p in phases if p.trains_g) or 1
+    for i, p in enumerate(phases):
+        p.key = i
+    if not cfg.adversarial:
+        phases = [p for p in phases if p.trains_g]
+    total = sum(p.cost for p in phases)
     for p in phases:
-        ref = p.steps if p.trains_g else p.steps * 0.5
-        p.time_share = ref / total
+        p.time_share = p.cost / total
     return phases

@@ -9,11 +9,22 @@ on which data, and builds fresh Adam optimizers; then `step` is called once per 
          + G update on the same batch against the just-updated D  (phases that train G)
 
 `step` is the one training step of gasca_core: the loop, the tools and the training-step
-benchmark (gasca_core.bench.step) all call it.
+benchmark (gasca_core.bench.step) all call it.  With no adversary (adv_weight 0) no phase
+trains D; with d_ratio r < 1 an alternating phase updates D on a share r of its steps
+(phases.d_update_due).
 
-Everything a resume needs (parameters, optimizer states, phase, step, counters, elapsed
-time, best validation MSE, configs) is in the checkpoint.  Batches are a pure function of
-(seed, phase, epoch) (gasca_core.data.BatchIterator on the stream "batches"), so a resumed
+One training clock per run, the same rule for every method (TrainingClock): it runs while
+a phase is set up (growing the networks, encoding the codes of a greedy stage, building
+optimizers) and while it steps (the steps and their bookkeeping: loss sums, counters, the
+progress bar); it stops for validations, checkpoints, image grids and hooks.  A time budget
+is spent on this clock: a phase ends when its own clock reaches its share of the budget,
+so validations inside a phase take nothing from it.  Trainer.elapsed (the clock's total),
+Trainer.phase_seconds (per phase) and Trainer.wall_seconds (everything) are kept in the
+checkpoint, so a resumed phase continues its clock where it stopped.
+
+Everything a resume needs (parameters, optimizer states, phase, step, counters, clocks,
+best validation MSE, configs) is in the checkpoint.  Batches are a pure function of
+(seed, phase key, epoch) (gasca_core.data.BatchIterator on the stream "batches"), so a resumed
 run draws exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
@@ -39,7 +50,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
 from .nonfinite import NonFiniteGuard
 from .outputs import RunOutputs
-from .phases import Phase, TrainConfig, plan_phases
+from .phases import Phase, TrainConfig, d_update_due, plan_phases
 
 
 @contextlib.contextmanager
@@ -60,6 +71,41 @@ def frozen(module: Optional[nn.Module]) -> Iterator[None]:
             p.requires_grad_(b)
 
 
+class TrainingClock:
+    """Seconds of training work, read from `clock` (time.perf_counter by default; tests pass
+    a fake one).  Runs between start() and stop(); `total` holds the seconds of every
+    finished stretch, read() adds the one under way, lap() is the one under way alone.
+    Trainer._off_clock stops it for a block that is not training."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.total = 0.0
+        self._since: Optional[float] = None
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = self.clock()
+
+    def stop(self) -> float:
+        """Stop; returns the seconds of the stretch just ended (0 if it was not running)."""
+        if self._since is None:
+            return 0.0
+        spent = self.clock() - self._since
+        self.total += spent
+        self._since = None
+        return spent
+
+    def lap(self) -> float:
+        return self.clock() - self._since if self._since is not None else 0.0
+
+    def read(self) -> float:
+        return self.total + self.lap()
+
+
 @dataclass
 class PhaseRun:
     """One phase under way: what moves, against what, on which pairs (built by
@@ -75,6 +121,7 @@ class PhaseRun:
     val: PairDataset             # the validation pairs the phase's own loss is measured on
     batches: BatchIterator
     use_adv: bool                # G's loss has the adversarial term
+    trains_d: bool = True        # the phase updates D (never without an adversary)
 
 
 class Trainer:
@@ -83,11 +130,13 @@ class Trainer:
     train, val: PairDatasets of images (moved to train_config.device here).
     out_dir, when given, receives latest.npz and best.npz checkpoints and what RunOutputs
     writes (metrics.jsonl, grid_NN_<phase>.png, loss_curve.png).
+    clock: the time source of the training clock and the wall time (seconds, monotonic).
     """
 
     def __init__(self, model_config: GascaConfig, train_config: TrainConfig,
                  train: PairDataset, val: PairDataset, out_dir: Optional[str] = None,
-                 progress: bool = True, log: Callable[[str], None] = print) -> None:
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.mc, self.tc = model_config, train_config
         expected = (model_config.in_channels, model_config.image_size, model_config.image_size)
         if train.inputs.shape[1:] != expected:
@@ -107,7 +156,10 @@ class Trainer:
         self.G, self.D = Generator(model_config), Discriminator(model_config)
         self.phase_index, self.phase_step = 0, 0
         self.counters = {"global_step": 0, "g_updates": 0, "d_updates": 0, "skipped": 0}
-        self.elapsed = 0.0
+        self.clock = TrainingClock(clock)          # the training clock (see the module doc)
+        self.phase_seconds = [0.0] * len(self.phases)  # its seconds per phase
+        self._wall_before = 0.0                    # wall seconds of earlier sessions (resume)
+        self._wall_start: Optional[float] = None   # when this session's run() began
         self.best_val_mse = math.inf
         self.history: list[dict] = []
         self.guard = NonFiniteGuard(train_config.on_nonfinite, train_config.max_skips, log)
@@ -118,6 +170,43 @@ class Trainer:
         self.on_step: list[Callable[["Trainer", int], None]] = []
         self.on_phase_start: list[Callable[["Trainer", int], None]] = []
         self.on_phase_end: list[Callable[["Trainer", int], None]] = []
+
+    # ---------------------------------------------------------------- clocks
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds on the training clock so far (every phase, every session)."""
+        return self.clock.read()
+
+    @property
+    def train_seconds(self) -> float:
+        return self.clock.read()
+
+    @property
+    def wall_seconds(self) -> float:
+        """Wall seconds of the run so far: everything run() did, in every session."""
+        now = self.clock.clock() - self._wall_start if self._wall_start is not None else 0.0
+        return self._wall_before + now
+
+    def phase_clock(self, idx: int) -> float:
+        """Seconds on the training clock spent in phase idx (the one under way included)."""
+        lap = self.clock.lap() if idx == self.phase_index else 0.0
+        return self.phase_seconds[idx] + lap
+
+    def _clock_stop(self) -> None:
+        """Stop the training clock and credit the stretch to the phase under way."""
+        self.phase_seconds[self.phase_index] += self.clock.stop()
+
+    @contextlib.contextmanager
+    def _off_clock(self) -> Iterator[None]:
+        """A block that is not training (validation, checkpoint, grid, hooks)."""
+        was = self.clock.running
+        self._clock_stop()
+        try:
+            yield
+        finally:
+            if was:
+                self.clock.start()
 
     # ---------------------------------------------------------------- a phase
 
@@ -131,16 +220,27 @@ class Trainer:
             if phase.trains_g else None
         opt_d = optim.Adam(list(d.parameters()), lr=tc.d_lr or tc.lr,
                            betas=(tc.beta1, tc.beta2)) if phase.trains_d else None
+        if not self._trains_d(phase):
+            opt_d = None
         if self._opt_states:  # resuming in the middle of this phase
             if opt_g is not None and "opt_g" in self._opt_states:
                 opt_g.load_state_dict(self._opt_states["opt_g"])
             if opt_d is not None and "opt_d" in self._opt_states:
                 opt_d.load_state_dict(self._opt_states["opt_d"])
             self._opt_states = {}
+        # The batch stream is keyed by the phase's place in the full plan (Phase.key), so
+        # leaving D-only phases out does not move the batches of the phases after them.
+        key = phase.key if phase.key >= 0 else idx
         batches = BatchIterator(train, tc.batch_size, seed=tc.seed, stream="batches",
-                                keys=(idx,))
+                                keys=(key,))
         return PhaseRun(idx, phase, g, d, opt_g, opt_d, train, val, batches,
-                        use_adv=phase.kind != "finetune_d" and tc.adv_weight > 0)
+                        use_adv=phase.kind != "finetune_d" and tc.adversarial,
+                        trains_d=self._trains_d(phase))
+
+    def _trains_d(self, phase: Phase) -> bool:
+        """Whether phase updates D: its kind does, and G has an adversary (at adv_weight 0
+        D cannot change G, so it is not trained)."""
+        return phase.trains_d and self.tc.adversarial
 
     def _phase_parts(self, phase: Phase):
         """(generator part, discriminator part, train pairs, val pairs) of a phase."""
@@ -164,13 +264,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
 
-    def step(self, run: PhaseRun, x, y) -> tuple[dict[str, float], bool]:
+    def step(self, run: PhaseRun, x, y,
+             phase_step: Optional[int] = None) -> tuple[dict[str, float], bool]:
         """One training step of the phase on the batch (x, y): D update(s), then the G
-        update, as the phase says.  Returns (the losses, whether every update was made)."""
+        update, as the phase says.  phase_step (default: Trainer.phase_step) is the step's
+        index in its phase, which decides whether D is updated at d_ratio < 1.  Returns
+        (the losses, whether every update was made)."""
         tc = self.tc
         losses: dict[str, float] = {}
         ok = True
-        if run.phase.trains_d:
+        i = self.phase_step if phase_step is None else phase_step
+        if run.trains_d and (not run.phase.trains_g or d_update_due(i, tc.d_ratio)):
             for _ in range(tc.d_steps):
                 with no_grad():
                     fake = run.g(Tensor(x)).data
@@ -211,6 +315,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         """Train through every phase; returns the final validation metrics and counters."""
+        self._wall_start = self.clock.clock()
         if self.outputs:
             self.outputs.prepare()
         if resume:
@@ -223,36 +328,46 @@ class Trainer:
                      f"step {self.phase_step}, global step {self.counters['global_step']}")
         with sigterm_as_keyboard_interrupt():
             while self.phase_index < len(self.phases):
-                self._run_phase(self.start_phase(self.phase_index))
+                self._run_phase(self.phase_index)
                 self.phase_index += 1
                 self.phase_step = 0
                 self._opt_states = {}
                 self.save("latest")
         final = self.evaluate()
         final.update(self.counters)
-        final["elapsed"] = self.elapsed
         if self.outputs:
             self.outputs.plot_curves(self.history, f"{self.tc.method} on {self.mc.name}")
+        final.update(train_seconds=self.train_seconds, elapsed=self.train_seconds,
+                     wall_seconds=self.wall_seconds, phase_seconds=list(self.phase_seconds))
         return final
 
-    def _run_phase(self, run: PhaseRun) -> None:
-        phase, idx, tc = run.phase, run.index, self.tc
+    def _run_phase(self, idx: int) -> None:
+        """Set phase idx up and run it to its planned steps or the end of its time share,
+        on the training clock (which stops for validations, checkpoints, grids, hooks)."""
+        tc = self.tc
+        self.clock.start()   # the set-up (the codes of a greedy stage) is training work
+        try:
+            run = self.start_phase(idx)
+        finally:
+            self._clock_stop()
+        phase = run.phase
         per_epoch = self._batches_per_epoch = len(run.batches)
         eval_every = tc.eval_every or min(per_epoch, 200)
-        # A time budget gives each phase its share of the seconds (restarted on resume).
-        deadline = (time.perf_counter() + phase.time_share * tc.time_budget
-                    if tc.time_budget else None)
+        # A time budget gives each phase its share of the seconds, on its own training
+        # clock (phase_clock), which a resume continues from the checkpoint.
+        allowed = phase.time_share * tc.time_budget if tc.time_budget else None
         self.guard.consecutive = 0
         for hook in self.on_phase_start:
             hook(self, idx)
         bar = _progress(phase, idx, len(self.phases), self.phase_step, self.progress)
         sums: dict[str, float] = {}
         count = 0
-        t_last = time.perf_counter()
+        self.clock.start()
         try:
             while self.phase_step < phase.steps:
-                if deadline is not None and time.perf_counter() >= deadline:
-                    self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
+                if allowed is not None and self.phase_clock(idx) >= allowed:
+                    with self._off_clock():
+                        self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
                 batch, epoch = run.batches.batch_at(self.phase_step)
                 losses, _ = self.step(run, batch.inputs, batch.targets)
@@ -261,23 +376,20 @@ class Trainer:
                 count += 1
                 self.phase_step += 1
                 self.counters["global_step"] += 1
-                now = time.perf_counter()
-                self.elapsed += now - t_last
-                t_last = now
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({"epoch": epoch, **{k: f"{v:.4g}" for k, v in losses.items()}},
                                     refresh=False)
-                if self.phase_step % eval_every == 0 or self.phase_step == phase.steps:
-                    self._validate(run, epoch, {k: v / count for k, v in sums.items()})
-                    sums, count = {}, 0
-                    t_last = time.perf_counter()
-                elif self.phase_step % tc.checkpoint_every == 0:
-                    self.save("latest", run)
-                    t_last = time.perf_counter()
-                for hook in self.on_step:
-                    hook(self, idx)
+                with self._off_clock():
+                    if self.phase_step % eval_every == 0 or self.phase_step == phase.steps:
+                        self._validate(run, epoch, {k: v / count for k, v in sums.items()})
+                        sums, count = {}, 0
+                    elif self.phase_step % tc.checkpoint_every == 0:
+                        self.save("latest", run)
+                    for hook in self.on_step:
+                        hook(self, idx)
         except KeyboardInterrupt:
+            self._clock_stop()
             if bar is not None:
                 bar.close()
                 bar = None
@@ -286,6 +398,7 @@ class Trainer:
                      f"saved {path}; continue with --resume")
             raise
         finally:
+            self._clock_stop()
             if bar is not None:
                 bar.close()
         if count:  # the time budget ended the phase between validations
@@ -308,11 +421,14 @@ class Trainer:
 
     def _phase_validation(self, run: PhaseRun) -> dict:
         """The phase's own reconstruction loss on its validation pairs (codes in greedy
-        stages), and D's mean probability of 'real' on real and on fake."""
+        stages), and D's mean probability of 'real' on real and on fake (None without an
+        adversary: no D is trained)."""
         n = min(self.tc.eval_max, len(run.val))
         x, y = run.val.inputs[:n], run.val.targets[:n]
         out = batched_apply(run.g, x)
         rec = float(reconstruction_loss(Tensor(out), Tensor(y), self.tc.rec_loss).item())
+        if not self.tc.adversarial:
+            return {"phase_val_rec_loss": rec, "d_real": None, "d_fake": None}
         with no_grad():
             real = run.d(Tensor(y[:256])).sigmoid().data
             fake = run.d(Tensor(out[:256])).sigmoid().data
@@ -321,7 +437,9 @@ class Trainer:
 
     def _validate(self, run: PhaseRun, epoch: Optional[int], train_means: dict) -> None:
         rec = {"phase": run.phase.name, "phase_index": run.index, "phase_step": self.phase_step,
-               "epoch": epoch, **self.counters, "elapsed": round(self.elapsed, 3)}
+               "epoch": epoch, **self.counters, "elapsed": round(self.elapsed, 3),
+               "phase_seconds": round(self.phase_clock(run.index), 3),
+               "wall_seconds": round(self.wall_seconds, 3)}
         rec.update({f"train_{k}": v for k, v in train_means.items()})
         rec.update(self._phase_validation(run))
         rec.update(self.evaluate(self.tc.eval_max))
@@ -353,10 +471,25 @@ class Trainer:
             "g_depth": self.G.depth,
             "d_depth": self.D.depth,
             "counters": dict(self.counters),
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed,                 # the training clock, all phases
+            "phase_seconds": [self.phase_clock(i) for i in range(len(self.phases))],
+            "wall_seconds": self.wall_seconds,
             "best_val_mse": self.best_val_mse if math.isfinite(self.best_val_mse) else None,
             "gasca_core_version": __version__,
         }
+
+    def _phase_of(self, meta: dict) -> int:
+        """The index in this run's plan of the phase a checkpoint was saved in.  Earlier
+        releases trained D at adv_weight 0, so their plans held D fine-tunes this one
+        leaves out; their phase_index is a place in the full plan (a Phase.key): such a
+        checkpoint resumes at the first phase from there on (a D fine-tune it was in is
+        skipped: it could not have changed G)."""
+        idx = int(meta["phase_index"])
+        if meta.get("finished"):
+            return len(self.phases)
+        if idx < len(self.phases) and self.phases[idx].name == meta.get("phase_name"):
+            return idx
+        return next((i for i, p in enumerate(self.phases) if p.key >= idx), len(self.phases))
 
     def save(self, name: str = "latest", run: Optional[PhaseRun] = None) -> Optional[str]:
         """Write checkpoint `name`.npz (with the optimizer states of the phase under way when
@@ -378,12 +511,19 @@ class Trainer:
         if meta["model_config"] != self.mc.to_dict():
             raise CheckpointError(f"{path} was saved for another architecture: "
                                   f"{meta['model_config']} (this run: {self.mc.to_dict()})")
-        self.phase_index, self.phase_step = meta["phase_index"], meta["phase_step"]
+        self.phase_index, self.phase_step = self._phase_of(meta), meta["phase_step"]
+        if self.phase_index < len(self.phases) and \
+                self.phases[self.phase_index].name != meta.get("phase_name"):
+            self.phase_step, states = 0, {k: v for k, v in states.items() if k in ("g", "d")}
         grow(self.G, self.D, meta["g_depth"], self.tc.seed, self.device)
         self.G.load_state_dict(states["g"])
         self.D.load_state_dict(states["d"])
         self.counters.update(meta["counters"])
-        self.elapsed = float(meta["elapsed"])
+        # Checkpoints of earlier releases hold no per-phase clock or wall time: 0.
+        self.clock.total = float(meta.get("elapsed", 0.0))
+        spent = [float(v) for v in meta.get("phase_seconds") or []]
+        self.phase_seconds = (spent + [0.0] * len(self.phases))[:len(self.phases)]
+        self._wall_before = float(meta.get("wall_seconds", 0.0))
         self.best_val_mse = meta["best_val_mse"] if meta["best_val_mse"] is not None else math.inf
         self._opt_states = {k: states[k] for k in ("opt_g", "opt_d") if k in states}
 

@@ -1,0 +1,110 @@
+"""python -m gasca_core.compare: its statistics (Student t confidence intervals on known
+numbers), the fair clock in its runs, the adversarial-weight sweep and ablations, and
+rebuilding the report from results.json."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from gasca_core.cli import compare
+from gasca_core.training import TrainConfig, gangglw_d_ratio
+
+TINY = ["--image-size", "16", "--channels", "4,6", "--kernel-sizes", "3,3", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n = 96
+    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
+    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "pairs.npz"
+    np.savez(path, inputs=x, targets=y, label_identity=np.repeat(np.arange(n // 4), 4),
+             label_yaw=np.tile([-30, 0, 30], n // 3))
+    return str(path)
+
+
+def test_student_t_quantiles_match_the_tables():
+    for df, t in ((1, 12.706204736), (2, 4.302652730), (4, 2.776445105), (10, 2.228138852),
+                  (30, 2.042272456), (100, 1.983971519)):
+        assert compare.student_t_975(df) == pytest.approx(t, abs=1e-8), df
+
+
+def test_confidence_interval_on_known_numbers():
+    mean, half = compare.mean_ci([1.0, 2.0, 3.0])          # s = 1, n = 3, t(0.975, 2)
+    assert mean == 2.0 and half == pytest.approx(4.302652730 / math.sqrt(3), rel=1e-9)
+    mean, half = compare.mean_ci([0.004, 0.006])           # s = sqrt(2) / 1000, t(0.975, 1)
+    assert mean == pytest.approx(0.005) and half == pytest.approx(12.706204736 * 0.001, rel=1e-8)
+    assert compare.mean_ci([0.5]) == (0.5, None)           # one seed: no interval
+    runs = [{"method": "joint", "budget": "steps", "adv_weight": 0.0, "seed": s, "test_mse": v,
+             "g_updates": 10, "d_updates": 0, "train_seconds": 1.0, "wall_seconds": 2.0}
+            for s, v in ((1, 1.0), (2, 2.0), (3, 3.0))]
+    (row,) = compare.summarize_runs(runs, ["joint"], "steps", 0.0)
+    assert row[:3] == ["joint", 3, 2.0] and row[3] == f"{2 - 2.484137:.4g}-{2 + 2.484137:.4g}"
+    (row,) = compare.summarize_runs(runs[:1], ["joint"], "steps", 0.0)
+    assert row[3] == "n/a"
+
+
+def test_flags_are_checked():
+    p = compare.build_parser()
+    for bad in (["--d-ratio", "0"], ["--d-ratio", "1.5"], ["--adv-weights", "x"],
+                ["--adv-weights", "-1"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+    args = p.parse_args(["--adv-weights", "0,1e-4,1e-3", "--d-ratio", "0.5"])
+    assert args.adv_weights == [0.0, 1e-4, 1e-3] and args.d_ratio == 0.5
+
+
+def test_sweep_with_ablations_on_one_clock_and_the_report_rebuilt(tmp_path, npz_data):
+    out = str(tmp_path / "cmp")
+    assert compare.main(["--dataset", "npz", "--data", npz_data, "--steps", "8", "--seeds", "1",
+                         "--adv-weights", "0.01", "--ablations", "--out", out] + TINY) == 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    runs = results["runs"]
+    assert results["adv_weights"] == [0.0, 0.01]          # --ablations added "no D"
+    for r in runs:
+        for key in ("train_seconds", "wall_seconds", "g_updates", "d_updates", "phase_seconds"):
+            assert r[key] is not None, key
+        assert r["wall_seconds"] >= r["train_seconds"] > 0
+        assert math.isclose(sum(r["phase_seconds"]), r["train_seconds"], rel_tol=1e-9)
+        if r["adv_weight"] == 0:
+            assert r["d_updates"] == 0 and not any(p.startswith("finetune_d") for p in r["phases"])
+    # Equal time: every method gets joint's training-clock seconds (same seed and weight).
+    for r in runs:
+        if r["budget"] == "time" and r["variant"] != "joint":
+            joint = next(j for j in runs if j["variant"] == "joint" and j["budget"] == "steps"
+                         and j["adv_weight"] == r["adv_weight"])
+            assert r["time_budget"] == joint["train_seconds"]
+    ablation = [r for r in runs if r["variant"] == compare.JOINT_AT_GANGGLW_RATIO]
+    assert {(r["adv_weight"], r["budget"]) for r in ablation} == {(0.01, "steps"), (0.01, "time")}
+    ratio = gangglw_d_ratio(TrainConfig(steps=8, adv_weight=0.01), 2)
+    steps_run = next(r for r in ablation if r["budget"] == "steps")
+    assert steps_run["method"] == "joint" and steps_run["d_ratio"] == pytest.approx(ratio)
+    assert steps_run["d_updates"] == math.floor(8 * ratio) and steps_run["g_updates"] == 8
+    gangglw = next(r for r in runs if r["variant"] == "gangglw" and r["budget"] == "steps"
+                   and r["adv_weight"] == 0.01)
+    assert gangglw["d_updates"] / gangglw["g_updates"] == pytest.approx(ratio)
+
+    report = open(os.path.join(out, "results.md")).read()
+    for text in ("95% CI (t)", "n/a", "train s (clock)", "wall s", "D updates",
+                 compare.JOINT_AT_GANGGLW_RATIO, "no D", "Every run", "Sweep"):
+        assert text in report, text
+    os.remove(os.path.join(out, "results.md"))
+    assert compare.main(["--report-only", out]) == 0
+    assert open(os.path.join(out, "results.md")).read() == report
+
+
+def test_report_only_reads_a_results_file_of_the_first_format(tmp_path):
+    """results.json written before the fair clock: no weights, variants or D updates."""
+    runs = [{"method": m, "seed": 1, "test_mse": v, "g_updates": 400, "train_seconds": 10.0,
+             "wall_seconds": 12.0, "per_yaw": {"0": v}, "budget": "steps"}
+            for m, v in (("gangglw", 0.0064), ("joint", 0.0046))]
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"args": {"adv_weight": 1e-4, "steps": 400, "dataset": "synthetic-faces"},
+         "model_config": {"channels": [32, 64, 128], "hidden_activation": "leaky_relu"},
+         "runs": runs}))
+    assert compare.main(["--report-only", str(tmp_path)]) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "adversarial weight 0.0001" in report and "0.0064" in report
