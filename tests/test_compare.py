@@ -42,9 +42,9 @@ def test_confidence_interval_on_known_numbers():
              "g_updates": 10, "d_updates": 0, "train_seconds": 1.0, "wall_seconds": 2.0}
             for s, v in ((1, 1.0), (2, 2.0), (3, 3.0))]
     (row,) = compare.summarize_runs(runs, ["joint"], "steps", 0.0)
-    assert row[:3] == ["joint", 3, 2.0] and row[3] == f"{2 - 2.484137:.4g}-{2 + 2.484137:.4g}"
+    assert row[:2] == ["joint", 3] and row[2] == f"2 [{2 - 2.484137:.4g}, {2 + 2.484137:.4g}]"
     (row,) = compare.summarize_runs(runs[:1], ["joint"], "steps", 0.0)
-    assert row[3] == "n/a"
+    assert row[2] == "1"       # one seed: the mean alone, no interval
 
 
 def test_flags_are_checked():
@@ -88,7 +88,7 @@ def test_sweep_with_ablations_on_one_clock_and_the_report_rebuilt(tmp_path, npz_
     assert gangglw["d_updates"] / gangglw["g_updates"] == pytest.approx(ratio)
 
     report = open(os.path.join(out, "results.md")).read()
-    for text in ("95% CI (t)", "n/a", "train s (clock)", "wall s", "D updates",
+    for text in ("MSE [95% CI]", "SSIM [95% CI]", "rank-1 [95% CI]", "train s (clock)", "wall s", "D updates",
                  compare.JOINT_AT_GANGGLW_RATIO, "no D", "Every run", "Sweep"):
         assert text in report, text
     os.remove(os.path.join(out, "results.md"))

@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import evaluation
 from ..evaluation import baselines, format_table, per_label_table, predict
 from ..metrics import mse_per_image
 from ..models import GascaConfig
@@ -99,15 +100,41 @@ def run_one(mc: GascaConfig, tc: TrainConfig, train, val, test, progress: bool) 
     for yaw, n, m, _, _ in per_label_table(out, test.targets, test.labels, "yaw"):
         res["per_yaw"][str(yaw)] = m
     res.update(quality_metrics(out, test, train))
+    val_out = predict(trainer.G, val.inputs, tc.device)
+    res["val_mse"] = float(mse_per_image(val_out, val.targets).mean())
+    res.update(quality_metrics(val_out, val, train, prefix="val_"))
     return res
 
 
-def quality_metrics(out, test, train) -> dict:
-    """HOOK for per-run quality metrics beyond pixel MSE: fields returned here are stored
-    in every run's record (results.json).  To be filled by
-    evaluation.quality_metrics(out, test, train, recognizer) (identity, sharpness), which
-    is not on this branch yet; until then it adds nothing."""
-    return {}
+def quality_metrics(out, split, train, prefix: str = "") -> dict:
+    """The run's quality beyond MSE on `split` (evaluation.quality_metrics, with the cached
+    recognizer of this training set), flattened for results.json: ssim, psnr, sharpness,
+    artefact, realism, rank1 (the recognizer's, of G's outputs) and rank1_eigenfaces, and
+    rank1 per yaw; each key prefixed (e.g. "val_" for the validation split, on which
+    settings are chosen)."""
+    q = evaluation.quality_metrics(out, split, train, log=None)
+    o = q["overall"]["outputs"]
+    res = {k: o.get(k) for k in ("ssim", "psnr", "sharpness", "artefact", "realism")}
+    for name, key in (("recognizer", "rank1"), ("eigenfaces", "rank1_eigenfaces")):
+        rep = q["identity"].get(name)
+        res[key] = rep["rows"]["outputs"]["rank1"] if rep else None
+        if name == "recognizer" and rep:
+            res["rank1_per_yaw"] = {y: v["rank1"] for y, v in rep["rows"]["outputs"]["per_yaw"].items()}
+    return {prefix + k: v for k, v in res.items()}
+
+
+def references(split, train) -> dict:
+    """What every run is measured against, once: the recognizer's rank-1 of the raw inputs
+    and of the true targets (the ceiling), chance, and the raw inputs' pixel figures."""
+    q = evaluation.quality_metrics(split.inputs, split, train, log=None)
+    ref = {"inputs": q["overall"]["inputs"]}
+    rep = q["identity"].get("recognizer")
+    if rep:
+        ref["rank1"] = {row: {"rank1": rep["rows"][row]["rank1"],
+                              "per_yaw": {y: v["rank1"] for y, v in rep["rows"][row].get("per_yaw", {}).items()}}
+                        for row in ("inputs", "targets", "chance")}
+    ref["recognizer"] = q.get("recognizer")
+    return ref
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -145,7 +172,7 @@ def student_t_975(df: int) -> float:
 
 def mean_ci(values: Sequence[float]) -> tuple[float, Optional[float]]:
     """(mean, half-width of its 95% confidence interval): Student t with n - 1 degrees of
-    freedom on the sample standard deviation (ddof 1); None with one value (n/a)."""
+    freedom on the sample standard deviation (ddof 1); None with one value."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return float(v.mean()), None
@@ -169,25 +196,44 @@ def _mean(rs: list[dict], key: str):
     return float(np.mean(vals)) if vals and all(v is not None for v in vals) else "-"
 
 
-def summarize_runs(runs: list[dict], variants: list[str], budget: str, weight: float) -> list[list]:
-    """Rows per variant: runs, test MSE mean, its 95% CI (Student t), min-max, mean G and D
-    updates, mean training-clock and wall seconds."""
+def _ci_cell(rs: list[dict], key: str) -> str:
+    """'mean [low, high]' of a metric over the runs (95% Student t; 'mean (n=1)' alone)."""
+    vals = [r.get(key) for r in rs]
+    if not vals or any(v is None for v in vals):
+        return "-"
+    mean, half = mean_ci(vals)
+    return f"{mean:.4g}" if half is None else f"{mean:.4g} [{mean - half:.4g}, {mean + half:.4g}]"
+
+
+def summarize_runs(runs: list[dict], variants: list[str], budget: str, weight: float,
+                   split: str = "test") -> list[list]:
+    """Rows per variant: runs; MSE, SSIM and identity rank-1 as mean [95% CI (Student t)];
+    sharpness, artefact and realism means; mean G and D updates; mean training-clock and
+    wall seconds.  split "val" gives the validation figures (where settings are chosen)."""
+    pre = "" if split == "test" else "val_"
     rows = []
     for name in variants:
         rs = _select(runs, weight, budget, name)
         if not rs:
             continue
-        v = [r["test_mse"] for r in rs]
-        mean, half = mean_ci(v)
-        ci = "n/a" if half is None else f"{mean - half:.4g}-{mean + half:.4g}"
-        rows.append([name, len(rs), mean, ci, f"{min(v):.4g}-{max(v):.4g}",
+        rows.append([name, len(rs), _ci_cell(rs, pre + "mse" if pre else "test_mse"),
+                     _ci_cell(rs, pre + "ssim"), _ci_cell(rs, pre + "rank1"),
+                     _mean(rs, pre + "sharpness"), _mean(rs, pre + "artefact"),
+                     _mean(rs, pre + "realism"),
                      _mean(rs, "g_updates"), _mean(rs, "d_updates"),
                      _mean(rs, "train_seconds"), _mean(rs, "wall_seconds")])
     return rows
 
 
-SUMMARY_HEADER = ["method", "runs", "test MSE mean", "95% CI (t)", "min-max", "G updates",
-                  "D updates", "train s (clock)", "wall s"]
+SWEEP_METRICS = [("val_mse", "Validation MSE"), ("val_ssim", "Validation SSIM"),
+                 ("val_rank1", "Validation identity rank-1"), ("test_mse", "Test MSE"),
+                 ("ssim", "Test SSIM"), ("rank1", "Test identity rank-1"),
+                 ("sharpness", "Test sharpness (1 = as sharp as the targets)"),
+                 ("realism", "Test realism distance (0 = the targets')")]
+
+SUMMARY_HEADER = ["method", "runs", "MSE [95% CI]", "SSIM [95% CI]", "rank-1 [95% CI]",
+                  "sharpness", "artefact", "realism", "G updates", "D updates",
+                  "train s (clock)", "wall s"]
 
 
 def _weight_title(w: float) -> str:
@@ -218,12 +264,21 @@ def build_report(results: dict) -> str:
     if base:
         lines.append(f"Trivial baselines: output = input {base['copy_input_mse']:.5f}, "
                      f"mean target face {base['mean_target_mse']:.5f}.")
+    ref = (results.get("references") or {}).get("test", {})
+    if ref.get("rank1"):
+        r1 = ref["rank1"]
+        rec = ref.get("recognizer") or {}
+        lines.append(f"Identity rank-1 (recognizer trained on the training people"
+                     f"{', in %.0f s, not charged to any run' % rec['train_seconds'] if rec.get('train_seconds') else ''}; "
+                     f"gallery: one frontal image per test person under a non-neutral light): "
+                     f"raw inputs {r1['inputs']['rank1']:.3f}, true targets (ceiling) "
+                     f"{r1['targets']['rank1']:.3f}, chance {r1['chance']['rank1']:.3f}.")
     lines += ["",
               "Times: 'train s' is the training clock, the same for every method: training steps "
               "and the code encoding before each greedy stage count; validations, checkpoints "
               "and grids do not. 'wall s' is everything the run did. The equal-time budget is "
               "joint's training-clock seconds (same seed and weight). 95% CI: mean +- "
-              "t(0.975, n-1) s / sqrt(n) over the seeds (Student t); n/a with one seed.", ""]
+              "t(0.975, n-1) s / sqrt(n) over the seeds (Student t); with one seed the mean alone.", ""]
     for w in weights:
         lines += [f"## {_weight_title(w)}", ""]
         for b in budgets:
@@ -232,7 +287,30 @@ def build_report(results: dict) -> str:
                 continue
             what = (f"Equal generator updates ({args.get('steps')})" if b == "steps"
                     else "Equal training-clock time (joint's seconds)")
-            lines += [f"{what}:", "", format_table(SUMMARY_HEADER, rows), ""]
+            lines += [f"{what}, test split:", "", format_table(SUMMARY_HEADER, rows), ""]
+            val_rows = summarize_runs(runs, variants, b, w, split="val")
+            if any(r[2] != "-" for r in val_rows):
+                lines += [f"{what}, validation split (where settings are chosen):", "",
+                          format_table(SUMMARY_HEADER, val_rows), ""]
+        ryaws = sorted({y for r in runs if r["adv_weight"] == w
+                        for y in (r.get("rank1_per_yaw") or {})}, key=float)
+        if ryaws:
+            rows = []
+            ref = (results.get("references") or {}).get("test", {}).get("rank1", {})
+            for name in variants:
+                rs = [r for r in _select(runs, w, "steps", name) if r.get("rank1_per_yaw")] or \
+                    [r for r in runs if r["adv_weight"] == w and _variant(r) == name
+                     and r.get("rank1_per_yaw")]
+                if rs:
+                    rows.append([name] + [float(np.mean([r["rank1_per_yaw"][y] for r in rs]))
+                                          for y in ryaws])
+            for row in ("inputs", "targets"):
+                if row in ref:
+                    rows.append([{"inputs": "raw inputs", "targets": "true targets (ceiling)"}[row]]
+                                + [ref[row]["per_yaw"].get(y, "-") for y in ryaws])
+            lines += ["Identity rank-1 per yaw (degrees), test split, "
+                      f"{'equal updates' if 'steps' in budgets else 'equal time'}:", "",
+                      format_table(["probes"] + ryaws, rows), ""]
         yaws = sorted({y for r in runs if r["adv_weight"] == w for y in r["per_yaw"]}, key=float)
         if yaws:
             rows = []
@@ -246,16 +324,19 @@ def build_report(results: dict) -> str:
     if len(weights) > 1:
         lines += ["## Sweep over the adversarial weight", ""]
         for b in budgets:
-            rows = []
-            for name in variants:
-                cells = []
-                for w in weights:
-                    rs = _select(runs, w, b, name)
-                    cells.append(float(np.mean([r["test_mse"] for r in rs])) if rs else "-")
-                if any(c != "-" for c in cells):
-                    rows.append([name] + cells)
-            lines += [f"Test MSE mean, equal {'updates' if b == 'steps' else 'time'}:", "",
-                      format_table(["method"] + [f"{w:g}" for w in weights], rows), ""]
+            for key, what in SWEEP_METRICS:
+                rows = []
+                for name in variants:
+                    cells = []
+                    for w in weights:
+                        vals = [r.get(key) for r in _select(runs, w, b, name)]
+                        cells.append(float(np.mean(vals)) if vals and None not in vals else "-")
+                    if any(c != "-" for c in cells):
+                        rows.append([name] + cells)
+                if rows:
+                    lines += [f"{what}, mean over seeds, equal "
+                              f"{'updates' if b == 'steps' else 'time'}:", "",
+                              format_table(["method"] + [f"{w:g}" for w in weights], rows), ""]
     lines += ["## Every run", "",
               format_table(["method", "adv weight", "budget", "seed", "test MSE", "G updates",
                             "D updates", "train s (clock)", "wall s", "time budget s"],
@@ -431,6 +512,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "args": vars(args), "model_config": mc.to_dict(),
                "data": {"n_train": len(train), "n_val": len(val), "n_test": len(test)},
                "baselines": baselines(train, test), "adv_weights": weights,
+               "references": {"test": references(test, train), "val": references(val, train)},
                "budgets": budgets, "variants": [], "runs": []}
     runs: list[dict] = results["runs"]
 
