@@ -1,6 +1,7 @@
 """GASCA models and the three trainers: Algorithm 1's structure, which parameters each phase
 moves, the label conventions, learning, checkpoints and exact resume."""
 import json
+import math
 import os
 
 import numpy as np
@@ -284,11 +285,12 @@ class _Stop(KeyboardInterrupt):
     pass
 
 
-@pytest.mark.parametrize("stop_at", [5, 13, 21])  # in greedy-2, in finetune_g-2, in finetune_d-3
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, stop_at):
+@pytest.mark.parametrize("stop_at, schedule", [(5, "constant"), (13, "constant"), (21, "constant"),
+                                              (13, "cosine")])  # in greedy-2, finetune_g-2, finetune_d-3
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, stop_at, schedule):
     mc = GascaConfig(**TINY)
     tc = TrainConfig(method="gangglw", steps=24, batch_size=8, lr=5e-3, seed=3, eval_every=3,
-                     adv_weight=1e-2)
+                     adv_weight=1e-2, lr_schedule=schedule)
     data = (pairs(40, 0), pairs(8, 1))
     ref = Trainer(mc, tc, *data, out_dir=str(tmp_path / "ref"), progress=False)
     ref.run()
@@ -467,7 +469,32 @@ def test_the_training_step_is_the_one_the_loop_runs():
 
 
 def test_a_level_that_does_not_halve_and_restore_its_map_is_refused():
-    with pytest.raises(ValueError, match="level 1: kernel size 4 .* 33x33 and back to 65x65"):
-        GascaConfig(kernel_sizes=[4, 5, 3])
+    with pytest.raises(ValueError, match="level 1: kernel size 4 with padding 2 .* 33x33"):
+        GascaConfig(kernel_sizes=[4, 5, 3], paddings=[2, 2, 1])
     with pytest.raises(ValueError, match="level 2"):
         GascaConfig(kernel_sizes=[5, 5, 3], paddings=[2, 0, 1])
+
+
+def test_cosine_schedule_falls_from_lr_to_zero_in_every_phase():
+    from gasca_core.training import lr_factor
+    assert [lr_factor("cosine", p) for p in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_factor("constant", 0.7) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+    mc = GascaConfig(**TINY)
+    tc = TrainConfig(method="gangglw", steps=24, batch_size=8, lr=4e-3, seed=3, adv_weight=1e-2,
+                     lr_schedule="cosine")
+    t = Trainer(mc, tc, pairs(40, 0), pairs(8, 1), progress=False, log=lambda s: None)
+    seen = {}  # phase -> the G (or D) rate of each step, read after the step
+
+    def record(tr, idx):
+        run = tr.current_run
+        opt = run.opt_g or run.opt_d
+        seen.setdefault(idx, []).append(opt.param_groups[0]["lr"])
+
+    t.on_step.append(record)
+    t.run()
+    for idx, lrs in seen.items():
+        n = t.phases[idx].steps
+        expected = [4e-3 * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+        assert lrs == pytest.approx(expected), t.phases[idx].name

@@ -34,7 +34,8 @@ from .. import evaluation
 from ..evaluation import baselines, format_table, per_label_table, predict
 from ..metrics import mse_per_image
 from ..models import GascaConfig
-from ..training import METHODS, Trainer, TrainConfig, canonical_method, gangglw_d_ratio
+from ..training import (LR_SCHEDULES, METHODS, Trainer, TrainConfig, canonical_method,
+                        gangglw_d_ratio)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, float_list,
                      int_list, load_splits, model_config_from_args, nonneg_float, positive_int)
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gangglw: share of the G updates given to the fine-tunes")
     p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
+                   help="constant, or cosine (each phase's rates fall to 0 by its end)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", default="runs/compare", metavar="DIR")
     p.add_argument("--report-only", metavar="DIR", default=None,
@@ -522,7 +525,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for w in weights:
         for seed in args.seeds:
-            common = dict(batch_size=args.batch_size, lr=args.lr, adv_weight=w,
+            common = dict(batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                          adv_weight=w,
                           finetune_share=args.finetune_share, d_ratio=args.d_ratio,
                           seed=seed, device=args.device, checkpoint_every=10**9)
             variants = plan_variants(methods, w, args.ablations,

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
 from ..models import GascaConfig
-from ..training import (METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
+from ..training import (LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
                      model_config_from_args, nonneg_float, positive_float, positive_int)
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
                    help="pairs per update")
     o.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="Adam learning rate of G")
+    o.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
+                   help="constant rates, or cosine: in every phase the rates of G and D fall "
+                        "from --lr (--d-lr) to 0 by the phase's end")
     o.add_argument("--d-lr", type=positive_float, default=None, help="Adam learning rate of D (default: --lr)")
     o.add_argument("--beta1", type=nonneg_float, default=TrainConfig.beta1, help="Adam beta1")
     o.add_argument("--rec-loss", choices=("mse", "l1"), default="mse", help="reconstruction loss")
@@ -115,7 +118,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
             method=args.method, steps=steps, epochs=args.epochs or 5,
             finetune_epochs=args.finetune_epochs or args.epochs or 5,
             finetune_share=args.finetune_share, d_finetune_ratio=args.d_finetune_ratio,
-            batch_size=args.batch_size, lr=args.lr, d_lr=args.d_lr, beta1=args.beta1,
+            batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, d_lr=args.d_lr, beta1=args.beta1,
             rec_loss=args.rec_loss, rec_weight=args.rec_weight, adv_loss=args.adv_loss,
             adv_weight=args.adv_weight, d_steps=args.d_steps, d_ratio=args.d_ratio, seed=args.seed,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,

@@ -35,8 +35,8 @@ all lights. Each image is rendered at ``supersample`` times the resolution and b
 (anti-aliasing), then quantized to 8 bits like a photograph, so the cache can hold uint8.
 
 Everything is vectorised NumPy over a chunk of (identity, yaw) images and their pixels;
-the default set (120 persons x 9 yaws x 5 lights) renders in a few seconds on one core and
-is then cached (see :func:`cache_dir`).
+the default set (337 persons, as many as Multi-PIE, x 9 yaws x 5 lights) renders in about
+6 seconds and is then cached (see :func:`cache_dir`).
 
 Lights (``DEFAULT_LIGHTS``, azimuth/elevation in degrees, positive azimuth = from the
 image's right): 0 frontal (neutral: the targets), 1 left 35 / up 15, 2 right 35 / up 15,
@@ -63,6 +63,9 @@ from .pairs import PairDataset
 # Bump whenever a change to this file changes any rendered pixel: it is part of the cache key.
 RENDERER_VERSION = 1
 
+# As many people as Multi-PIE (337): 15,165 pairs; rendered in about 6 s on 2 cores and
+# held in about 0.8 GB while rendering (measured), 62 MB of uint8 in the cache.
+DEFAULT_IDENTITIES = 337
 DEFAULT_YAWS: tuple[float, ...] = (-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0)
 # Light directions as (azimuth, elevation) in degrees, in world (camera) coordinates:
 # azimuth 0 = from the camera, positive = from the image's right; elevation positive = from
@@ -97,7 +100,7 @@ class SyntheticFacesConfig:
     ambient: share of light that reaches every surface, in [0, 1].
     """
 
-    n_identities: int = 120
+    n_identities: int = DEFAULT_IDENTITIES
     image_size: int = 64
     yaws: tuple[float, ...] = DEFAULT_YAWS
     lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS
@@ -551,7 +554,7 @@ def synthetic_faces_images(config: SyntheticFacesConfig, cache: bool = True) -> 
 
 
 def load_synthetic_faces(data: None = None, image_size: Optional[int] = 64, *,
-                         n_identities: int = 120, data_seed: int = 0,
+                         n_identities: int = DEFAULT_IDENTITIES, data_seed: int = 0,
                          yaws: tuple[float, ...] = DEFAULT_YAWS,
                          lights: tuple[tuple[float, float], ...] = DEFAULT_LIGHTS,
                          supersample: int = 2, background: float = 0.25, ambient: float = 0.3,

@@ -40,6 +40,7 @@ from .losses import ADV_LOSSES, REC_LOSSES
 
 METHODS = ("gangglw", "joint", "glw")
 METHOD_ALIASES = {"ganglw": "gangglw"}
+LR_SCHEDULES = ("constant", "cosine")
 PHASE_KINDS = ("greedy", "finetune_g", "finetune_d", "joint")
 
 
@@ -60,6 +61,7 @@ class TrainConfig:
     d_finetune_ratio: float = 0.25      # gangglw: D fine-tune steps per G fine-tune step
     batch_size: int = 32
     lr: float = 1e-3                    # Adam learning rate of G
+    lr_schedule: str = "constant"       # or "cosine": each phase's rates fall to 0 by its end
     d_lr: Optional[float] = None        # Adam learning rate of D (default: lr)
     beta1: float = 0.9
     beta2: float = 0.999
@@ -96,6 +98,8 @@ class TrainConfig:
         need(self.d_finetune_ratio >= 0, f"d_finetune_ratio must be >= 0, got {self.d_finetune_ratio}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.lr > 0 and (self.d_lr is None or self.d_lr > 0), "learning rates must be > 0")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"lr_schedule must be one of {LR_SCHEDULES}, got '{self.lr_schedule}'")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must be in [0, 1)")
         need(self.rec_loss in REC_LOSSES, f"rec_loss must be one of {REC_LOSSES}, got '{self.rec_loss}'")
         need(self.adv_loss in ADV_LOSSES, f"adv_loss must be one of {ADV_LOSSES}, got '{self.adv_loss}'")
@@ -238,3 +242,14 @@ def plan_phases(method: str, levels: int, cfg: TrainConfig, n_train: int) -> lis
     for p in phases:
         p.time_share = p.cost / total
     return phases
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate's multiplier at `progress` in [0, 1] through a phase: 1 throughout
+    for "constant"; 0.5 (1 + cos(pi progress)) for "cosine" (from 1 at the start to 0 at
+    the end).  Every phase starts its schedule afresh, as it starts fresh optimizers."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got '{schedule}'")

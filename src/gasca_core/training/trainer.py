@@ -50,7 +50,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
 from .nonfinite import NonFiniteGuard
 from .outputs import RunOutputs
-from .phases import Phase, TrainConfig, d_update_due, plan_phases
+from .phases import Phase, TrainConfig, d_update_due, lr_factor, plan_phases
 
 
 @contextlib.contextmanager
@@ -163,6 +163,7 @@ class Trainer:
         self.best_val_mse = math.inf
         self.history: list[dict] = []
         self.guard = NonFiniteGuard(train_config.on_nonfinite, train_config.max_skips, log)
+        self.current_run: Optional[PhaseRun] = None
         self._opt_states: dict[str, Any] = {}   # optimizer states of a checkpoint to resume
         self._batches_per_epoch = 1              # of the phase under way (for the checkpoint)
         # Hooks, called as hook(trainer, phase_index): after each step, at each phase's
@@ -301,6 +302,19 @@ class Trainer:
         self.guard.step_done(ok)
         return losses, ok
 
+    def _schedule_lr(self, run: PhaseRun, allowed: Optional[float]) -> None:
+        """Set the optimizers' rates for the next step from the phase's progress: its steps
+        done over planned, or under a time budget its clock over its share if that is
+        further along."""
+        progress = self.phase_step / max(1, run.phase.steps)
+        if allowed:
+            progress = max(progress, self.phase_clock(run.index) / allowed)
+        f = lr_factor(self.tc.lr_schedule, progress)
+        for opt, base in ((run.opt_g, self.tc.lr), (run.opt_d, self.tc.d_lr or self.tc.lr)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = base * f
+
     def _update(self, loss: Tensor, opt, name: str) -> tuple[float, bool]:
         value, ok = self.guard.apply(loss, opt, name, self._where)
         if not ok:
@@ -350,6 +364,7 @@ class Trainer:
             run = self.start_phase(idx)
         finally:
             self._clock_stop()
+        self.current_run = run   # for hooks: the phase under way, its networks and optimizers
         phase = run.phase
         per_epoch = self._batches_per_epoch = len(run.batches)
         eval_every = tc.eval_every or min(per_epoch, 200)
@@ -370,6 +385,8 @@ class Trainer:
                         self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
                 batch, epoch = run.batches.batch_at(self.phase_step)
+                if tc.lr_schedule != "constant":
+                    self._schedule_lr(run, allowed)
                 losses, _ = self.step(run, batch.inputs, batch.targets)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
