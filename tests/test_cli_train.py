@@ -191,12 +191,22 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
              "--steps", "20"] + TINY)
     assert r.returncode == 0, r.stderr
     c = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
-             "--data", str(data), "--label", "yaw", "--steps", "30", "--batch-size", "16"])
+             "--data", str(data), "--label", "yaw", "--steps", "30", "--batch-size", "16",
+             "--seeds", "1,2"])
     assert c.returncode == 0, c.stderr
     assert "pre-trained" in c.stdout and "from scratch" in c.stdout
-    accs = [float(line.rsplit("|", 2)[-2]) for line in c.stdout.splitlines()
-            if line.startswith("| GASCA") or line.startswith("| same")]
-    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    rows = [line for line in c.stdout.splitlines() if line.startswith("| GASCA") or line.startswith("| same")]
+    assert len(rows) == 3                                   # pre-trained, scratch x 2 budgets
+    for line in rows:
+        cells = [x.strip() for x in line.strip("|").split("|")]
+        assert cells[1] == "2" and 0.0 <= float(cells[2]) <= 1.0   # 2 seeds each
+    # identity: the classes are the test split's people, whom G never saw
+    c = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
+             "--data", str(data), "--label", "identity", "--steps", "10", "--batch-size", "16",
+             "--seeds", "1", "--no-equal-updates"])
+    assert c.returncode == 0, c.stderr
+    assert "test split's people (never seen by G)" in c.stdout
+
     bad = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
                "--data", str(data), "--label", "colour"])
     assert bad.returncode != 0 and "colour" in bad.stderr and "Traceback" not in bad.stderr
@@ -240,3 +250,20 @@ def test_train_without_an_adversary_and_with_a_d_ratio(tmp_path, npz_data):
     assert meta["counters"]["g_updates"] == 20 and meta["counters"]["d_updates"] == 10
     bad = run(train_args(npz_data, str(tmp_path / "bad"), extra=["--d-ratio", "2"]))
     assert bad.returncode != 0 and "--d-ratio" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_classification_never_tests_on_what_pretraining_saw():
+    """Identity: classes are the test split's people (G trained on the training split's),
+    every person on both sides, no image on both; yaw: tested on the test split alone."""
+    from gasca_core.cli.classify import leak_free_split
+    from gasca_core.data import get_splits
+    train, _, test = get_splits("synthetic-faces", seed=0, n_identities=12, image_size=16)
+    xtr, ytr, xte, yte, classes = leak_free_split(train, test, "identity", seed=1)
+    assert set(classes) == set(np.unique(test.labels["identity"]))
+    assert not set(classes) & set(np.unique(train.labels["identity"]))
+    assert set(ytr) == set(yte) == set(range(len(classes)))
+    assert len(xtr) + len(xte) == len(test)
+    again = leak_free_split(train, test, "identity", seed=1)
+    np.testing.assert_array_equal(again[3], yte)             # a pure function of the seed
+    xtr, _, xte, _, _ = leak_free_split(train, test, "yaw", seed=1)
+    assert len(xtr) == len(train) and len(xte) == len(test)

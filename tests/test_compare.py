@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from gasca_core import statistics
 from gasca_core.cli import compare
 from gasca_core.training import TrainConfig, gangglw_d_ratio
 
@@ -29,15 +30,15 @@ def npz_data(tmp_path_factory):
 def test_student_t_quantiles_match_the_tables():
     for df, t in ((1, 12.706204736), (2, 4.302652730), (4, 2.776445105), (10, 2.228138852),
                   (30, 2.042272456), (100, 1.983971519)):
-        assert compare.student_t_975(df) == pytest.approx(t, abs=1e-8), df
+        assert statistics.student_t_975(df) == pytest.approx(t, abs=1e-8), df
 
 
 def test_confidence_interval_on_known_numbers():
-    mean, half = compare.mean_ci([1.0, 2.0, 3.0])          # s = 1, n = 3, t(0.975, 2)
+    mean, half = statistics.mean_ci([1.0, 2.0, 3.0])          # s = 1, n = 3, t(0.975, 2)
     assert mean == 2.0 and half == pytest.approx(4.302652730 / math.sqrt(3), rel=1e-9)
-    mean, half = compare.mean_ci([0.004, 0.006])           # s = sqrt(2) / 1000, t(0.975, 1)
+    mean, half = statistics.mean_ci([0.004, 0.006])           # s = sqrt(2) / 1000, t(0.975, 1)
     assert mean == pytest.approx(0.005) and half == pytest.approx(12.706204736 * 0.001, rel=1e-8)
-    assert compare.mean_ci([0.5]) == (0.5, None)           # one seed: no interval
+    assert statistics.mean_ci([0.5]) == (0.5, None)           # one seed: no interval
     runs = [{"method": "joint", "budget": "steps", "adv_weight": 0.0, "seed": s, "test_mse": v,
              "g_updates": 10, "d_updates": 0, "train_seconds": 1.0, "wall_seconds": 2.0}
             for s, v in ((1, 1.0), (2, 2.0), (3, 3.0))]
