@@ -214,11 +214,20 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
 
 def test_flags_become_one_config_in_every_tool():
     """train and compare turn the architecture flags into a GascaConfig in one place: a
-    network is called gasca-64 only when every flag is gasca-64's."""
+    network keeps its architecture's name only when no flag changes one of its fields."""
     from gasca_core.cli import compare, train
+    from gasca_core.models import DEFAULT_ARCHITECTURE, GascaConfig, architecture
     for parser in (train.build_parser(), compare.build_parser()):
         from gasca_core.cli.common import model_config_from_args
-        assert model_config_from_args(parser.parse_args([])).name == "gasca-64"
+        default = model_config_from_args(parser.parse_args([]))
+        assert default.to_dict() == architecture(DEFAULT_ARCHITECTURE).to_dict()
+        g64 = model_config_from_args(parser.parse_args(["--arch", "gasca-64"]))
+        assert g64.to_dict() == GascaConfig().to_dict() and g64.name == "gasca-64"
+        same = model_config_from_args(parser.parse_args(["--arch", "gasca-64", "--channels",
+                                                         "32,64,128", "--decoder", "transposed"]))
+        assert same.name == "gasca-64"
+        resize = model_config_from_args(parser.parse_args(["--arch", "gasca-64", "--decoder", "resize"]))
+        assert resize.name == "custom" and resize.decoder == "resize"
         tanh = model_config_from_args(parser.parse_args(["--hidden-activation", "tanh"]))
         assert tanh.name == "custom" and tanh.hidden_activation == "tanh"
         small = model_config_from_args(parser.parse_args(["--image-size", "32"]))

@@ -98,19 +98,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """The architecture flags: a named architecture, and fields to override in it."""
     a = p.add_argument_group(f"architecture (default: {DEFAULT_ARCHITECTURE})")
     a.add_argument("--arch", choices=sorted(ARCHITECTURES), default=DEFAULT_ARCHITECTURE,
-                   help="a named architecture: gasca-64 is the paper's shapes (transposed-"
-                        "convolution decoders); gasca-64r the same levels with resize decoders "
-                        "(nearest upsampling, then a stride-1 convolution: no grid texture). "
-                        "The flags below override its fields")
+                   help="a named architecture: gasca-64 is the paper's shapes (3 levels, "
+                        "32,64,128 channels, kernels 5,5,3); gasca-64-deep has 5 levels "
+                        "(16,32,64,128,128 channels, kernels 4). The flags below override its "
+                        "fields")
     a.add_argument("--channels", type=int_list, default=None, metavar="C1,C2,...",
                    help="channels of each level; their number is the number of levels "
-                        "(default: the architecture's, 32,64,128)")
+                        "(default: the architecture's)")
     a.add_argument("--kernel-sizes", type=int_list, default=None, metavar="K1,K2,...",
-                   help="kernel size of each level (default: the architecture's, 5,5,3; extra "
-                        "levels use 3)")
+                   help="kernel size of each level (default: the architecture's; levels beyond "
+                        "its own use 3)")
     a.add_argument("--hidden-activation", choices=ACTIVATIONS, default=None,
                    help="activation of the encoders and of the decoders above level 1 "
-                        "(default: the architecture's, leaky_relu)")
+                        "(default: the architecture's: leaky_relu)")
     a.add_argument("--decoder", choices=DECODERS, default=None,
                    help="how each level's decoder doubles the map: a transposed convolution, or "
                         "resize (nearest upsampling, then a stride-1 convolution) "
