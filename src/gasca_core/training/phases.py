@@ -54,7 +54,7 @@ def canonical_method(name: str) -> str:
 class TrainConfig:
     """How to train (everything but the architecture).  Saved with every checkpoint."""
     method: str = "gangglw"             # or "joint", "glw" ("ganglw" is read as "gangglw")
-    steps: Optional[int] = 3000         # G-update budget for the whole run, shared out over phases
+    steps: Optional[int] = 6000         # G-update budget for the whole run, shared out over phases
     epochs: int = 5                     # per greedy stage / joint run, when steps is None
     finetune_epochs: int = 5            # per fine-tune phase, when steps is None
     finetune_share: float = 0.7         # gangglw: share of the G budget given to the fine-tunes
