@@ -109,3 +109,15 @@ def test_report_only_reads_a_results_file_of_the_first_format(tmp_path):
     assert compare.main(["--report-only", str(tmp_path)]) == 0
     report = (tmp_path / "results.md").read_text()
     assert "adversarial weight 0.0001" in report and "0.0064" in report
+
+
+def test_learning_curves_run_every_method_at_every_budget(tmp_path, npz_data):
+    out = str(tmp_path / "curve")
+    assert compare.main(["--dataset", "npz", "--data", npz_data, "--curve", "10,20", "--seeds", "1,2",
+                         "--methods", "gangglw,joint", "--out", out] + TINY) == 0
+    runs = json.load(open(os.path.join(out, "curves.json")))["runs"]
+    assert sorted((r["method"], r["steps"], r["seed"]) for r in runs) == sorted(
+        (m, b, s) for m in ("gangglw", "joint") for b in (10, 20) for s in (1, 2))
+    assert all(r["g_updates"] == r["steps"] and r["train_seconds"] > 0 for r in runs)
+    table = open(os.path.join(out, "curves.md")).read()
+    assert table.count("| gangglw ") == 2 and table.count("| joint ") == 2

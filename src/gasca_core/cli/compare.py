@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constant, or cosine (each phase's rates fall to 0 by its end)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", default="runs/compare", metavar="DIR")
+    p.add_argument("--curve", type=int_list, default=None, metavar="B1,B2,...",
+                   help="learning curves instead of the comparison: every method at each of these "
+                        "budgets of G updates (equal updates; each run's training clock is "
+                        "recorded), for every seed; writes curves.json, curves.md and "
+                        "learning_curves.png")
     p.add_argument("--report-only", metavar="DIR", default=None,
                    help="train nothing: rebuild DIR/results.md and the charts from DIR/results.json")
     p.add_argument("--progress", action="store_true", help="show per-phase progress bars")
@@ -451,6 +456,75 @@ def plan_variants(methods: list[str], weight: float, ablations: bool, steps_cfg:
     return out
 
 
+def learning_curves(args, methods: list[str], weight: float, mc: GascaConfig, train, val,
+                    test) -> int:
+    """--curve: every method at each budget of G updates, for every seed (equal updates).
+    Writes curves.json (every run), curves.md (mean [95% CI] per method and budget, with
+    the training-clock seconds) and learning_curves.png (test MSE, SSIM and identity rank-1
+    against G updates and against seconds)."""
+    path = os.path.join(args.out, "curves.json")
+    runs: list[dict] = []
+    for steps in sorted(args.curve):
+        for seed in args.seeds:
+            for m in methods:
+                tc = TrainConfig(method=m, steps=steps, batch_size=args.batch_size, lr=args.lr,
+                                 lr_schedule=args.lr_schedule, adv_weight=weight,
+                                 finetune_share=args.finetune_share, d_ratio=args.d_ratio,
+                                 seed=seed, device=args.device, checkpoint_every=10**9)
+                r = run_one(mc, tc, train, val, test, args.progress)
+                r.update(variant=m, budget="steps", steps=steps)
+                runs.append(r)
+                print(f"  {steps:6d} updates seed {seed} {m:8s} test MSE {r['test_mse']:.5f} "
+                      f"SSIM {r.get('ssim') or float('nan'):.4f} ({r['train_seconds']:.1f} s clock)",
+                      flush=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump({"argv": sys.argv[1:], "model_config": mc.to_dict(),
+                               "adv_weight": weight, "runs": runs}, f, indent=1)
+    rows = []
+    for m in methods:
+        for steps in sorted(args.curve):
+            rs = [r for r in runs if r["method"] == m and r["steps"] == steps]
+            rows.append([m, steps, len(rs), _ci_cell(rs, "test_mse"), _ci_cell(rs, "ssim"),
+                         _ci_cell(rs, "rank1"), _ci_cell(rs, "val_ssim"),
+                         _mean(rs, "train_seconds")])
+    table = format_table(["method", "G updates", "runs", "test MSE [95% CI]", "test SSIM [95% CI]",
+                          "test rank-1 [95% CI]", "val SSIM [95% CI]", "train s (clock)"], rows)
+    with open(os.path.join(args.out, "curves.md"), "w", encoding="utf-8") as f:
+        f.write(f"Learning curves, adversarial weight {weight:g}, architecture "
+                f"{mc.name} {mc.channels}:\n\n{table}\n")
+    print("\n" + table)
+    _curve_chart(runs, methods, os.path.join(args.out, "learning_curves.png"))
+    return 0
+
+
+def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
+    plt = _pyplot()
+    if plt is None:
+        return
+    keys = [("test_mse", "test MSE"), ("ssim", "test SSIM"), ("rank1", "identity rank-1")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    for row, xkey in enumerate(("steps", "train_seconds")):
+        for col, (key, label) in enumerate(keys):
+            ax = axes[row][col]
+            for m in methods:
+                pts: dict = {}
+                for r in runs:
+                    if r["method"] == m and r.get(key) is not None:
+                        pts.setdefault(r["steps"], []).append((r[xkey], r[key]))
+                xs = [np.mean([p[0] for p in v]) for _, v in sorted(pts.items())]
+                ys = [np.mean([p[1] for p in v]) for _, v in sorted(pts.items())]
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=m)
+            ax.set_xscale("log")
+            ax.set_xlabel("G updates" if xkey == "steps" else "training clock (s)")
+            ax.set_ylabel(label)
+            if row == 0 and col == 0:
+                ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report_only:
@@ -471,6 +545,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     print(f"comparing {methods} on {len(train)} training pairs, seeds {args.seeds}, "
           f"{args.steps} G updates, budgets {budgets}, adversarial weights {weights}")
+    if args.curve:
+        return learning_curves(args, methods, weights[-1], mc, train, val, test)
     results = {"format": RESULTS_FORMAT,
                "argv": list(argv) if argv is not None else sys.argv[1:],
                "args": vars(args), "model_config": mc.to_dict(),
