@@ -104,7 +104,11 @@ def run_one(mc: GascaConfig, tc: TrainConfig, train, val, test, progress: bool) 
            "g_updates": final["g_updates"], "d_updates": final["d_updates"],
            "train_seconds": final["train_seconds"], "wall_seconds": final["wall_seconds"],
            "phase_seconds": final["phase_seconds"],
-           "phases": [p.name for p in trainer.phases], "per_yaw": {}}
+           "phases": [p.name for p in trainer.phases], "per_yaw": {},
+           # D's mean probability of "real" on real and fake validation pairs at the end of
+           # each phase (None where the phase has no D)
+           "d_probs": {rec["phase"]: [rec.get("d_real"), rec.get("d_fake")]
+                       for rec in trainer.history}}
     for yaw, n, m, _, _ in per_label_table(out, test.targets, test.labels, "yaw"):
         res["per_yaw"][str(yaw)] = m
     res.update(quality_metrics(out, test, train))
