@@ -121,3 +121,22 @@ def test_learning_curves_run_every_method_at_every_budget(tmp_path, npz_data):
     assert all(r["g_updates"] == r["steps"] and r["train_seconds"] > 0 for r in runs)
     table = open(os.path.join(out, "curves.md")).read()
     assert table.count("| gangglw ") == 2 and table.count("| joint ") == 2
+
+
+def test_runs_split_over_processes_merge_into_one_report(tmp_path, npz_data):
+    a, b, out = (str(tmp_path / n) for n in ("a", "b", "merged"))
+    for d, seed in ((a, "1"), (b, "2")):
+        assert compare.main(["--dataset", "npz", "--data", npz_data, "--steps", "8", "--seeds", seed,
+                             "--budget", "steps", "--methods", "joint,glw", "--out", d] + TINY) == 0
+    assert compare.main(["--report-only", f"{a},{b}", "--out", out]) == 0
+    merged = json.load(open(os.path.join(out, "results.json")))
+    assert sorted((r["variant"], r["seed"]) for r in merged["runs"]) == \
+        [("glw", 1), ("glw", 2), ("joint", 1), ("joint", 2)]
+    report = open(os.path.join(out, "results.md")).read()
+    assert "Merged from" in report and "| joint " in report
+    other = str(tmp_path / "other")
+    assert compare.main(["--dataset", "npz", "--data", npz_data, "--steps", "8", "--seeds", "1",
+                         "--budget", "steps", "--methods", "glw", "--out", other] + TINY[:2]
+                        + ["--channels", "4,6,8", "--kernel-sizes", "3,3,3", "--batch-size", "8"]) == 0
+    with pytest.raises(SystemExit):   # another architecture: refused
+        compare.main(["--report-only", f"{a},{other}", "--out", str(tmp_path / "bad")])

@@ -75,14 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
                    help="constant, or cosine (each phase's rates fall to 0 by its end)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--out", default="runs/compare", metavar="DIR")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where results go (default runs/compare; with --report-only of several "
+                        "directories, where the merged results go: default the first)")
     p.add_argument("--curve", type=int_list, default=None, metavar="B1,B2,...",
                    help="learning curves instead of the comparison: every method at each of these "
                         "budgets of G updates (equal updates; each run's training clock is "
                         "recorded), for every seed; writes curves.json, curves.md and "
                         "learning_curves.png")
-    p.add_argument("--report-only", metavar="DIR", default=None,
-                   help="train nothing: rebuild DIR/results.md and the charts from DIR/results.json")
+    p.add_argument("--report-only", metavar="DIR[,DIR...]", default=None,
+                   help="train nothing: rebuild DIR/results.md and the charts from "
+                        "DIR/results.json; several directories (runs of the same data and "
+                        "architecture split over processes) are merged into --out")
     p.add_argument("--progress", action="store_true", help="show per-phase progress bars")
     return p
 
@@ -226,7 +230,11 @@ def build_report(results: dict) -> str:
     data = results.get("data", {})
     argv = results.get("argv")
     lines = []
-    if argv is not None:
+    if results.get("merged_from"):
+        lines.append("Merged from " + "; ".join(
+            f"{m['dir']} (python -m gasca_core.compare {' '.join(m['argv'] or [])})"
+            for m in results["merged_from"]))
+    elif argv is not None:
         lines.append(f"Command: python -m gasca_core.compare {' '.join(argv)}")
     lines.append(f"Data: {args.get('dataset', '?')}, {data.get('n_train', '?')} training / "
                  f"{data.get('n_test', '?')} test pairs; architecture {mc.get('channels')} "
@@ -432,7 +440,7 @@ def _bar_chart_pillow(runs, methods, budgets, path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def report_only(directory: str) -> int:
+def _read_results(directory: str) -> dict:
     path = os.path.join(directory, "results.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -440,9 +448,50 @@ def report_only(directory: str) -> int:
         results["runs"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         fail(f"--report-only: cannot read {path}: {e}")
-    written = write_report(directory, results)
+    return results
+
+
+def merge_results(parts: list[dict], names: list[str]) -> dict:
+    """One results dict from several compare runs of the same data and architecture (e.g.
+    seeds or weights run as separate processes): their runs together, the union of their
+    weights, budgets and variants; refused when the data or the architecture differ."""
+    first = parts[0]
+    for part, name in zip(parts[1:], names[1:]):
+        for key in ("model_config", "data"):
+            if part.get(key) != first.get(key):
+                fail(f"--report-only: {name} has another {key.replace('_', ' ')} than {names[0]}: "
+                     f"{part.get(key)} vs {first.get(key)}")
+    merged = dict(first)
+    merged["runs"] = [r for part in parts for r in part["runs"]]
+    merged["adv_weights"] = sorted({w for p in parts for w in (p.get("adv_weights") or
+                                                               [r["adv_weight"] for r in p["runs"]])})
+    merged["budgets"] = [b for b in ("steps", "time")
+                         if any(b in (p.get("budgets") or [r["budget"] for r in p["runs"]]) for p in parts)]
+    merged["variants"] = list(dict.fromkeys(v for p in parts for v in
+                                            (p.get("variants") or [_variant(r) for r in p["runs"]])))
+    merged["merged_from"] = [{"dir": n, "argv": p.get("argv")} for n, p in zip(names, parts)]
+    return merged
+
+
+def report_only(directories: str, out: Optional[str] = None) -> int:
+    """Rebuild results.md and the charts from DIR/results.json; several directories
+    (comma-separated) are merged first (merge_results) and written, results.json
+    included, to `out`."""
+    names = [d for d in directories.split(",") if d]
+    if not names:
+        fail("--report-only: give a directory")
+    parts = [_read_results(d) for d in names]
+    if len(parts) == 1:
+        results, target = parts[0], names[0]
+    else:
+        results, target = merge_results(parts, names), out or names[0]
+        os.makedirs(target, exist_ok=True)
+        with open(os.path.join(target, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    written = write_report(target, results)
     print(build_report(results))
-    print(f"rebuilt from {path}: {', '.join(os.path.basename(p) for p in written)}")
+    print(f"rebuilt from {', '.join(os.path.join(n, 'results.json') for n in names)}: "
+          f"{', '.join(os.path.join(target, os.path.basename(p)) for p in written)}")
     return 0
 
 
@@ -532,7 +581,8 @@ def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report_only:
-        return report_only(args.report_only)
+        return report_only(args.report_only, args.out)
+    args.out = args.out or "runs/compare"
     methods = [canonical_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
