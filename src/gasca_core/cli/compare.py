@@ -392,25 +392,38 @@ def bar_chart(runs: list[dict], methods: list[str], budgets: list[str], path: st
 
 def sweep_chart(runs: list[dict], variants: list[str], weights: list[float],
                 budgets: list[str], path: str) -> bool:
-    """Mean test MSE against the adversarial weight, one line per method and budget
-    (weights placed evenly, 0 included); False where matplotlib is missing."""
+    """The trade-off the adversarial weight makes: one panel per measure (validation SSIM
+    and identity rank-1, where settings are chosen; test MSE, sharpness and realism), one
+    line per method and budget, means over seeds with their min-max as a band (weights
+    placed evenly, 0 included); False where matplotlib is missing."""
     plt = _pyplot()
     if plt is None:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    panels = [("val_ssim", "validation SSIM"), ("val_rank1", "validation identity rank-1"),
+              ("test_mse", "test MSE"), ("sharpness", "test sharpness (1 = targets')"),
+              ("realism", "test realism distance (0 = targets')")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     xs = np.arange(len(weights))
-    for b in budgets:
-        for name in variants:
-            ys = [np.mean([r["test_mse"] for r in _select(runs, w, b, name)] or [np.nan])
-                  for w in weights]
-            if not np.all(np.isnan(ys)):
-                ax.plot(xs, ys, marker="o", ls="-" if b == "steps" else "--",
-                        label=f"{name}, equal {b}")
-    ax.set_xticks(xs)
-    ax.set_xticklabels([f"{w:g}" for w in weights])
-    ax.set_xlabel("adversarial weight")
-    ax.set_ylabel("test MSE")
-    ax.legend(fontsize=7)
+    for ax, (key, label) in zip(axes, panels):
+        for b in budgets:
+            for name in variants:
+                cells = [[r.get(key) for r in _select(runs, w, b, name) if r.get(key) is not None]
+                         for w in weights]
+                if not any(cells):
+                    continue
+                mean = [np.mean(c) if c else np.nan for c in cells]
+                lo = [min(c) if c else np.nan for c in cells]
+                hi = [max(c) if c else np.nan for c in cells]
+                line, = ax.plot(xs, mean, marker="o", ls="-" if b == "steps" else "--",
+                                label=f"{name}, equal {b}")
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{w:g}" for w in weights], fontsize=7)
+        ax.set_xlabel("adversarial weight")
+        ax.set_title(label, fontsize=9)
+        if key in ("test_mse", "sharpness", "realism"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
