@@ -17,8 +17,10 @@ One training clock per run, the same rule for every method (TrainingClock): it r
 a phase is set up (growing the networks, encoding the codes of a greedy stage, building
 optimizers) and while it steps (the steps and their bookkeeping: loss sums, counters, the
 progress bar); it stops for validations, checkpoints, image grids and hooks.  A time budget
-is spent on this clock: a phase ends when its own clock reaches its share of the budget,
-so validations inside a phase take nothing from it.  Trainer.elapsed (the clock's total),
+is spent on this clock: phase i ends when the run's clock reaches the shares of phases
+0..i times the budget, so validations take nothing from it, and a phase whose set-up
+overruns its share (the encoding before a greedy stage can) takes the overrun from the
+phases after it: the run as a whole keeps to its budget, up to the step under way.  Trainer.elapsed (the clock's total),
 Trainer.phase_seconds (per phase) and Trainer.wall_seconds (everything) are kept in the
 checkpoint, so a resumed phase continues its clock where it stopped.
 
@@ -307,8 +309,8 @@ class Trainer:
         done over planned, or under a time budget its clock over its share if that is
         further along."""
         progress = self.phase_step / max(1, run.phase.steps)
-        if allowed:
-            progress = max(progress, self.phase_clock(run.index) / allowed)
+        if allowed is not None:
+            progress = max(progress, self.phase_clock(run.index) / max(allowed, 1e-9))
         f = lr_factor(self.tc.lr_schedule, progress)
         for opt, base in ((run.opt_g, self.tc.lr), (run.opt_d, self.tc.d_lr or self.tc.lr)):
             if opt is not None:
@@ -368,9 +370,15 @@ class Trainer:
         phase = run.phase
         per_epoch = self._batches_per_epoch = len(run.batches)
         eval_every = tc.eval_every or min(per_epoch, 200)
-        # A time budget gives each phase its share of the seconds, on its own training
-        # clock (phase_clock), which a resume continues from the checkpoint.
-        allowed = phase.time_share * tc.time_budget if tc.time_budget else None
+        # A time budget: the phase ends when the run's training clock reaches the shares of
+        # the phases so far (this one included) times the budget.  Cumulative, so that a
+        # phase whose set-up (a greedy stage's encoding) overruns its share takes the
+        # overrun from the phases after it and the run keeps to its budget.  A resume
+        # continues the clock from the checkpoint.
+        deadline = (sum(p.time_share for p in self.phases[:idx + 1]) * tc.time_budget
+                    if tc.time_budget else None)
+        allowed = (deadline - (self.train_seconds - self.phase_clock(idx))
+                   if deadline is not None else None)   # this phase's seconds, set-up included
         self.guard.consecutive = 0
         for hook in self.on_phase_start:
             hook(self, idx)
@@ -380,7 +388,7 @@ class Trainer:
         self.clock.start()
         try:
             while self.phase_step < phase.steps:
-                if allowed is not None and self.phase_clock(idx) >= allowed:
+                if deadline is not None and self.train_seconds >= deadline:
                     with self._off_clock():
                         self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
