@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from fractions import Fraction
@@ -58,9 +56,8 @@ from . import functional as F
 from . import nn, optim
 from .backend import to_device, to_numpy
 from .data.batching import BatchIterator
-from .data.grid import file_mode
 from .data.pairs import PairDataset
-from .data.synthetic import cache_dir
+from .data.synthetic import cache_dir, write_cache_npz
 from .metrics import frechet_distance
 from .rng import stream
 from .tensor import Tensor, no_grad
@@ -309,27 +306,10 @@ def recognizer_cache_key(images: np.ndarray, ids: np.ndarray, config: dict[str, 
 
 
 def _save(path: Path, model: Recognizer, config: dict[str, Any], info: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename): a reader sees no file or the whole file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        warnings.warn(f"cannot write the recognizer cache in {path.parent} ({e}); set "
-                      f"GASCA_CACHE to a writable directory to keep it")
-        return
-    try:
-        arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps({"config": config, "info": info})), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())  # mkstemp's 0o600 would hide the cache from others
-        os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"cannot write the recognizer cache {path} ({e})")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write atomically (data.synthetic.write_cache_npz): a reader sees no file or the whole file."""
+    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    write_cache_npz(path, "recognizer", {"meta": np.array(json.dumps({"config": config, "info": info})),
+                                         **arrays})
 
 
 def _load(path: Path, config: dict[str, Any]) -> tuple[Recognizer, dict[str, Any]]:

@@ -519,27 +519,33 @@ def _read_cache(path: Path, config: SyntheticFacesConfig) -> Optional[np.ndarray
     return images
 
 
-def _write_cache(path: Path, images: np.ndarray, config: SyntheticFacesConfig) -> None:
-    """Write atomically (temp file + rename): readers see the old file or the whole new one."""
+def write_cache_npz(path: Path, what: str, arrays: dict) -> None:
+    """Write a cache file of `arrays` (np.savez) atomically: temp file, flush, rename, so a
+    reader sees the old file or the whole new one.  A cache that cannot be written is not
+    an error: a warning says so (naming `what`) and the run goes on."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        warnings.warn(f"cannot write the synthetic-faces cache in {path.parent} ({e}); "
-                      f"set GASCA_CACHE to a writable directory to keep renders")
+        warnings.warn(f"cannot write the {what} cache in {path.parent} ({e}); set GASCA_CACHE "
+                      f"to a writable directory to keep it")
         return
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, config=np.array(config.to_json()))
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
+        os.chmod(tmp, file_mode())  # mkstemp's 0o600 would hide the cache from others
         os.replace(tmp, path)
     except OSError as e:
-        warnings.warn(f"cannot write the synthetic-faces cache {path} ({e})")
+        warnings.warn(f"cannot write the {what} cache {path} ({e})")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_cache(path: Path, images: np.ndarray, config: SyntheticFacesConfig) -> None:
+    write_cache_npz(path, "synthetic-faces", {"images": images, "config": np.array(config.to_json())})
 
 
 def synthetic_faces_images(config: SyntheticFacesConfig, cache: bool = True) -> np.ndarray:
