@@ -5,7 +5,9 @@
 
 Trains with gasca_core's Trainer exactly as `python -m gasca_core.train` does (no
 checkpoints or per-phase validation, to keep it short), then appends one JSON line with the
-validation MSE / PSNR / SSIM and sharpness to OUT/results.jsonl and saves OUT/TAG.png
+validation MSE / PSNR / SSIM, sharpness and (unless --no-quality) the identity rank-1
+overall and per yaw, artefact and realism figures of evaluation.quality_metrics to
+OUT/results.jsonl and saves OUT/TAG.png
 (rows: input, output, target for 8 validation pairs).  Settings are chosen on these
 figures; the test split is never read here.
 """
@@ -18,7 +20,7 @@ import numpy as np
 
 from gasca_core.data import get_splits
 from gasca_core.data.grid import save_image_grid
-from gasca_core.evaluation import predict
+from gasca_core.evaluation import predict, quality_metrics
 from gasca_core.metrics import sharpness_ratio, summarize
 from gasca_core.models import DECODERS, GascaConfig
 from gasca_core.training import LR_SCHEDULES, METHODS, Trainer, TrainConfig
@@ -38,13 +40,18 @@ def main() -> None:
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
     p.add_argument("--adv-weight", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--finetune-share", type=float, default=TrainConfig.finetune_share)
+    p.add_argument("--no-quality", action="store_true",
+                   help="skip identity, artefact and realism (evaluation.quality_metrics)")
     a = p.parse_args()
     train, val, _ = get_splits("synthetic-faces", seed=0, n_identities=a.people)
     mc = GascaConfig(channels=[int(c) for c in a.channels.split(",")],
                      kernel_sizes=[int(k) for k in a.kernel_sizes.split(",")],
                      decoder=a.decoder, name="screen")
     tc = TrainConfig(method=a.method, steps=a.steps, lr=a.lr, lr_schedule=a.lr_schedule,
-                     adv_weight=a.adv_weight, seed=a.seed, checkpoint_every=10**9,
+                     adv_weight=a.adv_weight, seed=a.seed, batch_size=a.batch_size,
+                     finetune_share=a.finetune_share, checkpoint_every=10**9,
                      eval_every=10**9)
     t0 = time.perf_counter()
     trainer = Trainer(mc, tc, train, val, out_dir=None, progress=False, log=lambda s: None)
@@ -55,8 +62,19 @@ def main() -> None:
                decoder=a.decoder, method=a.method, steps=a.steps, lr=a.lr,
                lr_schedule=a.lr_schedule, adv_weight=a.adv_weight, seed=a.seed,
                n_train=len(train), val_mse=m["mse"], val_psnr=m["psnr"], val_ssim=m["ssim"],
+               batch_size=a.batch_size, finetune_share=a.finetune_share,
                sharpness=sharpness_ratio(out, val.targets), train_seconds=final["train_seconds"],
                wall_seconds=time.perf_counter() - t0)
+    if not a.no_quality:
+        q = quality_metrics(out, val, train)
+        rec = q["identity"]["recognizer"]["rows"]
+        row.update(artefact=q["overall"]["outputs"]["artefact"],
+                   realism=q["overall"]["outputs"]["realism"],
+                   rank1=rec["outputs"]["rank1"], rank1_inputs=rec["inputs"]["rank1"],
+                   rank1_targets=rec["targets"]["rank1"],
+                   rank1_per_yaw={y: v["rank1"] for y, v in rec["outputs"]["per_yaw"].items()},
+                   rank1_inputs_per_yaw={y: v["rank1"]
+                                         for y, v in rec["inputs"]["per_yaw"].items()})
     os.makedirs(a.out, exist_ok=True)
     idx = np.linspace(0, len(val) - 1, 8).astype(int)
     save_image_grid([val.inputs[idx], out[idx], val.targets[idx]], os.path.join(a.out, f"{a.tag}.png"))
