@@ -115,6 +115,40 @@ def test_noise_is_not_a_grid(rng):
 
 # ----------------------------------------------------------------------------- Frechet distance
 
+def _ssim_loops(x, y, size=11, sigma=1.5, c1=0.01 ** 2, c2=0.03 ** 2):
+    """SSIM of one (H, W) pair by plain loops over every valid 11x11 window."""
+    g = np.exp(-((np.arange(size) - (size - 1) / 2) ** 2) / (2 * sigma ** 2))
+    w = np.outer(g, g) / g.sum() ** 2
+    vals = []
+    for i in range(x.shape[0] - size + 1):
+        for j in range(x.shape[1] - size + 1):
+            a, b = x[i:i + size, j:j + size], y[i:i + size, j:j + size]
+            mx, my = (w * a).sum(), (w * b).sum()
+            vx, vy = (w * a * a).sum() - mx * mx, (w * b * b).sum() - my * my
+            cxy = (w * a * b).sum() - mx * my
+            vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return float(np.mean(vals))
+
+
+def test_ssim_matches_plain_loops_and_is_one_for_identical_images(rng):
+    # 37 pairs: more than one of ssim_per_image's chunks, the last one partial.
+    x = rng.random((37, 1, 14, 15))
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1)
+    got = M.ssim_per_image(x, y)
+    assert got.shape == (37,)
+    for k in (0, 15, 16, 36):
+        assert got[k] == pytest.approx(_ssim_loops(x[k, 0], y[k, 0]), rel=1e-10)
+    # each image's SSIM is its own, whatever else is in the batch
+    np.testing.assert_array_equal(got[20:23], M.ssim_per_image(x[20:23], y[20:23]))
+    np.testing.assert_allclose(M.ssim_per_image(x, x), 1.0, rtol=1e-12)
+
+
+def test_periodic_spectrum_is_the_mean_of_the_images_spectra(rng):
+    x = rng.random((37, 1, 16, 16))
+    each = np.mean([M.periodic_power_spectrum(x[k:k + 1]) for k in range(37)], axis=0)
+    np.testing.assert_allclose(M.periodic_power_spectrum(x), each, rtol=1e-12)
+
+
 def test_frechet_identical_is_zero(rng):
     a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 3.0
     d = M.frechet_distance(a, a)
