@@ -356,6 +356,22 @@ def test_quality_metrics_and_tables(faces):
     assert "MSE" in results_tables("G", faces.targets, faces, faces)
 
 
+def test_quality_metrics_without_references_scores_the_outputs_alike(faces):
+    model, _ = R.train_recognizer(faces, steps=5, batch_size=16, progress=False, log=None)
+    out = blur(faces.targets)
+    full = quality_metrics(out, faces, faces, recognizer=model)
+    lean = quality_metrics(out, faces, faces, recognizer=model, references=False)
+    assert lean["overall"] == {"outputs": full["overall"]["outputs"]}
+    assert lean["per_yaw"] == full["per_yaw"]
+    for k in ("recognizer", "eigenfaces"):
+        assert set(lean["identity"][k]["rows"]) == {"outputs"}
+        assert lean["identity"][k]["rows"]["outputs"] == full["identity"][k]["rows"]["outputs"]
+    t = quality_tables(lean)
+    assert "raw inputs" not in t and "rank-1 outputs" in t
+    with pytest.raises(ValueError, match="rows must be among"):
+        R.identity_report(out, faces, model, rows=("outputs", "gallery"))
+
+
 def test_quality_metrics_without_labels_notes_why(tmp_path, monkeypatch):
     monkeypatch.setenv("GASCA_CACHE", str(tmp_path))
     ds = people_dataset(labels=("yaw", "light"))

@@ -48,7 +48,7 @@ import time
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -528,21 +528,31 @@ def identity_rank1(probes: Any, split: PairDataset, recognizer_or_embed_fn: Embe
     return {**_summary(*counts, yaws), "n_gallery": int(len(g_idx)), "chance": 1.0 / len(g_idx)}
 
 
+IDENTITY_ROWS = ("outputs", "inputs", "targets", "chance")
+
+
 def identity_report(outputs: Any, split: PairDataset, recognizer: EmbedderLike,
-                    gallery_light: Optional[int] = None, neutral_light: int = 0
+                    gallery_light: Optional[int] = None, neutral_light: int = 0,
+                    rows: Sequence[str] = IDENTITY_ROWS
                     ) -> tuple[Optional[dict[str, Any]], str]:
-    """Rank-1 (overall and per yaw) of four probe sets against one gallery:
+    """Rank-1 (overall and per yaw) of up to four probe sets against one gallery:
 
         outputs   G's outputs for split.inputs
         inputs    the raw inputs (what G starts from)
         targets   the true targets (this recognizer's ceiling on this gallery)
         chance    1 / number of gallery people
 
+    rows: which of them to compute (default all; the references inputs, targets and chance
+    are the same for every run on a split, so a caller scoring many runs computes them once).
+
     Returns (report, note): report = {"n_gallery", "n_probes", "gallery_light",
     "rows": {name: {"rank1", "n", "per_yaw"}}}, and a one-line note describing the gallery;
     (None, why) when the data does not allow the protocol (no identity or yaw label, no
     frontal non-neutral image). Never raises for such data.
     """
+    unknown = [r for r in rows if r not in IDENTITY_ROWS]
+    if unknown:
+        raise ValueError(f"identity_report: rows must be among {IDENTITY_ROWS}, got {unknown}")
     try:
         if getattr(outputs, "shape", None) != split.inputs.shape:
             raise ValueError(f"outputs must be aligned with the split's pairs, shape "
@@ -555,13 +565,16 @@ def identity_report(outputs: Any, split: PairDataset, recognizer: EmbedderLike,
     ids = identity_labels(split)[mask]
     yaws = np.asarray(split.labels["yaw"])[mask]
     gallery = embed(to_numpy(split.inputs)[g_idx])
-    rows = {}
+    wanted, rows = rows, {}
     for name, probes in (("outputs", outputs), ("inputs", split.inputs),
                          ("targets", split.targets)):
-        rows[name] = _summary(*_rank1_counts(embed(to_numpy(probes)[mask]), ids, gallery, g_ids),
-                              yaws)
+        if name in wanted:
+            rows[name] = _summary(*_rank1_counts(embed(to_numpy(probes)[mask]), ids, gallery,
+                                                 g_ids), yaws)
     n_probes = int(mask.sum())
-    rows["chance"] = _summary(np.ones(n_probes, np.int64), np.full(n_probes, len(g_idx)), yaws)
+    if "chance" in wanted:
+        rows["chance"] = _summary(np.ones(n_probes, np.int64), np.full(n_probes, len(g_idx)),
+                                  yaws)
     lights = sorted({_label_value(v) for v in np.asarray(split.labels["light"])[g_idx]}) \
         if "light" in split.labels else []
     report = {"n_gallery": int(len(g_idx)), "n_probes": int(mask.sum()),

@@ -127,8 +127,9 @@ def quality_metrics(out, split, train, prefix: str = "") -> dict:
     recognizer of this training set), flattened for results.json: ssim, psnr, sharpness,
     artefact, realism, rank1 (the recognizer's, of G's outputs) and rank1_eigenfaces, and
     rank1 per yaw; each key prefixed (e.g. "val_" for the validation split, on which
-    settings are chosen)."""
-    q = evaluation.quality_metrics(out, split, train, log=None)
+    settings are chosen).  The references (raw inputs, targets, chance) are computed once
+    per split by references(), not per run."""
+    q = evaluation.quality_metrics(out, split, train, log=None, references=False)
     o = q["overall"]["outputs"]
     res = {k: o.get(k) for k in ("ssim", "psnr", "sharpness", "artefact", "realism")}
     for name, key in (("recognizer", "rank1"), ("eigenfaces", "rank1_eigenfaces")):
