@@ -123,7 +123,7 @@ def test_learning_curves_run_every_method_at_every_budget(tmp_path, npz_data):
     assert table.count("| gangglw ") == 2 and table.count("| joint ") == 2
 
 
-def test_runs_split_over_processes_merge_into_one_report(tmp_path, npz_data):
+def test_runs_split_over_processes_merge_into_one_report(tmp_path, npz_data, capsys):
     a, b, out = (str(tmp_path / n) for n in ("a", "b", "merged"))
     for d, seed in ((a, "1"), (b, "2")):
         assert compare.main(["--dataset", "npz", "--data", npz_data, "--steps", "8", "--seeds", seed,
@@ -140,3 +140,11 @@ def test_runs_split_over_processes_merge_into_one_report(tmp_path, npz_data):
                         + ["--channels", "4,6,8", "--kernel-sizes", "3,3,3", "--batch-size", "8"]) == 0
     with pytest.raises(SystemExit):   # another architecture: refused
         compare.main(["--report-only", f"{a},{other}", "--out", str(tmp_path / "bad")])
+    lr = str(tmp_path / "lr")
+    assert compare.main(["--dataset", "npz", "--data", npz_data, "--steps", "8", "--seeds", "3",
+                         "--budget", "steps", "--methods", "glw", "--lr", "0.01", "--out", lr]
+                        + TINY) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):   # another learning rate: refused, and said why
+        compare.main(["--report-only", f"{a},{lr}", "--out", str(tmp_path / "bad")])
+    assert "--lr 0.01" in capsys.readouterr().err

@@ -465,6 +465,12 @@ def _read_results(directory: str) -> dict:
     return results
 
 
+# The settings every merged part must share (besides the data and the architecture): a run's
+# result depends on them, and the tables average runs by method, weight and budget only.
+MERGE_MUST_AGREE = ("steps", "lr", "lr_schedule", "batch_size", "finetune_share", "d_ratio",
+                    "data_seed", "dataset", "data", "max_train", "image_size", "device")
+
+
 def merge_results(parts: list[dict], names: list[str]) -> dict:
     """One results dict from several compare runs of the same data and architecture (e.g.
     seeds or weights run as separate processes): their runs together, the union of their
@@ -475,6 +481,12 @@ def merge_results(parts: list[dict], names: list[str]) -> dict:
             if part.get(key) != first.get(key):
                 fail(f"--report-only: {name} has another {key.replace('_', ' ')} than {names[0]}: "
                      f"{part.get(key)} vs {first.get(key)}")
+        a, b = first.get("args") or {}, part.get("args") or {}
+        for key in MERGE_MUST_AGREE:
+            if key in a and key in b and a[key] != b[key]:
+                fail(f"--report-only: {name} was run with --{key.replace('_', '-')} {b[key]} and "
+                     f"{names[0]} with {a[key]}: runs of different settings would be averaged "
+                     f"together; rerun one of them with the other's setting")
     merged = dict(first)
     merged["runs"] = [r for part in parts for r in part["runs"]]
     merged["adv_weights"] = sorted({w for p in parts for w in (p.get("adv_weights") or
