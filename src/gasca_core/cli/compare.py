@@ -595,6 +595,7 @@ def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
                 if xs:
                     ax.plot(xs, ys, marker="o", label=m)
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # no overlapping minor labels
             ax.set_xlabel("G updates" if xkey == "steps" else "training clock (s)")
             ax.set_ylabel(label)
             if row == 0 and col == 0:
