@@ -57,24 +57,29 @@ def main() -> None:
     trainer = Trainer(mc, tc, train, val, out_dir=None, progress=False, log=lambda s: None)
     final = trainer.run()
     out = predict(trainer.G, val.inputs)
-    m = summarize(out, val.targets)
+    wall = time.perf_counter() - t0   # training and prediction, not the scoring
+    # quality_metrics' outputs row already holds MSE / PSNR / SSIM and sharpness: computed
+    # once, not again beside it.
+    q = None if a.no_quality else quality_metrics(out, val, train)
+    o = q["overall"]["outputs"] if q else dict(summarize(out, val.targets),
+                                               sharpness=sharpness_ratio(out, val.targets))
     row = dict(tag=a.tag, people=a.people, channels=a.channels, kernel_sizes=a.kernel_sizes,
                decoder=a.decoder, method=a.method, steps=a.steps, lr=a.lr,
                lr_schedule=a.lr_schedule, adv_weight=a.adv_weight, seed=a.seed,
-               n_train=len(train), val_mse=m["mse"], val_psnr=m["psnr"], val_ssim=m["ssim"],
+               n_train=len(train), val_mse=o["mse"], val_psnr=o["psnr"], val_ssim=o["ssim"],
                batch_size=a.batch_size, finetune_share=a.finetune_share,
-               sharpness=sharpness_ratio(out, val.targets), train_seconds=final["train_seconds"],
-               wall_seconds=time.perf_counter() - t0)
-    if not a.no_quality:
-        q = quality_metrics(out, val, train)
-        rec = q["identity"]["recognizer"]["rows"]
-        row.update(artefact=q["overall"]["outputs"]["artefact"],
-                   realism=q["overall"]["outputs"]["realism"],
-                   rank1=rec["outputs"]["rank1"], rank1_inputs=rec["inputs"]["rank1"],
-                   rank1_targets=rec["targets"]["rank1"],
-                   rank1_per_yaw={y: v["rank1"] for y, v in rec["outputs"]["per_yaw"].items()},
-                   rank1_inputs_per_yaw={y: v["rank1"]
-                                         for y, v in rec["inputs"]["per_yaw"].items()})
+               sharpness=o["sharpness"], train_seconds=final["train_seconds"],
+               wall_seconds=wall)
+    rec = q and q["identity"]["recognizer"]
+    if q:
+        row.update(artefact=o["artefact"], realism=o.get("realism"))
+    if rec:
+        def per_yaw(name: str) -> dict:
+            return {y: v["rank1"] for y, v in rec["rows"][name]["per_yaw"].items()}
+        rows = rec["rows"]
+        row.update(rank1=rows["outputs"]["rank1"], rank1_inputs=rows["inputs"]["rank1"],
+                   rank1_targets=rows["targets"]["rank1"], rank1_per_yaw=per_yaw("outputs"),
+                   rank1_inputs_per_yaw=per_yaw("inputs"))
     os.makedirs(a.out, exist_ok=True)
     idx = np.linspace(0, len(val) - 1, 8).astype(int)
     save_image_grid([val.inputs[idx], out[idx], val.targets[idx]], os.path.join(a.out, f"{a.tag}.png"))
