@@ -148,3 +148,20 @@ def test_runs_split_over_processes_merge_into_one_report(tmp_path, npz_data, cap
     with pytest.raises(SystemExit):   # another learning rate: refused, and said why
         compare.main(["--report-only", f"{a},{lr}", "--out", str(tmp_path / "bad")])
     assert "--lr 0.01" in capsys.readouterr().err
+
+
+def test_merging_parts_of_other_code_modes_is_refused_only_for_equal_time_runs(capsys):
+    """--codes changes what a second buys, not the floats of a run at equal updates: parts
+    run with per-batch and with in-memory codes merge at equal updates and are refused when
+    a part holds equal-time runs."""
+    from gasca_core.cli.compare import merge_results
+
+    def part(codes, budget):
+        run = {"method": "glw", "seed": 1, "test_mse": 0.01, "budget": budget, "adv_weight": 0.0}
+        return {"args": {"steps": 8, "codes": codes}, "model_config": {}, "data": None,
+                "budgets": [budget], "runs": [run]}
+    merged = merge_results([part("memory", "steps"), part("per-batch", "steps")], ["a", "b"])
+    assert len(merged["runs"]) == 2
+    with pytest.raises(SystemExit):
+        merge_results([part("memory", "time"), part("per-batch", "time")], ["a", "b"])
+    assert "--codes per-batch" in capsys.readouterr().err

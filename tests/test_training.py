@@ -188,24 +188,56 @@ def test_joint_trains_everything_at_once():
     assert g_changed == g_all and d_changed == d_all
 
 
-def test_greedy_stage_trains_on_codes_of_the_encoder_stack():
+@pytest.mark.parametrize("codes", ["memory", "per-batch"])
+def test_greedy_stage_trains_on_codes_of_the_encoder_stack(codes):
     mc = GascaConfig(**TINY)
-    tc = TrainConfig(method="glw", steps=6, batch_size=8, seed=0)
+    tc = TrainConfig(method="glw", steps=6, batch_size=8, seed=0, codes=codes)
     t = Trainer(mc, tc, pairs(16, 0), pairs(8, 1), progress=False)
     seen = {}
 
     def start(tr, idx):
         ph = tr.phases[idx]
-        g, d, data, _ = tr._phase_parts(ph)
-        seen[ph.level] = data.inputs.shape[1:]
+        run = tr.current_run if tr.current_run and tr.current_run.index == idx else None
+        assert run is not None
+        x, y, _ = run.batch_at(0)           # what the stage's first step trains on
+        batch, _ = run.batches.batch_at(0)
+        seen[ph.level] = x.shape[1:]
+        # per-batch: the stage holds the pixels and encodes each batch; memory: the codes
+        assert (run.encode is not None) == (codes == "per-batch" and ph.level > 1)
+        held = run.train.inputs.shape[1:]
+        assert held == ((1, 16, 16) if codes == "per-batch" else x.shape[1:])
         if ph.level > 1:
             with gc.no_grad():
-                codes = tr.G.encode(gc.Tensor(tr.train_data.inputs), depth=ph.level - 1).numpy()
-            np.testing.assert_allclose(data.inputs, codes, rtol=1e-6, atol=1e-7)
+                images = tr.train_data.inputs[batch.indices]
+                expected = tr.G.encode(gc.Tensor(images), depth=ph.level - 1).numpy()
+            np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
 
     t.on_phase_start.append(start)
     t.run()
     assert seen == {1: (1, 16, 16), 2: (4, 8, 8), 3: (6, 4, 4)}
+
+
+@pytest.mark.parametrize("method", ["glw", "gangglw"])
+def test_codes_per_batch_or_held_in_memory_train_the_same_network(method):
+    """A code does not depend on the batch it is encoded in: encoding each batch as it is
+    drawn (the default) trains, bit for bit, the network that encoding every pair before
+    the stage trains."""
+    mc = GascaConfig(**TINY)
+    final = {}
+    for codes in ("memory", "per-batch"):
+        tc = TrainConfig(method=method, steps=30, batch_size=8, seed=3, adv_weight=1e-2,
+                         codes=codes)
+        t = Trainer(mc, tc, pairs(40, 0), pairs(8, 1), progress=False)
+        t.run()
+        final[codes] = (params_of(t.G), params_of(t.D))
+    for which in (0, 1):
+        for k, v in final["memory"][which].items():
+            np.testing.assert_array_equal(final["per-batch"][which][k], v, err_msg=k)
+
+
+def test_codes_mode_is_checked():
+    with pytest.raises(ValueError, match="codes must be one of"):
+        TrainConfig(codes="disk")
 
 
 # ----------------------------------------------------------------------------- learning

@@ -42,9 +42,9 @@ def _ours_step_fn(batch: int, seed: int = 0) -> Callable[[], float]:
     count = [0]
 
     def step() -> float:
-        b, _ = run.batches.batch_at(count[0])
+        x, y, _ = run.batch_at(count[0])
         count[0] += 1
-        losses, _ = trainer.step(run, b.inputs, b.targets)
+        losses, _ = trainer.step(run, x, y)
         return losses["g_loss"]
     return step
 

@@ -34,7 +34,7 @@ from ..statistics import mean_ci
 from ..evaluation import baselines, format_table, per_label_table, predict
 from ..metrics import mse_per_image
 from ..models import GascaConfig
-from ..training import (LR_SCHEDULES, METHODS, Trainer, TrainConfig, canonical_method,
+from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, Trainer, TrainConfig, canonical_method,
                         gangglw_d_ratio)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, float_list,
                      int_list, load_splits, model_config_from_args, nonneg_float, positive_int)
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=TrainConfig.lr_schedule,
                    help="constant, or cosine (each phase's rates fall to 0 by its end)")
+    p.add_argument("--codes", choices=CODE_MODES, default=TrainConfig.codes,
+                   help="greedy stages' codes: encoded per batch (each stage's time in "
+                        "proportion to its steps, as equal-time runs need) or all at once "
+                        "before the stage (memory); the same floats either way")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where results go (default runs/compare; with --report-only of several "
@@ -469,6 +473,9 @@ def _read_results(directory: str) -> dict:
 # result depends on them, and the tables average runs by method, weight and budget only.
 MERGE_MUST_AGREE = ("steps", "lr", "lr_schedule", "batch_size", "finetune_share", "d_ratio",
                     "data_seed", "dataset", "data", "max_train", "image_size", "device")
+# ... and those that change only what a second costs (runs at equal updates give the same
+# floats either way), checked when a part has equal-time runs.
+MERGE_MUST_AGREE_TIMED = ("codes",)
 
 
 def merge_results(parts: list[dict], names: list[str]) -> dict:
@@ -482,7 +489,9 @@ def merge_results(parts: list[dict], names: list[str]) -> dict:
                 fail(f"--report-only: {name} has another {key.replace('_', ' ')} than {names[0]}: "
                      f"{part.get(key)} vs {first.get(key)}")
         a, b = first.get("args") or {}, part.get("args") or {}
-        for key in MERGE_MUST_AGREE:
+        timed = any("time" in (p.get("budgets") or [r["budget"] for r in p["runs"]])
+                    for p in (first, part))
+        for key in MERGE_MUST_AGREE + (MERGE_MUST_AGREE_TIMED if timed else ()):
             if key in a and key in b and a[key] != b[key]:
                 fail(f"--report-only: {name} was run with --{key.replace('_', '-')} {b[key]} and "
                      f"{names[0]} with {a[key]}: runs of different settings would be averaged "
@@ -549,7 +558,8 @@ def learning_curves(args, methods: list[str], weight: float, mc: GascaConfig, tr
                 tc = TrainConfig(method=m, steps=steps, batch_size=args.batch_size, lr=args.lr,
                                  lr_schedule=args.lr_schedule, adv_weight=weight,
                                  finetune_share=args.finetune_share, d_ratio=args.d_ratio,
-                                 seed=seed, device=args.device, checkpoint_every=10**9)
+                                 seed=seed, device=args.device, codes=args.codes,
+                          checkpoint_every=10**9)
                 r = run_one(mc, tc, train, val, test, args.progress)
                 r.update(variant=m, budget="steps", steps=steps)
                 runs.append(r)
@@ -646,7 +656,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             common = dict(batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                           adv_weight=w,
                           finetune_share=args.finetune_share, d_ratio=args.d_ratio,
-                          seed=seed, device=args.device, checkpoint_every=10**9)
+                          seed=seed, device=args.device, codes=args.codes,
+                          checkpoint_every=10**9)
             variants = plan_variants(methods, w, args.ablations,
                                      TrainConfig(steps=args.steps, **common), mc.levels)
             for label, _, _ in variants:

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
 from ..models import GascaConfig
-from ..training import (LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
+from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
                      model_config_from_args, nonneg_float, positive_float, positive_int)
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of training clock for the whole run (validations, checkpoints "
                         "and grids excluded): each phase stops when its own clock reaches its "
                         "share; the shares sum to 1 (for equal-time comparisons)")
+
+    b.add_argument("--codes", choices=CODE_MODES, default=TrainConfig.codes,
+                   help="greedy stages k >= 2 train on codes (the pairs after the first k-1 "
+                        "encoders): encode each batch as it is drawn (per-batch: memory and "
+                        "time in proportion to the steps made) or all training pairs at once "
+                        "before the stage (memory: faster when a stage makes several epochs, "
+                        "but the codes are held whole, 2x the images' size after level 1); "
+                        "the same floats either way")
 
     o = p.add_argument_group("optimisation and losses")
     o.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size,
@@ -122,7 +130,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
             rec_loss=args.rec_loss, rec_weight=args.rec_weight, adv_loss=args.adv_loss,
             adv_weight=args.adv_weight, d_steps=args.d_steps, d_ratio=args.d_ratio, seed=args.seed,
             eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-            on_nonfinite=args.on_nonfinite, time_budget=args.time_budget, device=args.device)
+            on_nonfinite=args.on_nonfinite, time_budget=args.time_budget, codes=args.codes,
+            device=args.device)
     except ValueError as e:
         fail(str(e))
 

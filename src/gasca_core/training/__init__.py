@@ -12,12 +12,12 @@ from .checkpoint import CheckpointError, load_checkpoint, load_generator, save_c
 from .losses import adversarial_loss, discriminator_loss, reconstruction_loss
 from .nonfinite import NonFiniteGuard, NonFiniteLossError
 from .outputs import RunOutputs
-from .phases import (LR_SCHEDULES, METHOD_ALIASES, METHODS, Phase, TrainConfig, canonical_method,
+from .phases import (CODE_MODES, LR_SCHEDULES, METHOD_ALIASES, METHODS, Phase, TrainConfig, canonical_method,
                      d_update_due, gangglw_d_ratio, lr_factor, plan_phases, planned_d_updates)
 from .trainer import PhaseRun, Trainer, TrainingClock, frozen
 
 __all__ = ["CheckpointError", "load_checkpoint", "load_generator", "save_checkpoint",
            "adversarial_loss", "discriminator_loss", "reconstruction_loss", "NonFiniteGuard",
-           "NonFiniteLossError", "RunOutputs", "LR_SCHEDULES", "lr_factor", "METHOD_ALIASES", "METHODS", "Phase",
+           "NonFiniteLossError", "RunOutputs", "CODE_MODES", "LR_SCHEDULES", "lr_factor", "METHOD_ALIASES", "METHODS", "Phase",
            "TrainConfig", "canonical_method", "d_update_due", "gangglw_d_ratio", "plan_phases",
            "planned_d_updates", "PhaseRun", "Trainer", "TrainingClock", "frozen"]

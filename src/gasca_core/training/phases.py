@@ -41,6 +41,7 @@ from .losses import ADV_LOSSES, REC_LOSSES
 METHODS = ("gangglw", "joint", "glw")
 METHOD_ALIASES = {"ganglw": "gangglw"}
 LR_SCHEDULES = ("constant", "cosine")
+CODE_MODES = ("per-batch", "memory")  # how a greedy stage k >= 2 gets its codes (TrainConfig.codes)
 PHASE_KINDS = ("greedy", "finetune_g", "finetune_d", "joint")
 
 
@@ -80,6 +81,10 @@ class TrainConfig:
     max_skips: int = 20                 # consecutive skipped steps before stopping anyway
     time_budget: Optional[float] = None  # seconds of training clock for the whole run, shared
                                          # out over the phases by their time_share
+    codes: str = "per-batch"            # greedy stage k >= 2: encode each batch as it is drawn
+                                        # ("per-batch": memory and time in proportion to the
+                                        # steps) or every training pair once, before the stage
+                                        # ("memory": the codes held whole)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -110,6 +115,7 @@ class TrainConfig:
         need(self.eval_max >= 1 and self.checkpoint_every >= 1, "eval_max and checkpoint_every must be >= 1")
         need(self.on_nonfinite in ("stop", "skip"), f"on_nonfinite must be 'stop' or 'skip', got '{self.on_nonfinite}'")
         need(self.time_budget is None or self.time_budget > 0, "time_budget must be > 0 seconds")
+        need(self.codes in CODE_MODES, f"codes must be one of {CODE_MODES}, got '{self.codes}'")
         need(self.device in ("cpu", "cuda"), f"device must be 'cpu' or 'cuda', got '{self.device}'")
 
     @property

@@ -15,8 +15,8 @@ trains D; with d_ratio r < 1 an alternating phase updates D on a share r of its 
 
 One training clock per run, the same rule for every method (TrainingClock): it runs while
 a phase is set up (growing the networks, encoding the codes of a greedy stage, building
-optimizers) and while it steps (the steps and their bookkeeping: loss sums, counters, the
-progress bar); it stops for validations, checkpoints, image grids and hooks.  A time budget
+optimizers) and while it steps (drawing and, codes="per-batch", encoding the batch; the steps
+and their bookkeeping: loss sums, counters, the progress bar); it stops for validations, checkpoints, image grids and hooks.  A time budget
 is spent on this clock: phase i ends when the run's clock reaches the shares of phases
 0..i times the budget, so validations take nothing from it, and a phase whose set-up
 overruns its share (the encoding before a greedy stage can) takes the overrun from the
@@ -119,11 +119,21 @@ class PhaseRun:
     d: nn.Module
     opt_g: Optional[optim.Adam]
     opt_d: Optional[optim.Adam]
-    train: PairDataset           # pixels, or codes in greedy stages k >= 2
+    train: PairDataset           # pixels, or (codes="memory") codes in greedy stages k >= 2
     val: PairDataset             # the validation pairs the phase's own loss is measured on
     batches: BatchIterator
     use_adv: bool                # G's loss has the adversarial term
     trains_d: bool = True        # the phase updates D (never without an adversary)
+    encode: Optional[Callable[[Any], Any]] = None  # codes="per-batch": pixels -> the phase's codes
+
+    def batch_at(self, step: int):
+        """(inputs, targets, epoch) of the phase's step-th batch, as the phase trains on
+        them: codes in a greedy stage k >= 2 (encoded here when codes="per-batch")."""
+        batch, epoch = self.batches.batch_at(step)
+        x, y = batch.inputs, batch.targets
+        if self.encode is not None:
+            x, y = self.encode(x), self.encode(y)
+        return x, y, epoch
 
 
 class Trainer:
@@ -218,7 +228,7 @@ class Trainer:
         ones of the checkpoint being resumed)."""
         phase, tc = self.phases[idx], self.tc
         grow(self.G, self.D, phase.level, tc.seed, self.device)
-        g, d, train, val = self._phase_parts(phase)
+        g, d, train, val, encode = self._phase_parts(phase)
         opt_g = optim.Adam(list(g.parameters()), lr=tc.lr, betas=(tc.beta1, tc.beta2)) \
             if phase.trains_g else None
         opt_d = optim.Adam(list(d.parameters()), lr=tc.d_lr or tc.lr,
@@ -238,7 +248,7 @@ class Trainer:
                                 keys=(key,))
         return PhaseRun(idx, phase, g, d, opt_g, opt_d, train, val, batches,
                         use_adv=phase.kind != "finetune_d" and tc.adversarial,
-                        trains_d=self._trains_d(phase))
+                        trains_d=self._trains_d(phase), encode=encode)
 
     def _trains_d(self, phase: Phase) -> bool:
         """Whether phase updates D: its kind does, and G has an adversary (at adv_weight 0
@@ -246,24 +256,33 @@ class Trainer:
         return phase.trains_d and self.tc.adversarial
 
     def _phase_parts(self, phase: Phase):
-        """(generator part, discriminator part, train pairs, val pairs) of a phase."""
+        """(generator part, discriminator part, train pairs, val pairs, per-batch encoder or
+        None) of a phase."""
         if phase.kind != "greedy":
-            return self.G, self.D, self.train_data, self.val_data
+            return self.G, self.D, self.train_data, self.val_data, None
         k = phase.level
         if k != self.D.depth:
             raise RuntimeError(f"D^{k} is only defined while it is the top level")
         g = self.G.levels[k - 1]
         d = nn.Sequential(self.D.convs[k - 1], self.D.head)  # D^k: conv_k, then head_k
         if k == 1:
-            return g, d, self.train_data, self.val_data
-        # Greedy stage k trains on codes: the pairs after the first k - 1 encoders.
+            return g, d, self.train_data, self.val_data, None
+        # Greedy stage k trains on codes: the pairs after the first k - 1 encoders (frozen
+        # for the stage).  The validation codes (eval_max pairs) are made once; the training
+        # codes either batch by batch as they are drawn (codes="per-batch": the stage's
+        # memory and time grow with its steps, not with the dataset) or all at once here
+        # (codes="memory": 16 x 32 x 32 floats per image after level 1, 1.4 GB for the
+        # default data's 10,620 pairs).  The same floats either way: each image's code does
+        # not depend on the batch it is encoded in (tests/test_training.py).
         enc = lambda t: self.G.encode(t, depth=k - 1)  # noqa: E731
         n_val = self.tc.eval_max
-        train = PairDataset(batched_apply(enc, self.train_data.inputs),
-                            batched_apply(enc, self.train_data.targets), check=False)
         val = PairDataset(batched_apply(enc, self.val_data.inputs[:n_val]),
                           batched_apply(enc, self.val_data.targets[:n_val]), check=False)
-        return g, d, train, val
+        if self.tc.codes == "per-batch":
+            return g, d, self.train_data, val, lambda x: batched_apply(enc, x)
+        train = PairDataset(batched_apply(enc, self.train_data.inputs),
+                            batched_apply(enc, self.train_data.targets), check=False)
+        return g, d, train, val, None
 
     # ---------------------------------------------------------------- one step
 
@@ -392,10 +411,10 @@ class Trainer:
                     with self._off_clock():
                         self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
-                batch, epoch = run.batches.batch_at(self.phase_step)
+                x, y, epoch = run.batch_at(self.phase_step)
                 if tc.lr_schedule != "constant":
                     self._schedule_lr(run, allowed)
-                losses, _ = self.step(run, batch.inputs, batch.targets)
+                losses, _ = self.step(run, x, y)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
