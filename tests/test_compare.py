@@ -165,3 +165,36 @@ def test_merging_parts_of_other_code_modes_is_refused_only_for_equal_time_runs(c
     with pytest.raises(SystemExit):
         merge_results([part("memory", "time"), part("per-batch", "time")], ["a", "b"])
     assert "--codes per-batch" in capsys.readouterr().err
+
+
+def test_learning_curves_split_over_processes_merge_and_untimed_runs_keep_off_the_clock(
+        tmp_path, npz_data, capsys):
+    """--curve runs of other seeds merge with --report-only; runs made with
+    --shared-machine count in every figure but the seconds (the clock column and the
+    chart's clock axis), and the report says how many were left out."""
+    a, b, out = (str(tmp_path / n) for n in ("a", "b", "merged"))
+    base = ["--dataset", "npz", "--data", npz_data, "--curve", "6,12", "--methods", "joint,glw"] + TINY
+    assert compare.main(base + ["--seeds", "1", "--out", a]) == 0
+    assert compare.main(base + ["--seeds", "2", "--out", b, "--shared-machine"]) == 0
+    runs_b = json.load(open(os.path.join(b, "curves.json")))["runs"]
+    assert runs_b and all(r["timed"] is False for r in runs_b)
+    assert compare.main(["--report-only", f"{a},{b}", "--out", out]) == 0
+    merged = json.load(open(os.path.join(out, "curves.json")))
+    assert sorted({r["seed"] for r in merged["runs"]}) == [1, 2] and len(merged["runs"]) == 8
+    table = open(os.path.join(out, "curves.md")).read()
+    rows = [line for line in table.splitlines() if line.startswith("| joint ")]
+    assert len(rows) == 2 and all(line.split("|")[3].strip() == "2" for line in rows)   # runs
+    assert all(line.split("|")[-2].strip() == "1" for line in rows)                    # timed
+    seconds = [float(line.split("|")[-3]) for line in rows]
+    timed_a = [r["train_seconds"] for r in json.load(open(os.path.join(a, "curves.json")))["runs"]
+               if r["method"] == "joint"]
+    assert seconds == pytest.approx(sorted(timed_a), rel=1e-3) or \
+        seconds == pytest.approx(timed_a, rel=1e-3)
+    assert "4 of the 8 runs shared the machine" in table
+    capsys.readouterr()
+    with pytest.raises(SystemExit):   # a curve and a comparison cannot be merged
+        compare.main(["--report-only", f"{a},{tmp_path}", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit):   # equal-time budgets are seconds: refused
+        compare.main(["--dataset", "npz", "--data", npz_data, "--budget", "time",
+                      "--shared-machine", "--out", str(tmp_path / "t")] + TINY)
+    assert "--shared-machine" in capsys.readouterr().err

@@ -6,10 +6,12 @@ interval and the spread) and per yaw.  With --budget both (the default) it also 
 method again for the seconds joint training took, so that the cheaper greedy stages can
 spend their savings on more steps.
 
-One clock for every method: the trainer's training clock counts the training steps and the
-code encoding before each greedy stage, never validations, checkpoints or grids (for no
-method), and the equal-time budget is joint's seconds on that clock.  Every run records its
-training-clock and wall seconds and its G and D updates, and the tables show them.
+One clock for every method: the trainer's training clock counts the training steps (the
+greedy stages' code encoding included) and each phase's set-up, never validations,
+checkpoints or grids (for no method), and the equal-time budget is joint's seconds on that
+clock.  Every run records its training-clock and wall seconds and its G and D updates, and
+the tables show them; --shared-machine marks runs made beside other work, whose seconds
+are then left out of every mean of seconds.
 
 --adv-weights W1,W2,... repeats the whole comparison per adversarial weight (a sweep;
 0 = no D at all: "GASCA without the GA").  --ablations separates GANGGLW's two differences
@@ -17,7 +19,9 @@ from joint training, cheaper steps and fewer D updates: it adds joint at GANGGLW
 update ratio (for every weight > 0) and every method with no D (weight 0).
 
 Writes results.json (every run, enough to rebuild the tables), results.md and bar charts;
---report-only DIR rebuilds results.md and the charts from DIR/results.json, training nothing.
+--report-only DIR rebuilds results.md and the charts from DIR/results.json (or, for a
+--curve directory, curves.md and the chart from DIR/curves.json), training nothing; several
+directories are merged, after checking that their settings agree.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ from ..models import GascaConfig
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, Trainer, TrainConfig, canonical_method,
                         gangglw_d_ratio)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, float_list,
-                     int_list, load_splits, model_config_from_args, nonneg_float, positive_int)
+                     int_list, load_splits, model_config_from_args, nonneg_float, positive_int,
+                     resolve_dataset)
 
 RESULTS_FORMAT = 2
 JOINT_AT_GANGGLW_RATIO = "joint (gangglw's D:G ratio)"
@@ -91,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train nothing: rebuild DIR/results.md and the charts from "
                         "DIR/results.json; several directories (runs of the same data and "
                         "architecture split over processes) are merged into --out")
+    p.add_argument("--shared-machine", action="store_true",
+                   help="other work runs on the machine beside these runs (e.g. two compare "
+                        "processes at once): each run's seconds are still recorded, but its "
+                        "record is marked untimed and left out of every mean of seconds, "
+                        "the learning curves' clock axis included; refused with --budget "
+                        "time or both, whose budgets are seconds")
     p.add_argument("--progress", action="store_true", help="show per-phase progress bars")
     return p
 
@@ -175,7 +186,15 @@ def _select(runs: list[dict], weight: float, budget: str, variant: Optional[str]
 
 def _mean(rs: list[dict], key: str):
     vals = [r.get(key) for r in rs]
+    if not vals:
+        return "-"
     return float(np.mean(vals)) if vals and all(v is not None for v in vals) else "-"
+
+
+def _seconds(rs: list[dict], key: str = "train_seconds"):
+    """Mean seconds over the runs timed on an otherwise idle machine (records of a
+    --shared-machine run are marked "timed": false); "-" where none was."""
+    return _mean([r for r in rs if r.get("timed", True)], key) if rs else "-"
 
 
 def _ci_cell(rs: list[dict], key: str) -> str:
@@ -203,7 +222,7 @@ def summarize_runs(runs: list[dict], variants: list[str], budget: str, weight: f
                      _mean(rs, pre + "sharpness"), _mean(rs, pre + "artefact"),
                      _mean(rs, pre + "realism"),
                      _mean(rs, "g_updates"), _mean(rs, "d_updates"),
-                     _mean(rs, "train_seconds"), _mean(rs, "wall_seconds")])
+                     _seconds(rs), _seconds(rs, "wall_seconds")])
     return rows
 
 
@@ -458,8 +477,8 @@ def _bar_chart_pillow(runs, methods, budgets, path) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def _read_results(directory: str) -> dict:
-    path = os.path.join(directory, "results.json")
+def _read_results(directory: str, name: str = "results.json") -> dict:
+    path = os.path.join(directory, name)
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
@@ -469,10 +488,17 @@ def _read_results(directory: str) -> dict:
     return results
 
 
+def _is_curves(directory: str) -> bool:
+    """A --curve directory: curves.json and no results.json."""
+    return (os.path.exists(os.path.join(directory, "curves.json"))
+            and not os.path.exists(os.path.join(directory, "results.json")))
+
+
 # The settings every merged part must share (besides the data and the architecture): a run's
 # result depends on them, and the tables average runs by method, weight and budget only.
 MERGE_MUST_AGREE = ("steps", "lr", "lr_schedule", "batch_size", "finetune_share", "d_ratio",
-                    "data_seed", "dataset", "data", "max_train", "image_size", "device")
+                    "data_seed", "dataset", "data", "max_train", "max_eval", "image_size",
+                    "device")
 # ... and those that change only what a second costs (runs at equal updates give the same
 # floats either way), checked when a part has equal-time runs.
 MERGE_MUST_AGREE_TIMED = ("codes",)
@@ -515,6 +541,12 @@ def report_only(directories: str, out: Optional[str] = None) -> int:
     names = [d for d in directories.split(",") if d]
     if not names:
         fail("--report-only: give a directory")
+    curves = [_is_curves(d) for d in names]
+    if any(curves):
+        if not all(curves):
+            fail("--report-only: learning-curve directories (curves.json) and comparison "
+                 "directories (results.json) cannot be merged together")
+        return curves_report_only(names, out)
     parts = [_read_results(d) for d in names]
     if len(parts) == 1:
         results, target = parts[0], names[0]
@@ -528,6 +560,46 @@ def report_only(directories: str, out: Optional[str] = None) -> int:
     print(f"rebuilt from {', '.join(os.path.join(n, 'results.json') for n in names)}: "
           f"{', '.join(os.path.join(target, os.path.basename(p)) for p in written)}")
     return 0
+
+
+def curves_report_only(names: list[str], out: Optional[str]) -> int:
+    """--report-only on --curve directories: curves.md and the chart rebuilt from
+    curves.json; several (seeds run as separate processes, e.g. some on a shared machine)
+    merged into `out` after the same checks as a comparison's parts."""
+    parts = [_read_results(d, "curves.json") for d in names]
+    if len(parts) == 1:
+        record, target = parts[0], names[0]
+    else:
+        first = parts[0]
+        for part, name in zip(parts[1:], names[1:]):
+            for key in ("model_config", "adv_weight"):
+                if part.get(key) != first.get(key):
+                    fail(f"--report-only: {name} has another {key.replace('_', ' ')} than "
+                         f"{names[0]}: {part.get(key)} vs {first.get(key)}")
+            a, b = first.get("args") or {}, part.get("args") or {}
+            for key in MERGE_MUST_AGREE:
+                if key in a and key in b and a[key] != b[key]:
+                    fail(f"--report-only: {name} was run with --{key.replace('_', '-')} "
+                         f"{b[key]} and {names[0]} with {a[key]}: runs of different settings "
+                         f"would be averaged together")
+        record = dict(first)
+        record["runs"] = [r for p in parts for r in p["runs"]]
+        record["methods"] = list(dict.fromkeys(m for p in parts for m in
+                                               (p.get("methods") or [r["method"] for r in p["runs"]])))
+        record["merged_from"] = [{"dir": n, "argv": p.get("argv")} for n, p in zip(names, parts)]
+        target = out or names[0]
+        os.makedirs(target, exist_ok=True)
+        with open(os.path.join(target, "curves.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+    print(write_curve_report(target, record))
+    print(f"rebuilt from {', '.join(os.path.join(n, 'curves.json') for n in names)}: "
+          f"{os.path.join(target, 'curves.md')}, {os.path.join(target, 'learning_curves.png')}")
+    return 0
+
+
+def _args_record(args: argparse.Namespace) -> dict:
+    """The command's settings as results.json and curves.json keep them."""
+    return dict(vars(args))
 
 
 def plan_variants(methods: list[str], weight: float, ablations: bool, steps_cfg: TrainConfig,
@@ -552,6 +624,9 @@ def learning_curves(args, methods: list[str], weight: float, mc: GascaConfig, tr
     against G updates and against seconds)."""
     path = os.path.join(args.out, "curves.json")
     runs: list[dict] = []
+    record = {"format": RESULTS_FORMAT, "argv": sys.argv[1:], "args": _args_record(args),
+              "model_config": mc.to_dict(), "adv_weight": weight, "methods": methods,
+              "runs": runs}
     for steps in sorted(args.curve):
         for seed in args.seeds:
             for m in methods:
@@ -559,31 +634,49 @@ def learning_curves(args, methods: list[str], weight: float, mc: GascaConfig, tr
                                  lr_schedule=args.lr_schedule, adv_weight=weight,
                                  finetune_share=args.finetune_share, d_ratio=args.d_ratio,
                                  seed=seed, device=args.device, codes=args.codes,
-                          checkpoint_every=10**9)
+                                 checkpoint_every=10**9)
                 r = run_one(mc, tc, train, val, test, args.progress)
-                r.update(variant=m, budget="steps", steps=steps)
+                r.update(variant=m, budget="steps", steps=steps, timed=not args.shared_machine)
                 runs.append(r)
                 print(f"  {steps:6d} updates seed {seed} {m:8s} test MSE {r['test_mse']:.5f} "
                       f"SSIM {r.get('ssim') or float('nan'):.4f} ({r['train_seconds']:.1f} s clock)",
                       flush=True)
                 with open(path, "w", encoding="utf-8") as f:
-                    json.dump({"argv": sys.argv[1:], "model_config": mc.to_dict(),
-                               "adv_weight": weight, "runs": runs}, f, indent=1)
+                    json.dump(record, f, indent=1)
+    print("\n" + write_curve_report(args.out, record))
+    return 0
+
+
+def write_curve_report(out: str, record: dict) -> str:
+    """curves.md (mean [95% CI] per method and budget, with the training-clock seconds of
+    the timed runs) and learning_curves.png from a curves.json record; returns the table."""
+    runs = record["runs"]
+    methods = record.get("methods") or list(dict.fromkeys(r["method"] for r in runs))
+    budgets = sorted({r["steps"] for r in runs})
     rows = []
     for m in methods:
-        for steps in sorted(args.curve):
+        for steps in budgets:
             rs = [r for r in runs if r["method"] == m and r["steps"] == steps]
-            rows.append([m, steps, len(rs), _ci_cell(rs, "test_mse"), _ci_cell(rs, "ssim"),
-                         _ci_cell(rs, "rank1"), _ci_cell(rs, "val_ssim"),
-                         _mean(rs, "train_seconds")])
+            if rs:
+                rows.append([m, steps, len(rs), _ci_cell(rs, "test_mse"), _ci_cell(rs, "ssim"),
+                             _ci_cell(rs, "rank1"), _ci_cell(rs, "val_ssim"), _seconds(rs),
+                             sum(1 for r in rs if r.get("timed", True))])
     table = format_table(["method", "G updates", "runs", "test MSE [95% CI]", "test SSIM [95% CI]",
-                          "test rank-1 [95% CI]", "val SSIM [95% CI]", "train s (clock)"], rows)
-    with open(os.path.join(args.out, "curves.md"), "w", encoding="utf-8") as f:
-        f.write(f"Learning curves, adversarial weight {weight:g}, architecture "
-                f"{mc.name} {mc.channels}:\n\n{table}\n")
-    print("\n" + table)
-    _curve_chart(runs, methods, os.path.join(args.out, "learning_curves.png"))
-    return 0
+                          "test rank-1 [95% CI]", "val SSIM [95% CI]", "train s (clock)",
+                          "timed runs"], rows)
+    mc = record.get("model_config") or {}
+    untimed = sum(1 for r in runs if not r.get("timed", True))
+    note = (f"\n{untimed} of the {len(runs)} runs shared the machine with other work: their "
+            f"seconds are left out of the clock column and the chart's clock axis.\n"
+            if untimed else "")
+    merged = "".join(f"\n- {m['dir']}: `{' '.join(m.get('argv') or [])}`"
+                     for m in record.get("merged_from", []))
+    with open(os.path.join(out, "curves.md"), "w", encoding="utf-8") as f:
+        f.write(f"Learning curves, adversarial weight {record.get('adv_weight', 0):g}, "
+                f"architecture {mc.get('name', '')} {mc.get('channels', '')}:\n\n{table}\n{note}"
+                + (f"\nMerged from:{merged}\n" if merged else ""))
+    _curve_chart(runs, methods, os.path.join(out, "learning_curves.png"))
+    return table
 
 
 def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
@@ -598,6 +691,8 @@ def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
             for m in methods:
                 pts: dict = {}
                 for r in runs:
+                    if xkey == "train_seconds" and not r.get("timed", True):
+                        continue   # its seconds were shared with other work
                     if r["method"] == m and r.get(key) is not None:
                         pts.setdefault(r["steps"], []).append((r[xkey], r[key]))
                 xs = [np.mean([p[0] for p in v]) for _, v in sorted(pts.items())]
@@ -617,6 +712,7 @@ def _curve_chart(runs: list[dict], methods: list[str], path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_dataset(args)
     if args.report_only:
         return report_only(args.report_only, args.out)
     args.out = args.out or "runs/compare"
@@ -631,8 +727,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     budgets = ["steps", "time"] if args.budget == "both" else [args.budget]
     if "time" in budgets and "joint" not in methods:
         fail("--budget time needs joint among --methods (its time is the budget)")
+    if args.shared_machine and "time" in budgets and not args.curve:
+        fail("--shared-machine with --budget time or both: an equal-time budget is seconds, "
+             "and seconds shared with other work are not joint training's; run equal-time "
+             "comparisons alone on the machine, or use --budget steps")
     train, val, test = load_splits(args.dataset, args.data, seed=args.data_seed,
-                                   image_size=args.image_size, max_train=args.max_train)
+                                   image_size=args.image_size, max_train=args.max_train,
+                                   max_eval=args.max_eval)
     os.makedirs(args.out, exist_ok=True)
     print(f"comparing {methods} on {len(train)} training pairs, seeds {args.seeds}, "
           f"{args.steps} G updates, budgets {budgets}, adversarial weights {weights}")
@@ -640,7 +741,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return learning_curves(args, methods, weights[-1], mc, train, val, test)
     results = {"format": RESULTS_FORMAT,
                "argv": list(argv) if argv is not None else sys.argv[1:],
-               "args": vars(args), "model_config": mc.to_dict(),
+               "args": _args_record(args), "model_config": mc.to_dict(),
                "data": {"n_train": len(train), "n_val": len(val), "n_test": len(test)},
                "baselines": baselines(train, test), "adv_weights": weights,
                "references": {"test": references(test, train), "val": references(val, train)},
@@ -681,7 +782,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         # Enough steps that the clock, not the step count, ends each phase.
                         tc = TrainConfig(steps=args.steps * 20, time_budget=joint_time, **cfg)
                     r = run_one(mc, tc, train, val, test, args.progress)
-                    r.update(variant=label, budget=b)
+                    r.update(variant=label, budget=b, timed=not args.shared_machine)
                     if plain_joint:
                         joint_time = r["train_seconds"]
                     runs.append(r)
