@@ -44,9 +44,18 @@ def predict(g, inputs: np.ndarray, device: str = "cpu") -> np.ndarray:
     return to_numpy(batched_apply(g, to_device(inputs, device)))
 
 
+def mean_image(images, chunk: int = 4096) -> np.ndarray:
+    """The mean (1, C, H, W) of (N, C, H, W) images, read `chunk` at a time (a prepared
+    cache's images are never all in memory at once), summed in float64."""
+    total = np.zeros((1, *images.shape[1:]), dtype=np.float64)
+    for i in range(0, len(images), chunk):
+        total += to_numpy(images[i:i + chunk]).sum(axis=0, keepdims=True, dtype=np.float64)
+    return (total / max(1, len(images))).astype(np.float32)
+
+
 def baselines(train: PairDataset, test: PairDataset) -> dict[str, float]:
     """The two trivial baselines: output = input, and output = the mean training target."""
-    mean_face = np.broadcast_to(train.targets.mean(axis=0, keepdims=True), test.targets.shape)
+    mean_face = np.broadcast_to(mean_image(train.targets), test.targets.shape)
     return {"copy_input_mse": float(mse_per_image(test.inputs, test.targets).mean()),
             "mean_target_mse": float(mse_per_image(mean_face, test.targets).mean())}
 

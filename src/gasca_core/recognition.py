@@ -172,7 +172,9 @@ def frontal_training_images(train: PairDataset) -> tuple[np.ndarray, np.ndarray]
     once (in the synthetic faces the yaw-0 input under the neutral light is the target).
     """
     ids = identity_labels(train)
-    inputs, targets = to_numpy(train.inputs), to_numpy(train.targets)
+    # A prepared cache's images are read one by one below, never all at once.
+    inputs, targets = ((train.inputs, train.targets) if getattr(train, "lazy", False)
+                       else (to_numpy(train.inputs), to_numpy(train.targets)))
     if "yaw" in train.labels:
         picked = [(inputs, np.flatnonzero(np.asarray(train.labels["yaw"], float) == 0.0))]
         _, first = np.unique(ids, return_index=True)

@@ -18,6 +18,8 @@ the batches of epoch e of phase p are the same whether the run was interrupted o
     recognizer-batches  17   epoch             the recognizer's training batches
     recognizer-augment  19   step              the recognizer's shifts and brightness/contrast jitter
     preview             -    -                 which pairs `python -m gasca_core.data preview` shows
+    multipie-tree       23   subject, session, recording, camera   where the generated Multi-PIE-shaped tree puts a face
+    multipie-tree-missing 29 -                 which recordings of that tree lose their target
 
 and one family of its own: person i of the synthetic faces draws its face from
 person_stream(data_seed, i), the i-th child of SeedSequence(data_seed), so that a person's
@@ -49,6 +51,8 @@ STREAMS: dict[str, Optional[int]] = {
     "recognizer-batches": 17,
     "recognizer-augment": 19,
     "preview": None,
+    "multipie-tree": 23,
+    "multipie-tree-missing": 29,
 }
 
 

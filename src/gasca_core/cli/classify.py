@@ -36,7 +36,8 @@ from ..rng import stream
 from ..statistics import mean_ci
 from ..tensor import Tensor, no_grad
 from ..training import CheckpointError, load_generator
-from .common import HelpFormatter, add_data_args, fail, int_list, load_splits, positive_int
+from .common import (HelpFormatter, add_data_args, fail, int_list, load_splits, positive_int,
+                     resolve_dataset)
 
 
 class EncoderClassifier(nn.Module):
@@ -127,6 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="skip the scratch network trained for --steps plus the checkpoint's "
                         "pre-training G updates")
     args = p.parse_args(argv)
+    resolve_dataset(args)
     loaded = []
     for path in args.checkpoints:
         try:
@@ -137,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: dict[str, list[float]] = {}
     for path, g, mc, meta in loaded:
         train, val, test = load_splits(args.dataset, args.data, seed=meta["train_config"]["seed"],
-                                       image_size=mc.image_size, max_train=args.max_train)
+                                       image_size=mc.image_size, max_train=args.max_train,
+                                       max_eval=args.max_eval)
         if args.label not in train.labels:
             fail(f"--label {args.label}: this dataset's labels are {sorted(train.labels)}")
         pre = int(meta["counters"]["g_updates"])

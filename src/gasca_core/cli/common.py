@@ -25,14 +25,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=DATASET_NAMES, default="synthetic-faces",
+    g.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                    help="where the (input, target) pairs come from: the built-in synthetic faces "
                         "(rendered and cached on first use), a folder with inputs/ and "
-                        "targets/, a Multi-PIE-style tree, or an .npz file")
+                        "targets/, a Multi-PIE-style tree, an .npz file, or a cache made by "
+                        "python -m gasca_core.data prepare (default: synthetic-faces without "
+                        "--data, otherwise told by --data: a cache, *.npz, a folder with "
+                        "inputs/ or pairs.csv, any other folder a Multi-PIE tree)")
     g.add_argument("--data", metavar="PATH", default=None,
-                   help="the folder, tree or .npz file for --dataset folder/multipie/npz")
+                   help="the folder, tree, .npz file or prepared cache")
     g.add_argument("--max-train", type=positive_int, default=None, metavar="N",
                    help="use at most N training pairs (for quick runs)")
+    g.add_argument("--max-eval", type=positive_int, default=None, metavar="N",
+                   help="use at most N validation and N test pairs (seeded subsets; default "
+                        "all). The evaluation holds its split's images and outputs in memory: "
+                        "cap it on datasets whose test split does not fit")
     if image_size:
         g.add_argument("--image-size", type=positive_int, default=64, metavar="S",
                        help="images are S x S pixels (resized where a loader must)")
@@ -139,15 +146,28 @@ def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
         fail(str(e))
 
 
+def resolve_dataset(args: argparse.Namespace) -> str:
+    """Set args.dataset from --data when --dataset was not given (see add_data_args)."""
+    from ..data import infer_dataset
+    if getattr(args, "dataset", None) is None:
+        try:
+            args.dataset = infer_dataset(args.data)
+        except ValueError as e:
+            fail(str(e))
+    return args.dataset
+
+
 def load_splits(dataset: str, data: Optional[str], seed: int, image_size: int = 64,
-                max_train: Optional[int] = None) -> tuple[PairDataset, PairDataset, PairDataset]:
+                max_train: Optional[int] = None, max_eval: Optional[int] = None
+                ) -> tuple[PairDataset, PairDataset, PairDataset]:
     """(train, val, test) pairs of a dataset named by the flags; a missing --data stops the
     tool with a message."""
-    from ..data import get_splits
+    from ..data import get_splits, infer_dataset
+    dataset = dataset or infer_dataset(data)
     if dataset != "synthetic-faces" and not data:
         fail(f"--dataset {dataset} needs --data PATH")
     return tuple(get_splits(dataset, data=data, seed=seed, image_size=image_size,
-                            max_train=max_train))  # type: ignore[return-value]
+                            max_train=max_train, max_eval=max_eval))  # type: ignore[return-value]
 
 
 def fail(msg: str, code: int = 2) -> "None":

@@ -14,7 +14,7 @@ import numpy as np
 from ..data.grid import save_image_grid
 from ..evaluation import predict, quality_metrics, quality_tables, results_tables
 from ..training import CheckpointError, load_generator
-from .common import HelpFormatter, add_data_args, fail, load_splits
+from .common import HelpFormatter, add_data_args, fail, load_splits, resolve_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_dataset(args)
     try:
         g, mc, meta = load_generator(args.checkpoint, device=args.device)
     except (CheckpointError, RuntimeError) as e:
@@ -46,7 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seed = args.seed if args.seed is not None else meta["train_config"]["seed"]
     try:
         train, val, test = load_splits(args.dataset, args.data, seed=seed,
-                                       image_size=mc.image_size, max_train=args.max_train)
+                                       image_size=mc.image_size, max_train=args.max_train,
+                                       max_eval=args.max_eval)
     except (ValueError, OSError) as e:
         fail(f"could not load --dataset {args.dataset}: {e}")
     split = {"train": train, "val": val, "test": test}[args.split]

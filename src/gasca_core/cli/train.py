@@ -21,7 +21,8 @@ from ..models import GascaConfig
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
-                     model_config_from_args, nonneg_float, positive_float, positive_int)
+                     model_config_from_args, nonneg_float, positive_float, positive_int,
+                     resolve_dataset)
 
 DEFAULT_STEPS = TrainConfig.steps
 
@@ -138,6 +139,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    resolve_dataset(args)
     if args.task == "classify":
         fail("--task classify runs from a trained checkpoint: use python -m gasca_core.classify "
              "CHECKPOINT (it trains the encoder's classifier and a from-scratch one, both reported)")
@@ -162,6 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_info = _load_run_info(out)
         dataset, data, max_train = run_info.get("dataset", args.dataset), run_info.get("data", args.data), \
             run_info.get("max_train", args.max_train)
+        max_eval = run_info.get("max_eval", args.max_eval)
         if meta.get("finished"):
             print(f"the run in {out} has already finished; evaluating it")
     else:
@@ -169,19 +172,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fail(f"{out} already holds a run ({latest}); pass --resume to continue it, "
                  f"--overwrite to start afresh, or --out to choose another directory")
         mc, tc = model_config_from_args(args), train_config_from_args(args)
-        dataset, data, max_train = args.dataset, args.data, args.max_train
+        dataset, data, max_train, max_eval = args.dataset, args.data, args.max_train, args.max_eval
         if args.overwrite and os.path.isdir(out):
             for name in ("latest.npz", "best.npz", "metrics.jsonl", "run.json"):
                 if os.path.exists(os.path.join(out, name)):
                     os.remove(os.path.join(out, name))
         os.makedirs(out, exist_ok=True)
         _save_run_info(out, {"dataset": dataset, "data": data, "max_train": max_train,
-                             "argv": list(argv) if argv is not None else sys.argv[1:]})
+                             "max_eval": max_eval, "argv": list(argv) if argv is not None else sys.argv[1:]})
 
     t0 = time.perf_counter()
     try:
         train, val, test = load_splits(dataset, data, seed=tc.seed, image_size=mc.image_size,
-                                       max_train=max_train)
+                                       max_train=max_train, max_eval=max_eval)
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(f"could not load --dataset {dataset}: {e}")
     print(f"data: {dataset}: {len(train)} training, {len(val)} validation, {len(test)} test pairs "

@@ -1,11 +1,19 @@
-"""Look at the data before training.
+"""Look at the data before training, and prepare large datasets once.
 
     python -m gasca_core.data preview [--dataset NAME] [--data PATH] --out grid.png
     python -m gasca_core.data info    [--dataset NAME] [--data PATH]
+    python -m gasca_core.data prepare --dataset multipie --data DIR --out CACHE
+    python -m gasca_core.data make-multipie --out DIR [--subjects N]
 
 preview saves a grid: the top row holds inputs, the row below their targets; columns are
-random pairs (seeded), sorted by yaw where the labels have one. info prints the sizes of
-the dataset and its splits and the values each label takes.
+random pairs (seeded), sorted by yaw where the labels have one (for Multi-PIE frames: the
+crops the network will see). info prints the sizes of the dataset and its splits and the
+values each label takes (and, for a cache, whether it is complete). prepare decodes, crops
+and resizes a multipie tree or a folder once into an on-disk cache that every tool reads
+with --data CACHE (gasca_core.data.cache; resumable: run it again after an interruption).
+make-multipie writes a Multi-PIE-shaped tree of 640 x 480 frames drawn by the built-in
+renderer (gasca_core.data.multipie_tree), to try the Multi-PIE path without the licensed
+data.
 """
 from __future__ import annotations
 
@@ -72,6 +80,17 @@ def preview(ds: PairDataset, out: str, n: int, seed: int, scale: int) -> None:
 
 def info(name: Optional[str], data: Optional[str], seed: int, image_size: Optional[int],
          opts: dict[str, Any]) -> None:
+    from .cache import cache_summary, is_cache
+    if is_cache(data):
+        c = cache_summary(data)
+        state = "complete" if c["complete"] else \
+            f"INCOMPLETE ({c['chunks_done']} of {c['chunks']} chunks): run its prepare again"
+        print(f"cache {data}: {state}; {c['pairs']} pairs, {c['images']} images of "
+              f"{c['image_size'][0]}x{c['image_size'][1]}, from {c['dataset']} at {c['data']} "
+              f"with options {c['opts']}")
+        if not c["complete"]:
+            return
+        image_size = None
     train, val, test = get_splits(name, data, seed=seed, image_size=image_size, **opts)
     whole = len(train) + len(val) + len(test)
     print(f"dataset: {name or infer_dataset(data)}, {whole} pairs of {train.image_shape}")
@@ -84,6 +103,29 @@ def info(name: Optional[str], data: Optional[str], seed: int, image_size: Option
         shown = ", ".join(str(v) for v in distinct[:15])
         more = f", ... ({len(distinct)} distinct)" if len(distinct) > 15 else ""
         print(f"  label {key}: {shown}{more}")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {what} must be comma-separated integers, got {text!r}") from None
+
+
+def _make_multipie(args: argparse.Namespace) -> int:
+    from .multipie_tree import write_multipie_tree
+    try:
+        cams = None if args.cameras is None else [c.strip() for c in args.cameras.split(",") if c.strip()]
+        summary = write_multipie_tree(
+            args.out, args.subjects, _ints(args.sessions, "--sessions"),
+            _ints(args.recordings, "--recordings"), cams, _ints(args.flashes, "--flashes"),
+            missing=args.missing, seed=args.seed, workers=args.workers, progress=True)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary['files']} frames ({summary['total']} in the tree, "
+          f"{summary['missing_targets']} recordings without their target) under {args.out}")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -99,7 +141,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_prev.add_argument("--scale", type=int, default=2, help="magnification (default 2)")
     p_info = sub.add_parser("info", help="print sizes of the dataset, its splits and labels")
     _common(p_info)
+    p_prep = sub.add_parser("prepare", help="decode, crop and resize a dataset once into a "
+                                            "memory-mapped cache (resumable)")
+    _common(p_prep)
+    p_prep.add_argument("--out", required=True, metavar="CACHE",
+                        help="the cache directory (created; an interrupted prepare into it "
+                             "continues; one made from other options is refused)")
+    p_prep.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: one per core)")
+    p_prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_tree = sub.add_parser("make-multipie", help="write a Multi-PIE-shaped tree of rendered "
+                                                  "640x480 frames")
+    p_tree.add_argument("--out", required=True, metavar="DIR", help="root of the tree")
+    p_tree.add_argument("--subjects", type=int, default=4, help="people (default 4)")
+    p_tree.add_argument("--sessions", default="1", help="comma-separated sessions (default 1)")
+    p_tree.add_argument("--recordings", default="1",
+                        help="comma-separated recordings per session (default 1)")
+    p_tree.add_argument("--cameras", default=None,
+                        help="comma-separated cameras, e.g. 051,050,041 (default: all 15)")
+    p_tree.add_argument("--flashes", default="0,5,7,9,16",
+                        help="comma-separated flashes 0-19 (default 0,5,7,9,16; 7 is the "
+                             "frontal one the targets use)")
+    p_tree.add_argument("--missing", type=float, default=0.0,
+                        help="share of recordings whose target frame is left out (default 0)")
+    p_tree.add_argument("--seed", type=int, default=0, help="seed of the faces and placements")
+    p_tree.add_argument("--workers", type=int, default=1, help="rendering processes")
     args = parser.parse_args(argv)
+    if args.command == "make-multipie":
+        return _make_multipie(args)
     opts = dict(args.opt)
     image_size = args.image_size or None
     try:
@@ -111,6 +180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             preview(ds, args.out, args.n, args.seed, args.scale)
             print(f"wrote {args.out}: {min(args.n, len(ds))} pairs of {ds.name} "
                   f"(top: inputs, bottom: targets)")
+        elif args.command == "prepare":
+            if args.data is None:
+                parser.error("prepare needs --data (the tree or folder to prepare)")
+            from .cache import prepare_cache
+            dataset = args.dataset or infer_dataset(args.data)
+            path = prepare_cache(dataset, args.data, args.out, image_size or 64, opts,
+                                 workers=args.workers, progress=not args.no_progress)
+            print(f"cache ready: {path} (train on it with --data {path})")
         else:
             info(args.dataset, args.data, args.seed, image_size, opts)
     except (ValueError, TypeError) as e:  # bad data or options: one clear line, no trace

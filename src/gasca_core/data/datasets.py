@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .cache import is_cache, load_cache
 from .folder import load_folder
 from .images import ImageSize
 from .multipie import load_multipie
@@ -27,17 +28,20 @@ from .pairs import PairDataset
 from .splits import DEFAULT_FRACTIONS, Splits, cap, split_dataset
 from .synthetic import load_synthetic_faces
 
-DATASET_NAMES = ("synthetic-faces", "folder", "multipie", "npz")
+DATASET_NAMES = ("synthetic-faces", "folder", "multipie", "npz", "cache")
 
 
 def infer_dataset(data: "str | os.PathLike[str] | None") -> str:
-    """The dataset kind for a --data path: none -> synthetic-faces, *.npz -> npz,
-    a directory with inputs/ -> folder, any other directory -> multipie."""
+    """The dataset kind for a --data path: none -> synthetic-faces, *.npz -> npz, a
+    prepared cache (options.json, pairs.npz) -> cache, a directory with inputs/ -> folder,
+    any other directory -> multipie."""
     if data is None:
         return "synthetic-faces"
     path = Path(data)
     if path.suffix.lower() == ".npz":
         return "npz"
+    if is_cache(path):
+        return "cache"
     if path.is_dir() and ((path / "inputs").is_dir() or (path / "pairs.csv").is_file()):
         return "folder"
     if path.is_dir():
@@ -51,6 +55,7 @@ LOADERS: dict[str, Callable[..., PairDataset]] = {
     "folder": load_folder,
     "multipie": load_multipie,
     "npz": load_npz,
+    "cache": load_cache,
 }
 
 

@@ -22,10 +22,11 @@ import csv
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
+from .crop import CropSpec, file_boxes
 from .pairs import PairDataset
 from .images import IMAGE_SUFFIXES, ImageSize, is_image_file, normalize_size, read_gray
 
@@ -45,11 +46,13 @@ def _image_files(folder: Path) -> dict[str, Path]:
 
 
 def read_pairs(files: list[tuple[Path, Path]], image_size: ImageSize,
-               where: str) -> tuple[np.ndarray, np.ndarray]:
+               where: str, box_of: Optional[Callable[[Path], Optional[tuple]]] = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Read (input, target) files into float32 (N, 1, H, W) arrays.
 
-    With image_size None every image must have the size of the first one; a target read
-    for several inputs is decoded once.
+    box_of(path, frame_hw): the face box to crop that file to before resizing, given its
+    decoded (H, W) (None: the whole image). With image_size None every image must have the size of the first one; a target
+    read for several inputs is decoded once.
     """
     size = normalize_size(image_size)
     cache: dict[Path, np.ndarray] = {}
@@ -58,7 +61,8 @@ def read_pairs(files: list[tuple[Path, Path]], image_size: ImageSize,
     def read(path: Path) -> np.ndarray:
         nonlocal first
         if path not in cache:
-            a = read_gray(path, size)
+            box = None if box_of is None else (lambda hw, p=path: box_of(p, hw))
+            a = read_gray(path, size, box)
             if first is None:
                 first = (path, a.shape)
             elif a.shape != first[1]:
@@ -120,8 +124,44 @@ def _pairs_from_csv(csv_path: Path) -> tuple[list[tuple[Path, Path]], dict[str, 
 
 
 def load_folder(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
-                pairs_csv: "str | os.PathLike[str] | None" = None) -> PairDataset:
-    """Load a folder of pairs (see the module docstring for the two layouts)."""
+                pairs_csv: "str | os.PathLike[str] | None" = None,
+                crop: CropSpec = None) -> PairDataset:
+    """Load a folder of pairs (see the module docstring for the two layouts).
+
+    crop: cut every image to a square face box before resizing (gasca_core.data.crop):
+    [cx, cy, side] for every image, or a JSON file {file name: box, "*": box for the
+    rest}; boxes are in pixels of a 640 x 480 frame, scaled to each file's frame. None (the
+    default): whole images."""
+    files, labels, root = folder_pairs(data, pairs_csv=pairs_csv)
+    inputs, targets = read_pairs(files, image_size, str(root), folder_box_of(crop))
+    return PairDataset(inputs, targets, labels, name=f"folder:{root.name}")
+
+
+class FileBoxOf:
+    """box_of(path, frame_hw) for a folder: the box named by the file's name (or stem), else
+    the "*" box, else None (a class, so that prepare's worker processes can receive it)."""
+
+    def __init__(self, boxes: dict) -> None:
+        self.boxes = boxes
+
+    def __call__(self, path: Path, frame_hw=None):
+        path = Path(path)
+        for key in (path.name, path.stem, "*"):
+            if key in self.boxes:
+                return self.boxes[key]
+        return None
+
+
+def folder_box_of(crop: CropSpec) -> Optional[FileBoxOf]:
+    """crop (see load_folder) -> box_of(path, frame_hw), or None for no cropping."""
+    boxes = file_boxes(crop)
+    return None if boxes is None else FileBoxOf(boxes)
+
+
+def folder_pairs(data: "str | os.PathLike[str]", *,
+                 pairs_csv: "str | os.PathLike[str] | None" = None):
+    """The pairs of a folder without reading an image: ([(input file, target file)],
+    labels, root)."""
     if data is None:
         raise ValueError("the folder dataset needs --data DIR (a folder with inputs/ and "
                          "targets/, or with pairs.csv)")
@@ -133,8 +173,7 @@ def load_folder(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
         if not csv_path.is_file():
             raise ValueError(f"pairs_csv {csv_path}: no such file")
         files, labels = _pairs_from_csv(csv_path)
-        inputs, targets = read_pairs(files, image_size, str(root))
-        return PairDataset(inputs, targets, labels, name=f"folder:{root.name}")
+        return files, labels, root
 
     in_dir, tg_dir = root / "inputs", root / "targets"
     for d in (in_dir, tg_dir):
@@ -155,6 +194,4 @@ def load_folder(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
         warnings.warn(f"{len(orphans)} files in {tg_dir} have no input and are skipped, "
                       f"e.g. {tgs[orphans[0]]}")
     keys = sorted(ins)
-    inputs, targets = read_pairs([(ins[k], tgs[k]) for k in keys], image_size, str(root))
-    return PairDataset(inputs, targets, {"name": np.array(keys, dtype=str)},
-                       name=f"folder:{root.name}")
+    return [(ins[k], tgs[k]) for k in keys], {"name": np.array(keys, dtype=str)}, root

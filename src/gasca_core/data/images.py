@@ -11,8 +11,11 @@ Conversions (documented, so that users know what the network sees):
   An "I" image with values outside [0, 65535] is refused.
 - 32-bit float ("F", e.g. from TIFF): used as is; must be finite and within [0, 1].
 - EXIF orientation (phone photos) is applied first.
+- cropping (when a face box is given, gasca_core.data.crop): a square cut from the frame,
+  padded with 0 where it leaves the frame, before any resizing.
 - resizing (when a size is asked for): Pillow's bicubic filter on the float image (which
-  low-passes when shrinking), then clipped to [0, 1]. The aspect ratio is not kept.
+  low-passes when shrinking), then clipped to [0, 1]. The aspect ratio is not kept (crop
+  to a square first to keep it).
 
 Anything that cannot be decoded (not an image, truncated, unreadable) raises
 :class:`ImageReadError` naming the file and Pillow's reason.
@@ -96,8 +99,13 @@ def resize_gray(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
-def read_gray(path: "str | os.PathLike[str]", image_size: ImageSize = None) -> np.ndarray:
-    """Read one image file as grey float32 (H, W) in [0, 1]; resized if image_size is given.
+def read_gray(path: "str | os.PathLike[str]", image_size: ImageSize = None,
+              crop_box=None) -> np.ndarray:
+    """Read one image file as grey float32 (H, W) in [0, 1]; cropped to the square
+    crop_box = (cx, cy, side) first when one is given (in pixels of a 640 x 480 frame,
+    scaled to the file's frame; gasca_core.data.crop), then resized if image_size is given.
+    crop_box may also be a function of the decoded frame's (H, W) that returns the box or
+    None (a loader that crops only frames of some shape).
 
     Raises ImageReadError (a ValueError) naming the file when it is missing, not an image,
     truncated or otherwise undecodable, or holds values that cannot be mapped to [0, 1].
@@ -120,4 +128,9 @@ def read_gray(path: "str | os.PathLike[str]", image_size: ImageSize = None) -> n
         raise ImageReadError(f"{path}: cannot decode image ({e})") from None
     if a.ndim != 2 or a.size == 0:
         raise ImageReadError(f"{path}: decoded to shape {a.shape}, expected a non-empty 2-D image")
+    if callable(crop_box):
+        crop_box = crop_box(a.shape)
+    if crop_box is not None:
+        from .crop import crop_square, scale_box
+        a = crop_square(a, scale_box(crop_box, a.shape))
     return resize_gray(a, size) if size is not None else a

@@ -21,6 +21,9 @@ overhead 081 and 191) have no yaw and are skipped with a warning.
 
 Labels: subject, session, recording, light (int64), camera (text, e.g. "051"), yaw
 (float32, degrees). The splits keep each subject in one split.
+
+Frames as shipped (640 x 480) are cropped to their camera's face box before resizing
+(``crop``, gasca_core.data.crop); square images (faces cropped already) are used whole.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from .crop import CropSpec, camera_boxes
 from .pairs import PairDataset
 from .folder import read_pairs
 from .images import IMAGE_SUFFIXES, ImageSize, is_image_file
@@ -58,13 +62,50 @@ def parse_name(path: Path) -> tuple[int, int, int, str, int]:
 def load_multipie(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
                   target_camera: str = "051", target_light: int = 7,
                   lights: Optional[Iterable[int]] = None, max_abs_yaw: Optional[float] = None,
-                  on_missing: str = "error") -> PairDataset:
+                  on_missing: str = "error", crop: CropSpec = "auto") -> PairDataset:
     """Load a Multi-PIE-style tree (see the module docstring).
 
     lights: keep only input images under these flashes (default: all).
     max_abs_yaw: keep only cameras with |yaw| <= this many degrees (the paper uses 60).
     on_missing: "error" or "skip", for an image whose frontal partner is not in the tree.
+    crop: the face box each image is cut to before resizing (gasca_core.data.crop):
+        "auto" (the default) crops frames of Multi-PIE's 4:3 shape (640 x 480 as shipped)
+        with their camera's box and leaves square images (faces cropped already) whole;
+        "camera" crops every image; "none" none; a JSON file of boxes overrides cameras.
     """
+    files, labels, root = multipie_pairs(data, target_camera=target_camera,
+                                         target_light=target_light, lights=lights,
+                                         max_abs_yaw=max_abs_yaw, on_missing=on_missing)
+    inputs, targets = read_pairs(files, image_size, str(root), multipie_box_of(crop))
+    return PairDataset(inputs, targets, labels, name=f"multipie:{root.name}")
+
+
+class CameraBoxOf:
+    """box_of(path, frame_hw) for a Multi-PIE tree: the face box of the file's camera (a
+    class, not a closure, so that prepare's worker processes can receive it)."""
+
+    def __init__(self, boxes: dict, auto: bool) -> None:
+        self.boxes, self.auto = boxes, auto
+
+    def __call__(self, path: Path, frame_hw: Optional[tuple[int, int]] = None):
+        if self.auto and frame_hw is not None and frame_hw[1] * 3 != frame_hw[0] * 4:
+            return None   # not a 4:3 frame: a face cropped already
+        return self.boxes.get(parse_name(Path(path))[3])
+
+
+def multipie_box_of(crop: CropSpec) -> Optional[CameraBoxOf]:
+    """crop (see load_multipie) -> box_of(path, frame_hw): the face box of a file, or None
+    for no cropping at all."""
+    auto = isinstance(crop, str) and crop.lower() == "auto"
+    boxes = camera_boxes("camera" if auto else crop)
+    return None if boxes is None else CameraBoxOf(boxes, auto)
+
+
+def multipie_pairs(data: "str | os.PathLike[str]", *, target_camera: str = "051",
+                   target_light: int = 7, lights: Optional[Iterable[int]] = None,
+                   max_abs_yaw: Optional[float] = None, on_missing: str = "error"):
+    """The pairs of a Multi-PIE-style tree without reading an image: ([(input file, target
+    file)], labels, root). Arguments as load_multipie."""
     if data is None:
         raise ValueError("the multipie dataset needs --data DIR (the root of the tree)")
     if on_missing not in ("error", "skip"):
@@ -124,7 +165,6 @@ def load_multipie(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
                       f"{first} (needs {partner})")
     if not files:
         raise ValueError(f"{root}: no image could be paired with its frontal partner")
-    inputs, targets = read_pairs(files, image_size, str(root))
     k = list(zip(*keys))
     labels = {
         "subject": np.array(k[0], dtype=np.int64), "session": np.array(k[1], dtype=np.int64),
@@ -132,4 +172,4 @@ def load_multipie(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
         "yaw": np.array([CAMERA_YAW[c] for c in k[3]], dtype=np.float32),
         "light": np.array(k[4], dtype=np.int64),
     }
-    return PairDataset(inputs, targets, labels, name=f"multipie:{root.name}")
+    return files, labels, root

@@ -20,7 +20,8 @@ GROUP_LABELS = ("identity", "subject")
 
 
 class PairDataset:
-    """N (input, target) pairs with labels, held as whole arrays.
+    """N (input, target) pairs with labels, held as whole arrays, or (a prepared cache,
+    gasca_core.data.cache) read from disk batch by batch.
 
     inputs, targets: (N, C, H, W) arrays of one shape, stored as C-contiguous float32
         (NumPy, or CuPy on the GPU; an array that already is so is kept, not copied).
@@ -34,9 +35,19 @@ class PairDataset:
     """
 
     def __init__(self, inputs: Any, targets: Any, labels: Optional[Mapping[str, Any]] = None,
-                 name: str = "pairs", check: bool = True) -> None:
-        self.inputs = _as_nchw(inputs, "inputs")
-        self.targets = _as_nchw(targets, "targets")
+                 name: str = "pairs", check: bool = True, device: str = "cpu") -> None:
+        lazy = [_is_lazy(a) for a in (inputs, targets)]
+        if any(lazy) and not all(lazy):
+            raise ValueError("inputs and targets must both be arrays or both be images read on "
+                             "demand (gasca_core.data.cache.U8Images)")
+        self.lazy = all(lazy)
+        if self.lazy:   # a prepared cache: images read batch by batch, as float32 in [0, 1]
+            self.inputs, self.targets = inputs, targets
+            self._device = device
+            check = False
+        else:
+            self.inputs = _as_nchw(inputs, "inputs")
+            self.targets = _as_nchw(targets, "targets")
         if self.inputs.shape != self.targets.shape:
             raise ValueError(f"inputs and targets must have the same shape (N, C, H, W), got "
                              f"{self.inputs.shape} and {self.targets.shape}")
@@ -76,25 +87,41 @@ class PairDataset:
 
     @property
     def device(self) -> str:
-        """"cuda" when the arrays are CuPy arrays, else "cpu"."""
+        """"cuda" when the arrays are CuPy arrays (or a lazy dataset's batches are moved to
+        the GPU), else "cpu"."""
+        if self.lazy:
+            return self._device
         return "cuda" if is_cupy_array(self.inputs) else "cpu"
 
     def take(self, indices: Any) -> tuple[Any, Any]:
-        """(inputs, targets) at ``indices`` (host integers), gathered on the data's device."""
+        """(inputs, targets) at ``indices`` (host integers), gathered on the data's device
+        (read from disk and converted to float32 for a lazy dataset)."""
+        if self.lazy:
+            idx = np.asarray(indices, dtype=np.int64)
+            return (to_device(self.inputs[idx], self._device),
+                    to_device(self.targets[idx], self._device))
         idx = to_device(np.asarray(indices, dtype=np.int64), self.device)
         return self.inputs[idx], self.targets[idx]
 
     def subset(self, indices: Sequence[int], name: Optional[str] = None) -> "PairDataset":
-        """A new dataset of the pairs at ``indices`` (copies)."""
+        """A new dataset of the pairs at ``indices`` (copies; for a lazy dataset, another
+        view of the same images on disk)."""
         idx = np.asarray(indices, dtype=np.int64)
+        labels = {k: v[idx] for k, v in self.labels.items()}
+        if self.lazy:
+            return PairDataset(self.inputs.subset(idx), self.targets.subset(idx), labels,
+                               name=name or self.name, device=self._device)
         inputs, targets = self.take(idx)
-        return PairDataset(inputs, targets, {k: v[idx] for k, v in self.labels.items()},
-                           name=name or self.name, check=False)
+        return PairDataset(inputs, targets, labels, name=name or self.name, check=False)
 
     def to(self, device: str) -> "PairDataset":
-        """The same pairs on `device` ("cpu" or "cuda"); self when they are already there."""
+        """The same pairs on `device` ("cpu" or "cuda"); self when they are already there.
+        A lazy dataset stays on disk and hands its batches out on `device`."""
         if device == self.device:
             return self
+        if self.lazy:
+            return PairDataset(self.inputs, self.targets, self.labels, name=self.name,
+                               device=device)
         return PairDataset(to_device(self.inputs, device), to_device(self.targets, device),
                            self.labels, name=self.name, check=False)
 
@@ -109,6 +136,11 @@ class PairDataset:
         labels = ", ".join(self.labels) or "none"
         return (f"PairDataset({self.name!r}, {len(self)} pairs of {self.image_shape}, "
                 f"labels: {labels})")
+
+
+def _is_lazy(a: Any) -> bool:
+    """Images read on demand (gasca_core.data.cache.U8Images), not an array."""
+    return bool(getattr(a, "lazy_images", False))
 
 
 def _as_nchw(a: Any, name: str) -> Any:
