@@ -279,3 +279,76 @@ def test_training_from_the_cache_equals_training_from_arrays(tree, tmp_path, met
         params.append(t.G.state_dict())
     for k, v in params[1].items():
         np.testing.assert_array_equal(params[0][k], v, err_msg=k)
+
+
+def test_data_commands_on_a_tree_decode_only_what_they_show(tree, tmp_path, capsys,
+                                                             monkeypatch):
+    """preview and info of a Multi-PIE tree read file names, and decode only the pairs the
+    preview shows; prepare and make-multipie work as commands; info reports a cache."""
+    from gasca_core.data import images
+    from gasca_core.data.__main__ import main as data_main
+    decoded = []
+    real = images.read_gray
+
+    def counting(path, *a, **k):
+        decoded.append(path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(images, "read_gray", counting)
+    import gasca_core.data.folder as folder
+    monkeypatch.setattr(folder, "read_gray", counting)
+    out = tmp_path / "crops.png"
+    assert data_main(["preview", "--data", str(tree), "--out", str(out), "-n", "4",
+                      "--opt", "on_missing=skip"]) == 0
+    assert out.exists() and len(decoded) <= 8          # 4 inputs and at most 4 targets
+    with Image.open(out) as im:
+        assert im.size[1] > 2 * 64
+    assert data_main(["preview", "--data", str(tree), "--split", "test", "--out", str(out),
+                      "-n", "3", "--opt", "on_missing=skip"]) == 0
+    assert data_main(["info", "--data", str(tree), "--opt", "on_missing=skip"]) == 0
+    text = capsys.readouterr().out
+    assert "dataset: multipie" in text and "persons" in text and "label camera" in text
+    assert len(decoded) <= 8 + 6
+    cache = tmp_path / "cache"
+    assert data_main(["prepare", "--data", str(tree), "--out", str(cache), "--image-size", "16",
+                      "--opt", "on_missing=skip", "--workers", "1", "--no-progress"]) == 0
+    assert data_main(["info", "--data", str(cache), "--image-size", "16"]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert data_main(["prepare", "--data", str(tree), "--out", str(cache), "--image-size", "32",
+                      "--opt", "on_missing=skip", "--no-progress"]) == 2
+    assert "other options: image_size" in capsys.readouterr().err
+    small = tmp_path / "small"
+    assert data_main(["make-multipie", "--out", str(small), "--subjects", "1", "--cameras",
+                      "051,050", "--flashes", "7,9"]) == 0
+    assert len(list(small.rglob("*.png"))) == 4
+    assert data_main(["make-multipie", "--out", str(small), "--cameras", "999"]) == 2
+
+
+def test_detected_boxes_find_the_face_and_fall_back_to_the_camera_box(tmp_path):
+    """crop="detect" (OpenCV's cascade, the "detect" extra): near-frontal faces are found
+    near where they were pasted; profile views, where the cascade finds nothing, get the
+    camera's box; without OpenCV the option is refused with the install line."""
+    from gasca_core.data import crop as crop_mod
+    from gasca_core.data.multipie import multipie_box_of
+    from gasca_core.data.multipie_tree import placed_box
+    try:
+        crop_mod.require_detector()
+    except ValueError as e:
+        assert "gasca_core[detect]" in str(e)
+        with pytest.raises(ValueError, match=r"gasca_core\[detect\]"):
+            multipie_box_of("detect")
+        pytest.skip(f"OpenCV is not installed: {e}")
+    box_of = multipie_box_of("detect")
+    found = 0
+    for subject in (1, 2, 3):
+        for camera in ("051", "050", "140"):
+            frame = render_frames(subject, 1, 1, camera, [7])[0] / np.float32(255)
+            box = box_of(file_path(tmp_path, subject, 1, 1, camera, 7), frame)
+            truth = placed_box(camera, subject, 1, 1, 0, 4.0)
+            if box != CAMERA_BOXES[camera]:
+                found += 1
+                assert abs(box[0] - truth[0]) < 0.25 * truth[2], (camera, box, truth)
+                assert abs(box[1] - truth[1]) < 0.15 * truth[2], (camera, box, truth)
+                assert 0.8 < box[2] / truth[2] < 1.25, (camera, box, truth)
+    assert found >= 7
+    side = render_frames(1, 1, 1, "240", [7])[0] / np.float32(255)   # +90 degrees
+    assert box_of(file_path(tmp_path, 1, 1, 1, "240", 7), side) == CAMERA_BOXES["240"]

@@ -280,10 +280,12 @@ def build_report(results: dict) -> str:
                      f"{r1['targets']['rank1']:.3f}, chance {r1['chance']['rank1']:.3f}.")
     lines += ["",
               "Times: 'train s' is the training clock, the same for every method: training steps "
-              "and the code encoding before each greedy stage count; validations, checkpoints "
-              "and grids do not. 'wall s' is everything the run did. The equal-time budget is "
-              "joint's training-clock seconds (same seed and weight). 95% CI: mean +- "
-              "t(0.975, n-1) s / sqrt(n) over the seeds (Student t); with one seed the mean alone.", ""]
+              "(the greedy stages' code encoding included) and each phase's set-up count; "
+              "validations, checkpoints and grids do not. 'wall s' is everything the run did. "
+              "The equal-time budget is joint's training-clock seconds (same seed and weight). "
+              "Runs marked untimed (--shared-machine) are left out of the seconds. 95% CI: mean "
+              "+- t(0.975, n-1) s / sqrt(n) over the seeds (Student t); with one seed the mean "
+              "alone.", ""]
     for w in weights:
         lines += [f"## {_weight_title(w)}", ""]
         for b in budgets:
@@ -504,24 +506,32 @@ MERGE_MUST_AGREE = ("steps", "lr", "lr_schedule", "batch_size", "finetune_share"
 MERGE_MUST_AGREE_TIMED = ("codes",)
 
 
-def merge_results(parts: list[dict], names: list[str]) -> dict:
-    """One results dict from several compare runs of the same data and architecture (e.g.
-    seeds or weights run as separate processes): their runs together, the union of their
-    weights, budgets and variants; refused when the data or the architecture differ."""
+def check_parts_agree(parts: list[dict], names: list[str], same: tuple[str, ...],
+                      timed: bool) -> None:
+    """Refuse (fail) to merge parts that differ in any key of `same` (e.g. the architecture
+    and the data) or were run with other settings (MERGE_MUST_AGREE, and when `timed`,
+    MERGE_MUST_AGREE_TIMED); a setting a part does not record is not compared."""
     first = parts[0]
     for part, name in zip(parts[1:], names[1:]):
-        for key in ("model_config", "data"):
+        for key in same:
             if part.get(key) != first.get(key):
                 fail(f"--report-only: {name} has another {key.replace('_', ' ')} than {names[0]}: "
                      f"{part.get(key)} vs {first.get(key)}")
         a, b = first.get("args") or {}, part.get("args") or {}
-        timed = any("time" in (p.get("budgets") or [r["budget"] for r in p["runs"]])
-                    for p in (first, part))
         for key in MERGE_MUST_AGREE + (MERGE_MUST_AGREE_TIMED if timed else ()):
             if key in a and key in b and a[key] != b[key]:
                 fail(f"--report-only: {name} was run with --{key.replace('_', '-')} {b[key]} and "
                      f"{names[0]} with {a[key]}: runs of different settings would be averaged "
                      f"together; rerun one of them with the other's setting")
+
+
+def merge_results(parts: list[dict], names: list[str]) -> dict:
+    """One results dict from several compare runs of the same data and architecture (e.g.
+    seeds or weights run as separate processes): their runs together, the union of their
+    weights, budgets and variants; refused when the data or the architecture differ."""
+    first = parts[0]
+    timed = any("time" in (p.get("budgets") or [r["budget"] for r in p["runs"]]) for p in parts)
+    check_parts_agree(parts, names, ("model_config", "data"), timed)
     merged = dict(first)
     merged["runs"] = [r for part in parts for r in part["runs"]]
     merged["adv_weights"] = sorted({w for p in parts for w in (p.get("adv_weights") or
@@ -571,17 +581,7 @@ def curves_report_only(names: list[str], out: Optional[str]) -> int:
         record, target = parts[0], names[0]
     else:
         first = parts[0]
-        for part, name in zip(parts[1:], names[1:]):
-            for key in ("model_config", "adv_weight"):
-                if part.get(key) != first.get(key):
-                    fail(f"--report-only: {name} has another {key.replace('_', ' ')} than "
-                         f"{names[0]}: {part.get(key)} vs {first.get(key)}")
-            a, b = first.get("args") or {}, part.get("args") or {}
-            for key in MERGE_MUST_AGREE:
-                if key in a and key in b and a[key] != b[key]:
-                    fail(f"--report-only: {name} was run with --{key.replace('_', '-')} "
-                         f"{b[key]} and {names[0]} with {a[key]}: runs of different settings "
-                         f"would be averaged together")
+        check_parts_agree(parts, names, ("model_config", "adv_weight"), timed=False)
         record = dict(first)
         record["runs"] = [r for p in parts for r in p["runs"]]
         record["methods"] = list(dict.fromkeys(m for p in parts for m in

@@ -1,6 +1,6 @@
 """Data for GASCA: pairs (input image, target image) with labels.
 
-Four sources, one container of pairs (:class:`PairDataset`, in pairs.py):
+Five sources, one container of pairs (:class:`PairDataset`, in pairs.py):
 
 - ``synthetic-faces`` (default): a parametric 3D head ray-cast at yaws -60..60 and several
   lights, paired with its frontal neutrally lit image (:mod:`.synthetic`).
@@ -9,6 +9,9 @@ Four sources, one container of pairs (:class:`PairDataset`, in pairs.py):
 - ``multipie``: a Multi-PIE-style tree of subject_session_recording_camera_light.png files,
   each paired with camera 051 of the same recording (:mod:`.multipie`).
 - ``npz``: arrays ``inputs``, ``targets`` and optional labels (:mod:`.npz`).
+- ``cache``: a multipie tree or a folder prepared once (decoded, cropped, resized) into an
+  on-disk cache, read batch by batch (:mod:`.cache`; face boxes in :mod:`.crop`; a
+  Multi-PIE-shaped tree to try it on in :mod:`.multipie_tree`).
 
 The tools call :func:`get_splits` once (datasets.py; the split by person is in splits.py)
 and batch with :class:`BatchIterator` (batching.py), the one batch iterator;

@@ -28,6 +28,7 @@ from ..rng import stream
 from .datasets import DATASET_NAMES, get_splits, infer_dataset, load_dataset
 from .pairs import PairDataset
 from .grid import save_image_grid
+from .splits import split_indices
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -76,6 +77,54 @@ def preview(ds: PairDataset, out: str, n: int, seed: int, scale: int) -> None:
     col_labels = [_label_text(ds.labels, int(i)) for i in pick]
     save_image_grid([ds.inputs[pick], ds.targets[pick]], out, labels=["input", "target"],
                     col_labels=col_labels if any(col_labels) else None, scale=scale)
+
+
+LISTED = ("multipie", "folder")   # datasets of image files: listed first, decoded as needed
+
+
+def _listed_split(dataset: str, data: str, split: str, seed: int, opts: dict[str, Any]):
+    """(files, labels, root, box_of, indices of `split`) of a tree or folder, nothing decoded."""
+    from .cache import _list_pairs
+    from .pairs import GROUP_LABELS
+    files, labels, root, box_of = _list_pairs(dataset, data, opts)
+    groups = next((labels[k] for k in GROUP_LABELS if k in labels), None)
+    if split == "all":
+        idx = np.arange(len(files))
+    else:
+        idx = split_indices(len(files), groups, seed=seed)[("train", "val", "test").index(split)]
+    return files, labels, root, box_of, idx
+
+
+def preview_files(dataset: str, data: str, split: str, out: str, n: int, seed: int,
+                  scale: int, image_size, opts: dict[str, Any]) -> int:
+    """preview for a tree or folder: decodes only the pairs it shows (a Multi-PIE tree holds
+    750,000 images). Returns how many pairs it showed."""
+    from .folder import read_pairs
+    files, labels, root, box_of, idx = _listed_split(dataset, data, split, seed, opts)
+    pick = np.sort(idx[stream("preview", seed).choice(len(idx), size=min(n, len(idx)),
+                                                      replace=False)])
+    inputs, targets = read_pairs([files[i] for i in pick], image_size, str(root), box_of)
+    ds = PairDataset(inputs, targets, {k: v[pick] for k, v in labels.items()}, check=False)
+    preview(ds, out, len(ds), seed, scale)
+    return len(ds)
+
+
+def info_files(dataset: str, data: str, seed: int, opts: dict[str, Any]) -> None:
+    """info for a tree or folder, from the file names alone."""
+    from .pairs import GROUP_LABELS
+    files, labels, root, _, _ = _listed_split(dataset, data, "all", seed, opts)
+    groups = next((labels[k] for k in GROUP_LABELS if k in labels), None)
+    print(f"dataset: {dataset} at {root}, {len(files)} pairs, "
+          f"{len({p for pair in files for p in pair})} image files")
+    parts = split_indices(len(files), groups, seed=seed)
+    for name, part in zip(("train", "val", "test"), parts):
+        persons = f", {len(np.unique(groups[part]))} persons" if groups is not None else ""
+        print(f"  {name}: {len(part)} pairs{persons}")
+    for key, values in labels.items():
+        distinct = np.unique(values)
+        shown = ", ".join(str(v) for v in distinct[:15])
+        more = f", ... ({len(distinct)} distinct)" if len(distinct) > 15 else ""
+        print(f"  label {key}: {shown}{more}")
 
 
 def info(name: Optional[str], data: Optional[str], seed: int, image_size: Optional[int],
@@ -175,11 +224,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "preview":
             if args.n < 1 or args.scale < 1:
                 parser.error("--n and --scale must be >= 1")
-            ds = load_dataset(args.dataset, args.data, split=args.split, seed=args.seed,
-                              image_size=image_size, **opts)
-            preview(ds, args.out, args.n, args.seed, args.scale)
-            print(f"wrote {args.out}: {min(args.n, len(ds))} pairs of {ds.name} "
-                  f"(top: inputs, bottom: targets)")
+            dataset = args.dataset or infer_dataset(args.data)
+            if dataset in LISTED:
+                shown = preview_files(dataset, args.data, args.split, args.out, args.n,
+                                      args.seed, args.scale, image_size, opts)
+                what = f"{dataset} at {args.data}"
+            else:
+                ds = load_dataset(dataset, args.data, split=args.split, seed=args.seed,
+                                  image_size=image_size, **opts)
+                preview(ds, args.out, args.n, args.seed, args.scale)
+                shown, what = min(args.n, len(ds)), ds.name
+            print(f"wrote {args.out}: {shown} pairs of {what} (top: inputs, bottom: targets)")
         elif args.command == "prepare":
             if args.data is None:
                 parser.error("prepare needs --data (the tree or folder to prepare)")
@@ -188,6 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = prepare_cache(dataset, args.data, args.out, image_size or 64, opts,
                                  workers=args.workers, progress=not args.no_progress)
             print(f"cache ready: {path} (train on it with --data {path})")
+        elif (args.dataset or infer_dataset(args.data)) in LISTED:
+            info_files(args.dataset or infer_dataset(args.data), args.data, args.seed, opts)
         else:
             info(args.dataset, args.data, args.seed, image_size, opts)
     except (ValueError, TypeError) as e:  # bad data or options: one clear line, no trace

@@ -222,7 +222,7 @@ def _read_chunk(job) -> tuple[int, np.ndarray]:
     c, paths, size, box_of = job
     out = np.empty((len(paths), *size), dtype=np.uint8)
     for i, p in enumerate(paths):
-        box = None if box_of is None else (lambda hw, p=p: box_of(p, hw))
+        box = None if box_of is None else (lambda frame, p=p: box_of(p, frame))
         out[i] = np.rint(read_gray(p, size, box) * 255.0)
     return c, out
 

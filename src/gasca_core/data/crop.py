@@ -7,6 +7,9 @@ therefore cropped to a *face box* first, then resized:
 - a box is ``(cx, cy, side)``: the centre (x right, y down, in pixels of the frame) and the
   side of a square; the crop keeps the aspect ratio (it is square, like the network's input)
   and where the box leaves the frame the missing pixels are padded with black (0);
+- ``crop="detect"`` finds the face in each frame instead (OpenCV's Haar cascade, the optional
+  "detect" extra: :func:`detect_face_box`) and falls back to the camera's box where it finds
+  none;
 - boxes are given for a frame of ``FRAME_SIZE`` (640 x 480); on a frame of another size
   the centre is scaled with each axis and the side with the height, so that the crop
   stays square (:func:`scale_box`).
@@ -144,3 +147,51 @@ def crop_square(a: np.ndarray, box: Box) -> np.ndarray:
     if y0 < y1 and x0 < x1:
         out[y0 - top:y1 - top, x0 - left:x1 - left] = a[y0:y1, x0:x1]
     return out
+
+
+# ----------------------------------------------------------------------------- detection
+# crop="detect": OpenCV's frontal-face Haar cascade, which ships inside the
+# opencv-python-headless wheel (the "detect" extra; OpenCV 5 dropped the cascades, hence
+# "<5"), finds the largest face in the frame. Its box covers the inner face (brows to
+# mouth); the head box is DETECT_SCALE times as wide, its centre moved by DETECT_RIGHT and
+# DETECT_DOWN times the detection's side. The numbers are medians over 102 detections in
+# frames of the built-in faces (cameras 051, 050, 140, 041, 130, 190, 080; 8 people; flashes
+# 7 and 9), measured against the boxes the heads were pasted into (side ratio 1.36-1.62,
+# horizontal offset -0.23..+0.21, vertical -0.10..-0.04 between the 10th and 90th
+# percentiles): on real faces, check the preview. The cascade finds no face in profile
+# views and in the no-flash shots; there the camera's box is used.
+DETECT_SCALE, DETECT_RIGHT, DETECT_DOWN = 1.49, 0.0, -0.07
+_cascade = None
+
+
+def require_detector() -> None:
+    """Raise a clear error when crop="detect" cannot run here."""
+    try:
+        import cv2
+        cv2.CascadeClassifier
+        cv2.data.haarcascades
+    except (ImportError, AttributeError):
+        raise ValueError('crop="detect" needs OpenCV 4 with its Haar cascades: '
+                         'pip install "gasca_core[detect]" (opencv-python-headless<5)') from None
+
+
+def detect_face_box(frame: np.ndarray) -> Optional[Box]:
+    """The head box around the largest face OpenCV finds in the (H, W) grey frame in [0, 1],
+    in pixels of a 640 x 480 frame (scaled as scale_box reads them back), or None."""
+    global _cascade
+    if _cascade is None:
+        require_detector()
+        import cv2
+        _cascade = cv2.CascadeClassifier(cv2.data.haarcascades +
+                                         "haarcascade_frontalface_default.xml")
+    img = np.clip(np.rint(np.asarray(frame, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    h, w = img.shape
+    least = max(24, int(0.15 * min(h, w)))
+    faces = _cascade.detectMultiScale(img, scaleFactor=1.1, minNeighbors=4,
+                                      minSize=(least, least))
+    if len(faces) == 0:
+        return None
+    x, y, s, _ = max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
+    cx, cy = x + s / 2.0 + DETECT_RIGHT * s, y + s / 2.0 + DETECT_DOWN * s
+    sy, sx = h / FRAME_SIZE[0], w / FRAME_SIZE[1]
+    return cx / sx, cy / sy, s * DETECT_SCALE / sy

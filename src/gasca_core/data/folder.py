@@ -50,8 +50,8 @@ def read_pairs(files: list[tuple[Path, Path]], image_size: ImageSize,
                ) -> tuple[np.ndarray, np.ndarray]:
     """Read (input, target) files into float32 (N, 1, H, W) arrays.
 
-    box_of(path, frame_hw): the face box to crop that file to before resizing, given its
-    decoded (H, W) (None: the whole image). With image_size None every image must have the size of the first one; a target
+    box_of(path, frame): the face box to crop that file to before resizing, given its
+    decoded (H, W) frame (None: the whole image). With image_size None every image must have the size of the first one; a target
     read for several inputs is decoded once.
     """
     size = normalize_size(image_size)
@@ -61,7 +61,7 @@ def read_pairs(files: list[tuple[Path, Path]], image_size: ImageSize,
     def read(path: Path) -> np.ndarray:
         nonlocal first
         if path not in cache:
-            box = None if box_of is None else (lambda hw, p=path: box_of(p, hw))
+            box = None if box_of is None else (lambda frame, p=path: box_of(p, frame))
             a = read_gray(path, size, box)
             if first is None:
                 first = (path, a.shape)
@@ -138,13 +138,13 @@ def load_folder(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
 
 
 class FileBoxOf:
-    """box_of(path, frame_hw) for a folder: the box named by the file's name (or stem), else
+    """box_of(path, frame) for a folder: the box named by the file's name (or stem), else
     the "*" box, else None (a class, so that prepare's worker processes can receive it)."""
 
     def __init__(self, boxes: dict) -> None:
         self.boxes = boxes
 
-    def __call__(self, path: Path, frame_hw=None):
+    def __call__(self, path: Path, frame=None):
         path = Path(path)
         for key in (path.name, path.stem, "*"):
             if key in self.boxes:
@@ -153,7 +153,7 @@ class FileBoxOf:
 
 
 def folder_box_of(crop: CropSpec) -> Optional[FileBoxOf]:
-    """crop (see load_folder) -> box_of(path, frame_hw), or None for no cropping."""
+    """crop (see load_folder) -> box_of(path, frame), or None for no cropping."""
     boxes = file_boxes(crop)
     return None if boxes is None else FileBoxOf(boxes)
 

@@ -104,8 +104,8 @@ def read_gray(path: "str | os.PathLike[str]", image_size: ImageSize = None,
     """Read one image file as grey float32 (H, W) in [0, 1]; cropped to the square
     crop_box = (cx, cy, side) first when one is given (in pixels of a 640 x 480 frame,
     scaled to the file's frame; gasca_core.data.crop), then resized if image_size is given.
-    crop_box may also be a function of the decoded frame's (H, W) that returns the box or
-    None (a loader that crops only frames of some shape).
+    crop_box may also be a function of the decoded (H, W) frame that returns the box or None
+    (a loader that crops only frames of some shape, or finds the face in the frame).
 
     Raises ImageReadError (a ValueError) naming the file when it is missing, not an image,
     truncated or otherwise undecodable, or holds values that cannot be mapped to [0, 1].
@@ -129,7 +129,7 @@ def read_gray(path: "str | os.PathLike[str]", image_size: ImageSize = None,
     if a.ndim != 2 or a.size == 0:
         raise ImageReadError(f"{path}: decoded to shape {a.shape}, expected a non-empty 2-D image")
     if callable(crop_box):
-        crop_box = crop_box(a.shape)
+        crop_box = crop_box(a)
     if crop_box is not None:
         from .crop import crop_square, scale_box
         a = crop_square(a, scale_box(crop_box, a.shape))

@@ -35,7 +35,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .crop import CropSpec, camera_boxes
+from .crop import CropSpec, camera_boxes, detect_face_box, require_detector
 from .pairs import PairDataset
 from .folder import read_pairs
 from .images import IMAGE_SUFFIXES, ImageSize, is_image_file
@@ -71,7 +71,9 @@ def load_multipie(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
     crop: the face box each image is cut to before resizing (gasca_core.data.crop):
         "auto" (the default) crops frames of Multi-PIE's 4:3 shape (640 x 480 as shipped)
         with their camera's box and leaves square images (faces cropped already) whole;
-        "camera" crops every image; "none" none; a JSON file of boxes overrides cameras.
+        "camera" crops every image; "none" none; a JSON file of boxes overrides cameras;
+        "detect" finds the face in each frame (OpenCV, the "detect" extra) and falls back
+        to the camera's box where it finds none.
     """
     files, labels, root = multipie_pairs(data, target_camera=target_camera,
                                          target_light=target_light, lights=lights,
@@ -81,24 +83,31 @@ def load_multipie(data: "str | os.PathLike[str]", image_size: ImageSize = 64, *,
 
 
 class CameraBoxOf:
-    """box_of(path, frame_hw) for a Multi-PIE tree: the face box of the file's camera (a
-    class, not a closure, so that prepare's worker processes can receive it)."""
+    """box_of(path, frame) for a Multi-PIE tree: the face box of the file's camera (a class,
+    not a closure, so that prepare's worker processes can receive it). With detect, the
+    face found in the frame by detect_face_box where there is one (crop="detect")."""
 
-    def __init__(self, boxes: dict, auto: bool) -> None:
-        self.boxes, self.auto = boxes, auto
+    def __init__(self, boxes: dict, auto: bool, detect: bool = False) -> None:
+        self.boxes, self.auto, self.detect = boxes, auto, detect
 
-    def __call__(self, path: Path, frame_hw: Optional[tuple[int, int]] = None):
-        if self.auto and frame_hw is not None and frame_hw[1] * 3 != frame_hw[0] * 4:
+    def __call__(self, path: Path, frame: Optional[np.ndarray] = None):
+        if self.auto and frame is not None and frame.shape[1] * 3 != frame.shape[0] * 4:
             return None   # not a 4:3 frame: a face cropped already
+        if self.detect and frame is not None:
+            found = detect_face_box(frame)
+            if found is not None:
+                return found
         return self.boxes.get(parse_name(Path(path))[3])
 
 
 def multipie_box_of(crop: CropSpec) -> Optional[CameraBoxOf]:
-    """crop (see load_multipie) -> box_of(path, frame_hw): the face box of a file, or None
-    for no cropping at all."""
-    auto = isinstance(crop, str) and crop.lower() == "auto"
-    boxes = camera_boxes("camera" if auto else crop)
-    return None if boxes is None else CameraBoxOf(boxes, auto)
+    """crop (see load_multipie) -> box_of(path, frame): the face box of a file, or None for
+    no cropping at all."""
+    mode = crop.lower() if isinstance(crop, str) else None
+    if mode == "detect":
+        require_detector()
+    boxes = camera_boxes("camera" if mode in ("auto", "detect") else crop)
+    return None if boxes is None else CameraBoxOf(boxes, mode == "auto", mode == "detect")
 
 
 def multipie_pairs(data: "str | os.PathLike[str]", *, target_camera: str = "051",
