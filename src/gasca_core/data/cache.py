@@ -234,7 +234,9 @@ def prepare_cache(dataset: str, data: "str | os.PathLike[str]", out: "str | os.P
     """Decode, crop and resize every image of `dataset` at `data` once into the cache `out`
     (see the module docstring); continues an interrupted prepare of the same options.
     Returns the cache's path."""
-    opts = dict(opts or {})
+    # The crop as the loader would default it, so that "--opt crop=auto" and no crop option
+    # name the same cache.
+    opts = {"crop": "auto" if dataset == "multipie" else None, **(opts or {})}
     size = normalize_size(image_size)
     if size is None:
         raise ValueError("prepare needs an image size (the cache holds one size)")
