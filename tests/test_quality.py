@@ -287,6 +287,25 @@ def test_gallery_never_the_targets_own_image():
 
 # ----------------------------------------------------------------------------- the recognizer
 
+def test_recognizer_set_keeps_at_most_a_fixed_number_of_frontal_images_a_person(rng):
+    """Multi-PIE has up to ~160 frontal inputs a person: the recognizer's training set keeps
+    MAX_FRONTAL_PER_PERSON of them, spread evenly, so its memory does not grow with the
+    dataset; people with fewer keep all of theirs, and their targets come once."""
+    n_a, n_b = 70, 4
+    x = rng.random((n_a + n_b + 6, 1, 8, 8)).astype(np.float32)
+    y = np.concatenate([np.repeat(x[:1], n_a, 0), np.repeat(x[n_a:n_a + 1], n_b, 0),
+                        x[n_a + n_b:]])
+    ids = np.array([1] * n_a + [2] * n_b + [3] * 6)
+    yaw = np.array([0.0] * (n_a + n_b) + [30.0] * 6, dtype=np.float32)
+    ds = PairDataset(x, y, {"identity": ids, "yaw": yaw})
+    images, who = R.frontal_training_images(ds)
+    assert (who == 1).sum() == R.MAX_FRONTAL_PER_PERSON   # input 0 is also person 1's target
+    assert (who == 2).sum() == n_b and (who == 3).sum() == 1
+    kept = [i for i in range(n_a) if any(np.array_equal(x[i], im) for im in images)]
+    assert kept[0] == 0 and kept[-1] == n_a - 1          # spread over all of them
+
+
+
 def test_recognizer_learns_the_training_people(faces):
     """A failing-if-broken check: an untrained network's random features already rank
     these people well above chance (about 0.5 here), so the trained one must do clearly

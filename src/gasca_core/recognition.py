@@ -163,11 +163,18 @@ def identity_labels(ds: PairDataset) -> np.ndarray:
     return np.asarray(ids)
 
 
+# At most this many frontal inputs of one person train the recognizer (Multi-PIE has up to
+# about 160 per person: sessions x recordings x flashes). The recognizer makes 300 steps,
+# so more would only cost memory, which would then grow with the dataset.
+MAX_FRONTAL_PER_PERSON = 32
+
+
 def frontal_training_images(train: PairDataset) -> tuple[np.ndarray, np.ndarray]:
     """(images (M, C, H, W) float32 on the host, identity (M,)): the frontal images of each
     training person, to train a recognizer or fit eigenfaces on.
 
-    With a yaw label: every input at yaw 0 (under every light) and the person's target,
+    With a yaw label: the inputs at yaw 0 (under every light; at most
+    MAX_FRONTAL_PER_PERSON a person, evenly spread over them) and the person's target,
     once. Without: every target and input. Byte-identical images of one person are kept
     once (in the synthetic faces the yaw-0 input under the neutral light is the target).
     """
@@ -176,7 +183,8 @@ def frontal_training_images(train: PairDataset) -> tuple[np.ndarray, np.ndarray]
     inputs, targets = ((train.inputs, train.targets) if getattr(train, "lazy", False)
                        else (to_numpy(train.inputs), to_numpy(train.targets)))
     if "yaw" in train.labels:
-        picked = [(inputs, np.flatnonzero(np.asarray(train.labels["yaw"], float) == 0.0))]
+        frontal = np.flatnonzero(np.asarray(train.labels["yaw"], float) == 0.0)
+        picked = [(inputs, _at_most_per_person(frontal, ids, MAX_FRONTAL_PER_PERSON))]
         _, first = np.unique(ids, return_index=True)
         picked.append((targets, np.sort(first)))
     else:
@@ -193,6 +201,18 @@ def frontal_training_images(train: PairDataset) -> tuple[np.ndarray, np.ndarray]
     if not images:
         raise IdentityProtocolError(f"{train.name} has no frontal (yaw 0) images to train on")
     return np.stack(images).astype(np.float32), np.asarray(who)
+
+
+def _at_most_per_person(idx: np.ndarray, ids: np.ndarray, most: int) -> np.ndarray:
+    """The indices idx, keeping at most `most` of each person's, evenly spread over them
+    (in order; no randomness)."""
+    keep = []
+    for person in dict.fromkeys(ids[idx].tolist()):
+        mine = idx[ids[idx] == person]
+        if len(mine) > most:
+            mine = mine[np.linspace(0, len(mine) - 1, most).round().astype(np.int64)]
+        keep.append(mine)
+    return np.sort(np.concatenate(keep)) if keep else idx
 
 
 def _augment(x: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.ndarray:
