@@ -352,3 +352,31 @@ def test_detected_boxes_find_the_face_and_fall_back_to_the_camera_box(tmp_path):
     assert found >= 7
     side = render_frames(1, 1, 1, "240", [7])[0] / np.float32(255)   # +90 degrees
     assert box_of(file_path(tmp_path, 1, 1, 1, "240", 7), side) == CAMERA_BOXES["240"]
+
+
+def test_ctrl_c_stops_a_two_worker_prepare_at_once_and_the_command_continues_it(tree, tmp_path):
+    """SIGINT to `python -m gasca_core.data prepare` with two workers: it stops within
+    seconds (no waiting for the queued chunks), says how to continue, leaves an incomplete
+    cache, and the same command then completes it."""
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "gasca_core.data", "prepare", "--data", str(tree), "--out",
+           str(out), "--image-size", "16", "--opt", "on_missing=skip", "--workers", "2",
+           "--chunk", "2", "--no-progress"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "done.u8").exists() and np.fromfile(out / "done.u8", np.uint8).sum() >= 1:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the prepare ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)     # as Ctrl-C does: to the parent and its workers
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 20 and proc.returncode == 130, (proc.returncode, err)
+    assert "run the same command again to continue" in err
+    assert not cache_summary(out)["complete"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert cache_summary(out)["complete"] and len(load_cache(out)) > 0

@@ -198,6 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "continues; one made from other options is refused)")
     p_prep.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: one per core)")
+    p_prep.add_argument("--chunk", type=int, default=256,
+                        help="images per unit of work; a chunk is marked done once it is on "
+                             "disk, and an interrupted prepare redoes only unmarked chunks")
     p_prep.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_tree = sub.add_parser("make-multipie", help="write a Multi-PIE-shaped tree of rendered "
                                                   "640x480 frames")
@@ -240,8 +243,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 parser.error("prepare needs --data (the tree or folder to prepare)")
             from .cache import prepare_cache
             dataset = args.dataset or infer_dataset(args.data)
-            path = prepare_cache(dataset, args.data, args.out, image_size or 64, opts,
-                                 workers=args.workers, progress=not args.no_progress)
+            try:
+                path = prepare_cache(dataset, args.data, args.out, image_size or 64, opts,
+                                     workers=args.workers, progress=not args.no_progress,
+                                     chunk=args.chunk)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: what is done stays in {args.out}; run the same "
+                      f"command again to continue", file=sys.stderr)
+                return 130
             print(f"cache ready: {path} (train on it with --data {path})")
         elif (args.dataset or infer_dataset(args.data)) in LISTED:
             info_files(args.dataset or infer_dataset(args.data), args.data, args.seed, opts)

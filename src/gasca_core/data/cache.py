@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -217,6 +218,12 @@ def _list_pairs(dataset: str, data: str, opts: dict):
                      f"(the synthetic faces are cached by themselves; an .npz is one file already)")
 
 
+def _worker_init() -> None:
+    """A decoding worker leaves Ctrl-C (SIGINT to the terminal's whole process group) to
+    the parent, which stops the pool and keeps what is marked done."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _read_chunk(job) -> tuple[int, np.ndarray]:
     """A worker's unit: decode, crop and resize the files of one chunk -> uint8 (n, H, W)."""
     c, paths, size, box_of = job
@@ -309,9 +316,14 @@ def prepare_cache(dataset: str, data: "str | os.PathLike[str]", out: "str | os.P
                 bar.update(len(block))
 
         if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+            try:
                 for c, block in pool.map(_read_chunk, jobs):
                     finish(c, block)
+            except BaseException:   # Ctrl-C, a bad file: stop now, keep what is marked done
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         else:
             for job in jobs:
                 finish(*_read_chunk(job))
