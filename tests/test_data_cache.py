@@ -231,6 +231,11 @@ def test_a_killed_prepare_process_continues_to_the_same_cache(tree, tmp_path):
     assert proc.poll() is None, "the prepare ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    if os.path.isdir("/proc"):   # its decoding workers notice and end by themselves
+        deadline = time.time() + 15
+        while _processes_with(str(part)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _processes_with(str(part)), "the killed prepare's workers are still running"
     state = cache_summary(part)
     assert not state["complete"] and 1 <= state["chunks_done"] < state["chunks"], state
     with pytest.raises(CacheError, match="incomplete"):
@@ -239,6 +244,20 @@ def test_a_killed_prepare_process_continues_to_the_same_cache(tree, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert (part / "images.u8").read_bytes() == (whole / "images.u8").read_bytes()
     assert cache_summary(part)["complete"]
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the processes whose command line holds marker (Linux /proc)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
 
 
 def test_u8images_reads_only_what_is_asked_in_any_order():

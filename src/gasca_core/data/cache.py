@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -220,8 +221,18 @@ def _list_pairs(dataset: str, data: str, opts: dict):
 
 def _worker_init() -> None:
     """A decoding worker leaves Ctrl-C (SIGINT to the terminal's whole process group) to
-    the parent, which stops the pool and keeps what is marked done."""
+    the parent, which stops the pool and keeps what is marked done; and it ends by itself
+    within a second or two when the parent is gone (a SIGKILLed prepare would otherwise
+    leave its workers waiting for work forever)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _read_chunk(job) -> tuple[int, np.ndarray]:
