@@ -70,7 +70,8 @@ def test_generated_tree_has_the_real_layout_frames_and_missing_partners(tmp_path
     assert path == file_path(tmp_path, 1, 1, 1, "051", 7)
     files = sorted(tmp_path.rglob("*.png"))
     assert len(files) == summary["total"] == 3 * 15 * 2 - summary["missing_targets"]
-    assert 1 <= summary["missing_targets"] <= 2     # seeded: some recordings lose theirs
+    lost = [s for s in (1, 2, 3) if not file_path(tmp_path, s, 1, 1, "051", 7).exists()]
+    assert summary["missing_targets"] == len(lost) >= 1   # seeded: some recordings lose theirs
     with Image.open(files[0]) as im:
         assert im.size == (FRAME_SIZE[1], FRAME_SIZE[0]) and im.mode == "L"
     cams = {p.parent.name for p in files}
@@ -223,12 +224,7 @@ def test_a_killed_prepare_process_continues_to_the_same_cache(tree, tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (part / "done.u8").exists() and np.fromfile(part / "done.u8", np.uint8).sum() >= 1:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the prepare ended before it could be killed"
+    _wait_for_a_chunk(proc, part)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     if os.path.isdir("/proc"):   # its decoding workers notice and end by themselves
@@ -244,6 +240,16 @@ def test_a_killed_prepare_process_continues_to_the_same_cache(tree, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert (part / "images.u8").read_bytes() == (whole / "images.u8").read_bytes()
     assert cache_summary(part)["complete"]
+
+
+def _wait_for_a_chunk(proc: subprocess.Popen, cache) -> None:
+    """Wait until the prepare in proc has marked a chunk done; it must still be running."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (cache / "done.u8").exists() and np.fromfile(cache / "done.u8", np.uint8).sum() >= 1:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the prepare ended before it could be stopped mid-way"
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -384,12 +390,7 @@ def test_ctrl_c_stops_a_two_worker_prepare_at_once_and_the_command_continues_it(
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "done.u8").exists() and np.fromfile(out / "done.u8", np.uint8).sum() >= 1:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the prepare ended before it could be interrupted"
+    _wait_for_a_chunk(proc, out)
     os.killpg(proc.pid, signal.SIGINT)     # as Ctrl-C does: to the parent and its workers
     t0 = time.time()
     _, err = proc.communicate(timeout=60)
