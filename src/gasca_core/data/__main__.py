@@ -84,9 +84,9 @@ LISTED = ("multipie", "folder")   # datasets of image files: listed first, decod
 
 def _listed_split(dataset: str, data: str, split: str, seed: int, opts: dict[str, Any]):
     """(files, labels, root, box_of, indices of `split`) of a tree or folder, nothing decoded."""
-    from .cache import _list_pairs
+    from .cache import list_pairs
     from .pairs import GROUP_LABELS
-    files, labels, root, box_of = _list_pairs(dataset, data, opts)
+    files, labels, root, box_of = list_pairs(dataset, data, opts)
     groups = next((labels[k] for k in GROUP_LABELS if k in labels), None)
     if split == "all":
         idx = np.arange(len(files))

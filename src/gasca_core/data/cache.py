@@ -1,4 +1,4 @@
-"""A prepared dataset on disk: decoded, cropped and resized once, read back memory-mapped.
+"""A prepared dataset on disk: decoded, cropped and resized once, read back batch by batch.
 
     python -m gasca_core.data prepare --dataset multipie --data DIR --out CACHE
     python -m gasca_core.train --data CACHE            # (any tool's --data takes a cache)
@@ -40,7 +40,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -174,10 +174,6 @@ class U8Images:
         return f"U8Images({len(self)} of {self.store.shape[1:]} from {len(self.store)} stored)"
 
 
-def is_lazy(array: Any) -> bool:
-    return isinstance(array, U8Images)
-
-
 # ----------------------------------------------------------------------------- prepare
 
 
@@ -203,8 +199,9 @@ def _atomic_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _list_pairs(dataset: str, data: str, opts: dict):
-    """(files [(input, target)], labels, root, box_of) of a dataset, nothing decoded."""
+def list_pairs(dataset: str, data: str, opts: dict):
+    """(files [(input, target)], labels, root, box_of) of a multipie tree or a folder, from
+    the file names alone (nothing decoded); opts are the loader's options."""
     from .folder import folder_box_of, folder_pairs
     from .multipie import multipie_box_of, multipie_pairs
     opts = dict(opts)
@@ -260,7 +257,7 @@ def prepare_cache(dataset: str, data: "str | os.PathLike[str]", out: "str | os.P
         raise ValueError("prepare needs an image size (the cache holds one size)")
     out = Path(out)
     data = os.path.abspath(os.fspath(data))
-    files, labels, root, box_of = _list_pairs(dataset, data, opts)
+    files, labels, root, box_of = list_pairs(dataset, data, opts)
     unique = list(dict.fromkeys(p for pair in files for p in pair))
     where = {p: i for i, p in enumerate(unique)}
     if int(chunk) < 1:
@@ -408,9 +405,3 @@ def cache_summary(path: "str | os.PathLike[str]") -> dict:
     done = np.fromfile(path / "done.u8", dtype=np.uint8) if (path / "done.u8").exists() else []
     return {**options, "complete": (path / "complete.json").is_file(),
             "chunks": n_chunks, "chunks_done": int(np.sum(done))}
-
-
-def uint8_bytes(pairs: int, images: int, size: Sequence[int]) -> int:
-    """Bytes of a cache on disk (images.u8 plus the two index arrays), for the docs."""
-    h, w = size
-    return images * h * w + pairs * 16
