@@ -16,11 +16,12 @@ trains D; with d_ratio r < 1 an alternating phase updates D on a share r of its 
 One training clock per run, the same rule for every method (TrainingClock): it runs while
 a phase is set up (growing the networks, encoding the codes of a greedy stage, building
 optimizers) and while it steps (drawing and, codes="per-batch", encoding the batch; the steps
-and their bookkeeping: loss sums, counters, the progress bar); it stops for validations, checkpoints, image grids and hooks.  A time budget
-is spent on this clock: phase i ends when the run's clock reaches the shares of phases
-0..i times the budget, so validations take nothing from it, and a phase whose set-up
-overruns its share (the encoding before a greedy stage can) takes the overrun from the
-phases after it: the run as a whole keeps to its budget, up to the step under way.  Trainer.elapsed (the clock's total),
+and their bookkeeping: loss sums, counters, the progress bar); it stops for validations,
+checkpoints, image grids and hooks.  A time budget is spent on this clock: phase i ends
+when the run's clock reaches the shares of phases 0..i times the budget, so validations
+take nothing from it, and a phase whose set-up overruns its share (encoding all codes
+first, codes="memory", can) takes the overrun from the phases after it: the run as a whole
+keeps to its budget, up to the step under way.  Trainer.elapsed (the clock's total),
 Trainer.phase_seconds (per phase) and Trainer.wall_seconds (everything) are kept in the
 checkpoint, so a resumed phase continues its clock where it stopped.
 
