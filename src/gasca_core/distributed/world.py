@@ -48,10 +48,18 @@ def launched_by_mpi(environ: Mapping[str, str] = os.environ) -> bool:
     return any(name in environ for name in MPI_LAUNCH_VARIABLES)
 
 
+def find_mpiexec() -> Optional[str]:
+    """The mpiexec on PATH, or else the one beside this Python (where pip puts MPICH's, in
+    a virtual environment that is not activated); None when there is neither."""
+    import shutil
+    return shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+
+
 def shard(n: int, rank: int, size: int) -> slice:
-    """Rank `rank`'s slice of a batch of n pairs split over `size` ranks: contiguous, sizes
-    floor or ceil of n / size, the larger ones last; a rank gets an empty slice when
-    n < size. Every rank computes every slice alike, without talking to the others."""
+    """Rank `rank`'s slice of a batch of n pairs split over `size` ranks: contiguous, from
+    floor(rank n / size) to floor((rank + 1) n / size), so sizes floor or ceil of n / size;
+    a rank gets an empty slice when n < size. Every rank computes every slice alike,
+    without talking to the others."""
     if size < 1 or not 0 <= rank < size:
         raise ValueError(f"rank {rank} of {size}: need 0 <= rank < size")
     return slice(n * rank // size, n * (rank + 1) // size)
@@ -152,8 +160,8 @@ class MPIWorld(World):
         self.comm.Abort(code)
 
     def describe(self) -> str:
-        return (f"{self.size} MPI rank{'s' if self.size > 1 else ''} "
-                f"({self.MPI.Get_library_version().splitlines()[0].strip()}; gradients over "
+        library = " ".join(self.MPI.Get_library_version().splitlines()[0].split())
+        return (f"{self.size} MPI rank{'s' if self.size > 1 else ''} ({library}; gradients over "
                 f"{'NCCL' if self.nccl else 'MPI'})")
 
 
