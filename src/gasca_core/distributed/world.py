@@ -14,6 +14,8 @@ The collectives, every rank calling each in the same order:
     all_reduce_sum(buffer)   in place: every rank ends with the element-wise sum of every
                              rank's buffer (NumPy on the CPU, CuPy on a GPU)
     broadcast(obj)           rank 0's Python object to every rank (pickled)
+    gather_objects(obj)      every rank's Python object, as a list in rank order, on
+                             every rank
     on_root(fn)              fn() on rank 0, its result or the exception it raised handed
                              to every rank: a check or a file read that every rank then
                              acts on alike
@@ -81,6 +83,10 @@ class World:
         """Rank 0's `obj`, on every rank."""
         return obj
 
+    def gather_objects(self, obj: Any) -> list:
+        """Every rank's `obj`, in rank order, on every rank."""
+        return [obj]
+
     def on_root(self, fn: Callable[[], Any]) -> Any:
         """fn() run on rank 0; its result, or the exception it raised (raised again), on
         every rank. The exception is marked `collective` (every rank raised it)."""
@@ -138,6 +144,9 @@ class MPIWorld(World):
 
     def broadcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
+
+    def gather_objects(self, obj: Any) -> list:
+        return self.comm.allgather(obj)
 
     def on_root(self, fn: Callable[[], Any]) -> Any:
         outcome: tuple[bool, Any] = (True, None)

@@ -134,6 +134,8 @@ class PhaseRun:
     opt_d: Optional[optim.Adam]
     train: PairDataset           # pixels, or (codes="memory") codes in greedy stages k >= 2
     val: PairDataset             # the validation pairs the phase's own loss is measured on
+                                 # (codes in greedy stages k >= 2; data parallel, on rank 0
+                                 # alone: the other ranks do not validate, and keep pixels)
     batches: BatchIterator
     use_adv: bool                # G's loss has the adversarial term
     trains_d: bool = True        # the phase updates D (never without an adversary)
@@ -322,8 +324,10 @@ class Trainer:
         # not depend on the batch it is encoded in (tests/test_training.py).
         enc = lambda t: self.G.encode(t, depth=k - 1)  # noqa: E731
         n_val = self.tc.eval_max
-        val = PairDataset(batched_apply(enc, self.val_data.inputs[:n_val]),
-                          batched_apply(enc, self.val_data.targets[:n_val]), check=False)
+        val = self.val_data   # data parallel: only rank 0 validates, so only it encodes
+        if self.is_root:
+            val = PairDataset(batched_apply(enc, self.val_data.inputs[:n_val]),
+                              batched_apply(enc, self.val_data.targets[:n_val]), check=False)
         if self.tc.codes == "per-batch":
             return g, d, self.train_data, val, lambda x: batched_apply(enc, x)
         train = PairDataset(batched_apply(enc, self.train_data.inputs),
