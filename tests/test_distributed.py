@@ -302,3 +302,37 @@ def test_nccl_smoke_run_on_one_gpu(tmp_path):
     assert "gradients over NCCL" in r.stdout
     meta, params = _params(tmp_path / "run")
     assert meta["counters"]["g_updates"] == 8 and all(np.isfinite(v).all() for v in params.values())
+
+
+def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """Every rank reads rank 0's clock from the all-reduce: they leave each phase after the
+    same step (else they would wait for each other forever, or fail the check of their
+    parameters at the phase's end)."""
+    r = _train(tmp_path / "run", GANGGLW[:2] + ["--steps", "100000", "--time-budget", "3",
+                                                "--lr-schedule", "cosine"], ranks=2, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("time share used up") == 4, r.stdout
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
+    out = tmp_path / "run"
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "gasca_core.train", "--dataset", "npz",
+           "--data", DATA, "--out", str(out), *TINY, *JOINT[:2], "--steps", "100000",
+           "--eval-every", "5"]
+    job = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists():
+            assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
+            time.sleep(0.2)
+        job.send_signal(signal.SIGINT)   # mpiexec passes Ctrl-C on to every rank
+        output, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 130, output
+    assert output.count("interrupted in joint-2 at step") == 1, output   # rank 0 saved
+    meta, _ = _params(out)
+    assert not meta["finished"] and meta["phase_step"] == meta["counters"]["global_step"] > 0
