@@ -428,8 +428,9 @@ class Trainer:
         process; data parallel, rank 0's as of the last all-reduce (alike on every rank)."""
         return self._agreed_phase_clock if self.world.distributed else self.phase_clock(idx)
 
-    def _time_is_up(self, idx: int, deadline: float, allowed: float) -> bool:
-        """Whether phase idx has used up its share of the time budget."""
+    def _time_is_up(self, deadline: float, allowed: float) -> bool:
+        """Whether the phase under way has used up its share of the time budget: the run's
+        clock has reached `deadline`, i.e. the phase's own clock has reached `allowed`."""
         if not self.world.distributed:
             return self.train_seconds >= deadline
         return self._agreed_phase_clock >= allowed
@@ -460,7 +461,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def run(self, resume: bool = False) -> dict:
-        """Train through every phase; returns the final validation metrics and counters."""
+        """Train through every phase; returns the final validation metrics and counters
+        (data parallel: the metrics on rank 0 alone, which validates)."""
         self._wall_start = self.clock.clock()
         if self.outputs:
             self.outputs.prepare()
@@ -533,7 +535,7 @@ class Trainer:
         self.clock.start()
         try:
             while self.phase_step < phase.steps:
-                if deadline is not None and self._time_is_up(idx, deadline, allowed):
+                if deadline is not None and self._time_is_up(deadline, allowed):
                     with self._off_clock():
                         self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
