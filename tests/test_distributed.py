@@ -336,3 +336,18 @@ def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
     assert output.count("interrupted in joint-2 at step") == 1, output   # rank 0 saved
     meta, _ = _params(out)
     assert not meta["finished"] and meta["phase_step"] == meta["counters"]["global_step"] > 0
+
+
+def test_the_distributed_benchmark_reports_both_n(tmp_path):
+    """A smoke run at a tiny size (the figures themselves are taken on an idle machine)."""
+    _mpiexec()
+    r = subprocess.run([sys.executable, "-m", "gasca_core.bench", "--sections", "distributed",
+                        "--batch", "2", "--repeat", "1", "--threads", "2"], env=_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    for n in (1, 2):
+        assert f"  N={n}: {n} rank(s)" in r.stdout and "updates/s" in r.stdout, r.stdout
+    assert "1.54 MB all-reduced per step" in r.stdout, r.stdout   # gasca-64's G and D
+    h = subprocess.run([sys.executable, "-m", "gasca_core.bench.distributed", "--help"],
+                       env=_env(), capture_output=True, text=True)
+    assert h.returncode == 0 and "usage:" in h.stdout, h.stderr
