@@ -351,3 +351,10 @@ def test_the_distributed_benchmark_reports_both_n(tmp_path):
     h = subprocess.run([sys.executable, "-m", "gasca_core.bench.distributed", "--help"],
                        env=_env(), capture_output=True, text=True)
     assert h.returncode == 0 and "usage:" in h.stdout, h.stderr
+
+
+def test_mpi_without_mpi4py_is_refused_with_the_remedy(monkeypatch):
+    from gasca_core.distributed import DistributedError, MPIWorld
+    monkeypatch.setitem(sys.modules, "mpi4py", None)   # import mpi4py now fails
+    with pytest.raises(DistributedError, match=r'needs mpi4py.*pip install "\.\[mpi\]"'):
+        MPIWorld()

@@ -217,7 +217,8 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
         # The process ids, so that a rank the launcher reports by pid can be named.
         pids = ", ".join(f"{r}={pid}" for r, pid in enumerate(world.gather_objects(os.getpid())))
         say(f"data parallel: {world.describe()}; each global batch of {tc.batch_size} pairs is "
-            f"split into {world.size} slices; process ids by rank: {pids}", flush=True)
+            f"split into {world.size} slice{'s' if world.size > 1 else ''}; process ids by rank: "
+            f"{pids}", flush=True)
     trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress, world=world)
     say(f"{tc.method}: {len(trainer.phases)} phases: " +
         ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
