@@ -56,7 +56,7 @@ def measure(batch: int, steps: int, threads: int) -> Optional[dict]:
         trainer.step(run, xs, ys, phase_step=i, batch_total=total)
     for i in range(2):                       # warm-up: first-touch allocations, thread pools
         step(i)
-    world.broadcast(None)                    # start together
+    world.bcast(None)                    # start together
     spent[0] = 0.0
     t0 = time.perf_counter()
     for i in range(2, 2 + steps):

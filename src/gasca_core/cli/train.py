@@ -209,13 +209,13 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
     # pairs of its slices); rank 0 first, as it may have to fill the synthetic data's cache.
     t0 = time.perf_counter()
     splits = load() if world.rank == 0 else None
-    world.broadcast(None)
+    world.bcast(None)
     train, val, test = splits or load()
     say(f"data: {dataset}: {len(train)} training, {len(val)} validation, {len(test)} test pairs "
         f"of {train.inputs.shape[1:]} ({time.perf_counter() - t0:.1f} s)")
     if world.distributed:
         # The process ids, so that a rank the launcher reports by pid can be named.
-        pids = ", ".join(f"{r}={pid}" for r, pid in enumerate(world.gather_objects(os.getpid())))
+        pids = ", ".join(f"{r}={pid}" for r, pid in enumerate(world.allgather(os.getpid())))
         say(f"data parallel: {world.describe()}; each global batch of {tc.batch_size} pairs is "
             f"split into {world.size} slice{'s' if world.size > 1 else ''}; process ids by rank: "
             f"{pids}", flush=True)

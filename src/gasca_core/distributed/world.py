@@ -13,9 +13,10 @@ A World is one of:
 The collectives, every rank calling each in the same order:
     all_reduce_sum(buffer)   in place: every rank ends with the element-wise sum of every
                              rank's buffer (NumPy on the CPU, CuPy on a GPU)
-    broadcast(obj)           rank 0's Python object to every rank (pickled)
-    gather_objects(obj)      every rank's Python object, as a list in rank order, on
-                             every rank
+    bcast(obj)               rank 0's Python object, on every rank
+    allgather(obj)           every rank's Python object, as a list in rank order, on every
+                             rank (bcast and allgather are mpi4py's methods of those names,
+                             on pickled objects)
     on_root(fn)              fn() on rank 0, its result or the exception it raised handed
                              to every rank: a check or a file read that every rank then
                              acts on alike
@@ -79,11 +80,11 @@ class World:
     def all_reduce_sum(self, buffer: Any) -> None:
         """Every rank's `buffer` becomes the element-wise sum over the ranks (in place)."""
 
-    def broadcast(self, obj: Any) -> Any:
+    def bcast(self, obj: Any) -> Any:
         """Rank 0's `obj`, on every rank."""
         return obj
 
-    def gather_objects(self, obj: Any) -> list:
+    def allgather(self, obj: Any) -> list:
         """Every rank's `obj`, in rank order, on every rank."""
         return [obj]
 
@@ -142,10 +143,10 @@ class MPIWorld(World):
         else:
             self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
 
-    def broadcast(self, obj: Any) -> Any:
+    def bcast(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)
 
-    def gather_objects(self, obj: Any) -> list:
+    def allgather(self, obj: Any) -> list:
         return self.comm.allgather(obj)
 
     def on_root(self, fn: Callable[[], Any]) -> Any:
@@ -155,7 +156,7 @@ class MPIWorld(World):
                 outcome = (True, fn())
             except BaseException as exc:  # SystemExit from a tool's fail() included
                 outcome = (False, exc)
-        ok, value = self.broadcast(outcome)
+        ok, value = self.bcast(outcome)
         if not ok:
             value.collective = True
             raise value

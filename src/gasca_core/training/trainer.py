@@ -438,7 +438,7 @@ class Trainer:
     def _agree_on_clocks(self) -> None:
         """Data parallel: every rank takes rank 0's clocks (at a phase start, the training
         clock stopped), so that the phase's time share is computed alike everywhere."""
-        total, seconds = self.world.broadcast((self.clock.total, list(self.phase_seconds)))
+        total, seconds = self.world.bcast((self.clock.total, list(self.phase_seconds)))
         self.clock.total, self.phase_seconds = total, list(seconds)
 
     def _check_in_step(self) -> None:
@@ -449,7 +449,7 @@ class Trainer:
             for p in module.parameters():
                 h.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
         digest = h.hexdigest()
-        if self.world.broadcast(digest) != digest:
+        if self.world.bcast(digest) != digest:
             raise RuntimeError(f"rank {self.world.rank}: parameters differ from rank 0's after "
                                f"phase {self.phases[self.phase_index].name}: the ranks no longer "
                                f"train one model")
