@@ -189,9 +189,10 @@ def _check_gpus(local_size: int) -> None:
         raise DistributedError(f"--device cuda under mpiexec all-reduces over NCCL through "
                                f"CuPy, which does not import ({exc}): pip install \".[cuda]\"") from None
     if not getattr(nccl, "available", False):
-        raise DistributedError("--device cuda under mpiexec needs NCCL, and this CuPy was built "
-                               "without it (cupy.cuda.nccl.available is False): install a CuPy "
-                               "wheel for your CUDA (pip install \".[cuda]\"), which loads NCCL")
+        raise DistributedError("--device cuda under mpiexec needs NCCL, which CuPy did not find "
+                               "(cupy.cuda.nccl.available is False): install NCCL for your CUDA "
+                               "(e.g. pip install nvidia-nccl-cu13) where CuPy looks for it "
+                               "(CuPy's installation guide, 'Optional libraries')")
     try:
         gpus = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, or the driver refuses
