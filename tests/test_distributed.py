@@ -101,6 +101,63 @@ def test_the_bucket_on_one_process_passes_gradients_bit_for_bit(rng):
     assert np.allclose(params[1].grad, 0.5 * grads[1])
 
 
+class ThreadWorld(World):
+    """`size` ranks as threads of one process, for the bucket's arithmetic without MPI:
+    all_reduce_sum waits for every rank's buffer and hands each the sum."""
+    distributed = True
+
+    def __init__(self, rank, size, shared):
+        self.rank, self.size, self.shared = rank, size, shared
+
+    def all_reduce_sum(self, buffer):
+        barrier, buffers = self.shared
+        buffers[self.rank] = buffer.copy()
+        barrier.wait()
+        buffer[...] = sum(buffers[1:], buffers[0])   # every rank sums in the same order
+        barrier.wait()
+
+
+def test_the_bucket_weights_ranks_by_their_pairs_not_their_means(rng):
+    """Two ranks holding 1 and 2 of a batch of 3 pairs end with the whole batch's gradient
+    and loss; the mean of their means would not."""
+    import threading
+
+    from gasca_core import functional as F
+    from gasca_core.nn import Linear
+    from gasca_core.tensor import Tensor
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    y = rng.standard_normal((3, 2)).astype(np.float32)
+
+    def model():
+        return Linear(5, 2, rng=np.random.default_rng(7))
+    whole = model()
+    loss = F.mse_loss(whole(Tensor(x)), Tensor(y))
+    loss.backward()
+    expected = [p.grad.copy() for p in whole.parameters()]
+    shared = (threading.Barrier(2), [None, None])
+    got = [None, None]
+
+    def rank(r):
+        part = shard(3, r, 2)   # 1 pair on rank 0, 2 on rank 1
+        m = model()
+        local = F.mse_loss(m(Tensor(x[part])), Tensor(y[part]))
+        local.backward()
+        bucket = GradientBucket(list(m.parameters()), ThreadWorld(r, 2, shared))
+        reduced = bucket.all_reduce(len(x[part]) / 3, [float(local.item())], status=0)
+        got[r] = ([p.grad.copy() for p in m.parameters()], reduced, float(local.item()))
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for grads, reduced, _ in got:
+        for g, e in zip(grads, expected):
+            assert np.allclose(g, e, rtol=1e-5, atol=1e-7)
+        assert reduced.values[0] == pytest.approx(float(loss.item()), rel=1e-6)
+    mean_of_means = (got[0][2] + got[1][2]) / 2
+    assert abs(mean_of_means - float(loss.item())) > 1e-3   # the trap this avoids is real here
+
+
 def test_nccl_is_refused_clearly_without_cupy():
     if importlib.util.find_spec("cupy") is not None:
         pytest.skip("CuPy is installed: the refusal without it cannot be seen here")

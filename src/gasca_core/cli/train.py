@@ -219,6 +219,10 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
         say(f"data parallel: {world.describe()}; each global batch of {tc.batch_size} pairs is "
             f"split into {world.size} slice{'s' if world.size > 1 else ''}; process ids by rank: "
             f"{pids}", flush=True)
+        if world.size > tc.batch_size:
+            say(f"note: {world.size} ranks for batches of {tc.batch_size} pairs: "
+                f"{world.size - tc.batch_size} rank(s) have an empty slice at every step (they "
+                f"add nothing and wait); at most --batch-size ranks are useful")
     trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress, world=world)
     say(f"{tc.method}: {len(trainer.phases)} phases: " +
         ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
