@@ -35,6 +35,8 @@ import os
 import sys
 from typing import Any, Callable, Mapping, Optional
 
+import numpy as np
+
 # Set in each process by the MPI launchers we know of (see the module docstring).
 MPI_LAUNCH_VARIABLES = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE")
 
@@ -138,7 +140,7 @@ class MPIWorld(World):
             self.backend = "nccl"
 
     def all_reduce_sum(self, buffer: Any) -> None:
-        if self.nccl is not None and not isinstance(buffer, _numpy().ndarray):
+        if self.nccl is not None and not isinstance(buffer, np.ndarray):   # on a GPU
             self.nccl.all_reduce_sum(buffer)
         else:
             self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
@@ -173,11 +175,6 @@ class MPIWorld(World):
         library = " ".join(self.MPI.Get_library_version().splitlines()[0].split())
         return (f"{self.size} MPI rank{'s' if self.size > 1 else ''} ({library}; gradients over "
                 f"{'NCCL' if self.nccl else 'MPI'})")
-
-
-def _numpy():
-    import numpy
-    return numpy
 
 
 def _check_gpus(local_size: int) -> None:
