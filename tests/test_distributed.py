@@ -317,7 +317,7 @@ def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "metrics.jsonl").exists():   # training is under way
+        while not (out / "latest.npz").exists():   # training is under way, a checkpoint saved
             assert job.poll() is None and time.monotonic() < deadline, job.stdout.read()
             time.sleep(0.2)
         victim = next(p for p in _descendants(job.pid) if _rank_of(p) == 1)
