@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -164,9 +165,15 @@ class MPIWorld(World):
             raise value
         return value
 
+    # Seconds between the failing rank's last words and MPI_Abort. The launcher forwards
+    # each rank's output through its own processes and kills them on an abort: without a
+    # pause, a loaded machine can lose the message that says which rank failed and why.
+    ABORT_PAUSE = 1.0
+
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(self.ABORT_PAUSE)
         if self.nccl is not None:
             self.nccl.abort()
         self.comm.Abort(code)
