@@ -5,6 +5,9 @@
                                         training step (and the GPU section where a GPU is)
     python -m gasca_core.bench.step     step.py: the trainer's own training step vs PyTorch
     python -m gasca_core.bench.gpu      gpu.py: the CUDA kernels vs cuDNN
+    python -m gasca_core.bench --sections distributed
+                                        distributed.py: the training step on N = 1 and 2
+                                        MPI ranks, updates/s and the all-reduce's share
 
 Importing this package loads nothing compiled; each module loads what it times.
 """

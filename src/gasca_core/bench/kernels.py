@@ -15,7 +15,8 @@ machine is shared, so compare ratios taken in one run, not numbers across runs.
 
 Usage:
     python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
-                               [--threads N] [--reference] [--no-gemm]
+                               [--threads N] [--reference] [--no-gemm] [--sections ...]
+    python -m gasca_core.bench --sections distributed    (data parallel, under mpiexec)
 """
 from __future__ import annotations
 
@@ -331,12 +332,22 @@ def section_step(args) -> None:
                    use_torch=not args.no_torch)
 
 
+def section_distributed(args) -> None:
+    """The training step data-parallel on N = 1 and 2 MPI ranks (gasca_core.bench.distributed,
+    which launches mpiexec): updates/s and the all-reduce's share; --threads shared out."""
+    from gasca_core.bench import distributed as bench_distributed
+    bench_distributed.run(batch=args.batch, steps=max(3, args.repeat), threads=args.threads)
+
+
 SECTIONS: List[Tuple[str, Callable]] = [
     ("layers", section_layers),
     ("gemm", section_gemm),
     ("step", section_step),
     ("gpu", section_gpu),
+    ("distributed", section_distributed),
 ]
+# Run only when named: it starts mpiexec and a process per rank.
+ON_REQUEST = ("distributed",)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -351,8 +362,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--reference", action="store_true",
                     help="also time the reference version (v0) once per pass: slow")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
-    ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS),
-                    help="which sections to run (default: all): " + ", ".join(n for n, _ in SECTIONS))
+    ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS if n not in ON_REQUEST),
+                    help="which sections to run: " + ", ".join(n for n, _ in SECTIONS)
+                    + " (default: all but " + ", ".join(ON_REQUEST) + ")")
     ap.add_argument("--no-gemm", action="store_true", help="skip the gemm section")
     args = ap.parse_args(argv)
     args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
@@ -364,6 +376,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.threads is None:
         args.threads = os.cpu_count() or 1
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in args.sections if s not in dict(SECTIONS)]
+    if unknown:
+        ap.error(f"--sections: no section {', '.join(unknown)}; choose from "
+                 f"{', '.join(n for n, _ in SECTIONS)}")
     if args.no_gemm and "gemm" in args.sections:
         args.sections.remove("gemm")
     return args

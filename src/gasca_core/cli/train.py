@@ -5,6 +5,10 @@ architecture, then prints the test-set reconstruction error beside two trivial b
 (output = input, output = the mean target face).  Everything lands in --out: checkpoints
 (latest.npz, best.npz), metrics.jsonl, image grids after each phase, and a loss curve where
 matplotlib is installed.  Ctrl-C saves a checkpoint; --resume continues exactly there.
+
+Data parallel: ``mpiexec -n N python -m gasca_core.train ...`` trains the same model on N
+processes (docs/DISTRIBUTED.md); rank 0 alone writes and prints. A rank that fails ends
+every rank (MPI_Abort) after saying which rank failed and why.
 """
 from __future__ import annotations
 
@@ -13,13 +17,15 @@ import json
 import os
 import sys
 import time
+import traceback
 from typing import Optional, Sequence
 
-
+from ..distributed import DistributedError, World, init_world
 from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
 from ..models import GascaConfig
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
+from ..training.trainer import StopRequested
 from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
                      model_config_from_args, nonneg_float, positive_float, positive_int,
                      resolve_dataset)
@@ -97,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="seed of the data split, initialisation and batches")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where to train; cuda needs CuPy (pip install \".[cuda]\") and a GPU")
+                   help="where to train; cuda needs CuPy (pip install \".[cuda]\") and a GPU "
+                        "(under mpiexec: one GPU per rank, gradients over NCCL)")
+    r.add_argument("--mpi", action="store_true",
+                   help="train data-parallel over MPI even when no known launcher variable "
+                        "(PMI_RANK, PMI_SIZE, PMIX_RANK, OMPI_COMM_WORLD_SIZE) is set; under "
+                        "mpiexec -n N this is automatic (pip install \".[mpi]\")")
     r.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default: runs/<method>-<dataset>-seed<seed>)")
     r.add_argument("--resume", action="store_true",
@@ -139,19 +150,107 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        world = init_world(args.device, "mpi" if args.mpi else "auto")
+    except DistributedError as e:
+        fail(str(e))
+    if not world.distributed:
+        return _train(args, argv, world)
+    try:
+        return _train(args, argv, world)
+    except BaseException as exc:
+        # What every rank raised alike ends every rank alike; anything else happened on
+        # this rank alone, and the others would wait for it forever at the next
+        # all-reduce: say which rank and why, then end the whole job.
+        if getattr(exc, "collective", False) or (isinstance(exc, SystemExit) and not exc.code):
+            raise
+        _abort(world, exc)
+        raise
+
+
+def _abort(world: World, exc: BaseException) -> None:
+    """Say on stderr which rank failed and why, then end every rank (MPI_Abort)."""
+    if isinstance(exc, SystemExit):
+        what, code = f"exited with status {exc.code}", exc.code if isinstance(exc.code, int) else 1
+    elif isinstance(exc, KeyboardInterrupt):
+        what, code = "interrupted", 130
+    else:
+        traceback.print_exc()
+        what, code = f"{type(exc).__name__}: {exc}", 1
+    print(f"error: rank {world.rank} of {world.size} {what}; ending every rank "
+          f"(checkpoints already saved are kept)", file=sys.stderr, flush=True)
+    world.abort(code)
+
+
+def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World) -> int:
+    say = print if world.rank == 0 else (lambda *a, **k: None)
     resolve_dataset(args)
     if args.task == "classify":
         fail("--task classify runs from a trained checkpoint: use python -m gasca_core.classify "
              "CHECKPOINT (it trains the encoder's classifier and a from-scratch one, both reported)")
     out = args.out or os.path.join("runs", f"{args.method}-{args.dataset}-seed{args.seed}")
-    latest = os.path.join(out, "latest.npz")
     if args.device == "cuda":
         from .. import backend
         try:
             backend.require_cuda()
         except RuntimeError as e:
             fail(f"--device cuda: {e}")
+    # Rank 0 reads and writes the run's files; every rank gets the same configuration.
+    mc, tc, dataset, data, max_train, max_eval = world.on_root(lambda: _prepare(args, argv, out))
 
+    def load():
+        try:
+            return load_splits(dataset, data, seed=tc.seed, image_size=mc.image_size,
+                               max_train=max_train, max_eval=max_eval)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            fail(f"could not load --dataset {dataset}: {e}")
+
+    # Every rank loads the splits (a prepared cache lazily: a rank then reads only the
+    # pairs of its slices); rank 0 first, as it may have to fill the synthetic data's cache.
+    t0 = time.perf_counter()
+    splits = load() if world.rank == 0 else None
+    world.bcast(None)
+    train, val, test = splits or load()
+    say(f"data: {dataset}: {len(train)} training, {len(val)} validation, {len(test)} test pairs "
+        f"of {train.inputs.shape[1:]} ({time.perf_counter() - t0:.1f} s)")
+    if world.distributed:
+        # The process ids, so that a rank the launcher reports by pid can be named.
+        pids = ", ".join(f"{r}={pid}" for r, pid in enumerate(world.allgather(os.getpid())))
+        say(f"data parallel: {world.describe()}; each global batch of {tc.batch_size} pairs is "
+            f"split into {world.size} slice{'s' if world.size > 1 else ''}; process ids by rank: "
+            f"{pids}", flush=True)
+        if world.size > tc.batch_size:
+            say(f"note: {world.size} ranks for batches of {tc.batch_size} pairs: "
+                f"{world.size - tc.batch_size} rank(s) have an empty slice at every step (they "
+                f"add nothing and wait); at most --batch-size ranks are useful")
+    trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress, world=world)
+    say(f"{tc.method}: {len(trainer.phases)} phases: " +
+        ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
+    try:
+        trainer.run(resume=args.resume)
+    except KeyboardInterrupt as e:
+        if world.distributed and not isinstance(e, StopRequested):
+            raise   # this rank alone: main() ends the job
+        return 130
+    except NonFiniteLossError as e:   # decided alike on every rank (the all-reduce)
+        say(f"error: {e}", file=sys.stderr)
+        return 3
+    if world.rank != 0:
+        return 0
+
+    report = final_report(trainer, train, test, out)
+    print(report)
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(report + "\n")
+    print(f"\noutputs in {out}/ (latest.npz, best.npz, metrics.jsonl, grid_*.png)")
+    return 0
+
+
+def _prepare(args: argparse.Namespace, argv: Optional[Sequence[str]], out: str):
+    """The run's configuration, from --resume's checkpoint or from the flags, with the
+    output directory made ready: (model config, train config, dataset, data, max_train,
+    max_eval)."""
+    latest = os.path.join(out, "latest.npz")
     if args.resume:
         try:
             meta, _ = load_checkpoint(latest)
@@ -180,32 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.makedirs(out, exist_ok=True)
         _save_run_info(out, {"dataset": dataset, "data": data, "max_train": max_train,
                              "max_eval": max_eval, "argv": list(argv) if argv is not None else sys.argv[1:]})
-
-    t0 = time.perf_counter()
-    try:
-        train, val, test = load_splits(dataset, data, seed=tc.seed, image_size=mc.image_size,
-                                       max_train=max_train, max_eval=max_eval)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        fail(f"could not load --dataset {dataset}: {e}")
-    print(f"data: {dataset}: {len(train)} training, {len(val)} validation, {len(test)} test pairs "
-          f"of {train.inputs.shape[1:]} ({time.perf_counter() - t0:.1f} s)")
-    trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress)
-    print(f"{tc.method}: {len(trainer.phases)} phases: " +
-          ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
-    try:
-        trainer.run(resume=args.resume)
-    except KeyboardInterrupt:
-        return 130
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-
-    report = final_report(trainer, train, test, out)
-    print(report)
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write(report + "\n")
-    print(f"\noutputs in {out}/ (latest.npz, best.npz, metrics.jsonl, grid_*.png)")
-    return 0
+    return mc, tc, dataset, data, max_train, max_eval
 
 
 def final_report(trainer: Trainer, train, test, out_dir: Optional[str] = None) -> str:

@@ -39,7 +39,8 @@ class BatchIterator:
       epoch by itself. ``get_state()`` / ``set_state()`` save and restore the position
       (seed, epoch, position: plain ints, e.g. for a checkpoint).
     - by step: ``it.batch_at(step)`` is the step-th batch counted from the start (epoch
-      step // len(it)), without moving the iterator: for trainers that count steps.
+      step // len(it)), without moving the iterator: for trainers that count steps;
+      ``it.indices_at(step)`` its positions alone.
     """
 
     def __init__(self, dataset: PairDataset, batch_size: int,
@@ -88,12 +89,18 @@ class BatchIterator:
         inputs, targets = self.dataset.take(idx)
         return Batch(inputs, targets, {k: v[idx] for k, v in self.dataset.labels.items()}, idx)
 
-    def batch_at(self, step: int) -> tuple[Batch, int]:
-        """(the step-th batch from the start, its epoch); the iterator does not move."""
+    def indices_at(self, step: int) -> tuple[np.ndarray, int]:
+        """(the dataset positions of the step-th batch from the start, its epoch), without
+        reading the pairs (data-parallel ranks read only their slice); the iterator does
+        not move."""
         if int(step) < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, pos = divmod(int(step), len(self))
-        idx = self.order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
+        return self.order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size], epoch
+
+    def batch_at(self, step: int) -> tuple[Batch, int]:
+        """(the step-th batch from the start, its epoch); the iterator does not move."""
+        idx, epoch = self.indices_at(step)
         return self._batch(idx), epoch
 
     def _epoch_left(self) -> bool:

@@ -3,7 +3,7 @@ default), or that update is skipped ("skip") until too many are skipped in a row
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 from .. import backend
 
@@ -37,28 +37,37 @@ class NonFiniteGuard:
         self.policy, self.max_skips, self.log = policy, max_skips, log
         self.consecutive = 0  # skipped updates since the last good step
 
-    def apply(self, loss, opt, name: str, where: Callable[[], str]) -> tuple[float, bool]:
+    def apply(self, loss, opt, name: str, where: Callable[[], str],
+              reduce: Optional[Callable[[float, Optional[str]], tuple]] = None
+              ) -> tuple[float, bool]:
         """Backward and opt.step(), unless the loss or a gradient is not finite: returns
         (the loss value, whether the update was made). `where` says where we are, for the
-        message."""
-        value = float(loss.item())
+        message.
+
+        reduce: for data-parallel training (gasca_core.distributed): called after the
+        backward pass as reduce(value, problem), with problem None or what was not finite
+        on this rank; it sums the gradients and the values over the ranks and returns the
+        global (value, problem), so that every rank decides alike. loss may then be None
+        (a rank with an empty slice of the batch: no backward, nothing to add)."""
+        value = float(loss.item()) if loss is not None else 0.0
         opt.zero_grad()
-        ok = math.isfinite(value)
-        if ok:
+        problem = None if math.isfinite(value) else name
+        if problem is None and loss is not None:
             loss.backward()
-            ok = grads_finite([p for group in opt.param_groups for p in group["params"]])
-            if not ok:
-                name = f"gradient of the {name}"
-        if ok:
+            if not grads_finite([p for group in opt.param_groups for p in group["params"]]):
+                problem = f"gradient of the {name}"
+        if reduce is not None:
+            value, problem = reduce(value, problem)
+        if problem is None:
             opt.step()
             return value, True
         opt.zero_grad()
         if self.policy == "stop":
             raise NonFiniteLossError(
-                f"non-finite {name} ({value}) in {where()}; the last good checkpoint is left as "
-                f"it was. Try a lower --lr, or --on-nonfinite skip.")
+                f"non-finite {problem} ({value}) in {where()}; the last good checkpoint is left "
+                f"as it was. Try a lower --lr, or --on-nonfinite skip.")
         self.consecutive += 1
-        self.log(f"warning: skipped a step: non-finite {name} ({value}) in {where()}")
+        self.log(f"warning: skipped a step: non-finite {problem} ({value}) in {where()}")
         if self.consecutive > self.max_skips:
             raise NonFiniteLossError(
                 f"{self.consecutive} consecutive non-finite steps, the last in {where()}: "

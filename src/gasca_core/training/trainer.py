@@ -25,6 +25,14 @@ keeps to its budget, up to the step under way.  Trainer.elapsed (the clock's tot
 Trainer.phase_seconds (per phase) and Trainer.wall_seconds (everything) are kept in the
 checkpoint, so a resumed phase continues its clock where it stopped.
 
+Data parallel (gasca_core.distributed, docs/DISTRIBUTED.md): given an MPI World of N ranks,
+every rank runs this same loop on its slice of each global batch (PhaseRun.slice_at), and
+every update all-reduces the gradients, the losses and the facts every rank must decide
+alike on (a NaN on some rank, rank 0's training clock, a stop request) in one flat buffer
+(GradientBucket), so every rank takes the same optimizer steps and stops at the same step.
+Rank 0 alone validates and writes (checkpoints, metrics, grids, the progress bar); the
+other ranks meet it again at the next all-reduce.
+
 Everything a resume needs (parameters, optimizer states, phase, step, counters, clocks,
 best validation MSE, configs) is in the checkpoint.  Batches are a pure function of
 (seed, phase key, epoch) (gasca_core.data.BatchIterator on the stream "batches"), so a resumed
@@ -33,6 +41,7 @@ run draws exactly the batches an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import signal
@@ -42,9 +51,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
+import numpy as np
+
 from .. import __version__, backend, nn, optim
 from ..data.batching import BatchIterator
 from ..data.pairs import PairDataset
+from ..distributed import GradientBucket, World, describe_bad, shard
 from ..evaluation import batched_apply
 from ..metrics import summarize
 from ..models import Discriminator, GascaConfig, Generator, grow
@@ -122,10 +134,16 @@ class PhaseRun:
     opt_d: Optional[optim.Adam]
     train: PairDataset           # pixels, or (codes="memory") codes in greedy stages k >= 2
     val: PairDataset             # the validation pairs the phase's own loss is measured on
+                                 # (codes in greedy stages k >= 2; data parallel, on rank 0
+                                 # alone: the other ranks do not validate, and keep pixels)
     batches: BatchIterator
     use_adv: bool                # G's loss has the adversarial term
     trains_d: bool = True        # the phase updates D (never without an adversary)
     encode: Optional[Callable[[Any], Any]] = None  # codes="per-batch": pixels -> the phase's codes
+    rank: int = 0                # data parallel: this rank, of `size`, takes slice shard(B, rank, size)
+    size: int = 1
+    bucket_g: Optional[GradientBucket] = None   # data parallel: the all-reduce buffers of
+    bucket_d: Optional[GradientBucket] = None   # opt_g's and opt_d's parameters
 
     def batch_at(self, step: int):
         """(inputs, targets, epoch) of the phase's step-th batch, as the phase trains on
@@ -136,6 +154,17 @@ class PhaseRun:
             x, y = self.encode(x), self.encode(y)
         return x, y, epoch
 
+    def slice_at(self, step: int):
+        """(inputs, targets, epoch, B): this rank's slice of the step-th global batch of B
+        pairs, as the phase trains on it. Only the slice is read (from disk, for a lazy
+        dataset) and encoded; with one rank the slice is the whole batch."""
+        idx, epoch = self.batches.indices_at(step)
+        part = idx[shard(len(idx), self.rank, self.size)]
+        x, y = self.train.take(part)
+        if self.encode is not None and len(part):
+            x, y = self.encode(x), self.encode(y)
+        return x, y, epoch, len(idx)
+
 
 class Trainer:
     """Trains a GASCA model by GANGGLW, joint training or plain greedy layer-wise training.
@@ -144,12 +173,16 @@ class Trainer:
     out_dir, when given, receives latest.npz and best.npz checkpoints and what RunOutputs
     writes (metrics.jsonl, grid_NN_<phase>.png, loss_curve.png).
     clock: the time source of the training clock and the wall time (seconds, monotonic).
+    world: the processes training this model together (gasca_core.distributed; default
+    one process). Every rank builds its Trainer alike; only rank 0 writes to out_dir or
+    shows progress.
     """
 
     def __init__(self, model_config: GascaConfig, train_config: TrainConfig,
                  train: PairDataset, val: PairDataset, out_dir: Optional[str] = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 world: Optional[World] = None) -> None:
         self.mc, self.tc = model_config, train_config
         expected = (model_config.in_channels, model_config.image_size, model_config.image_size)
         if train.inputs.shape[1:] != expected:
@@ -162,8 +195,12 @@ class Trainer:
         if self.device == "cuda":
             backend.require_cuda()
         self.train_data, self.val_data = train.to(self.device), val.to(self.device)
-        self.outputs = RunOutputs(out_dir) if out_dir else None
-        self.progress, self.log = progress, log
+        self.world = world if world is not None else World()
+        self.is_root = self.world.rank == 0
+        self.out_dir = out_dir
+        self.outputs = RunOutputs(out_dir) if out_dir and self.is_root else None
+        self.progress = progress and self.is_root
+        self.log = log if self.is_root else (lambda message: None)  # what every rank would say
         self.phases = plan_phases(train_config.method, model_config.levels, train_config,
                                   len(train))
         self.G, self.D = Generator(model_config), Discriminator(model_config)
@@ -179,6 +216,11 @@ class Trainer:
         self.current_run: Optional[PhaseRun] = None
         self._opt_states: dict[str, Any] = {}   # optimizer states of a checkpoint to resume
         self._batches_per_epoch = 1              # of the phase under way (for the checkpoint)
+        # Data parallel: rank 0's phase clock as of the last all-reduce (what every rank
+        # decides time budgets on), and whether some rank has been asked to stop.
+        self._agreed_phase_clock = 0.0
+        self._stop_requested = False   # this rank got SIGINT/SIGTERM
+        self._stop_agreed = False      # some rank did (learnt through the all-reduce)
         # Hooks, called as hook(trainer, phase_index): after each step, at each phase's
         # start (structure built, nothing trained) and end.  Used by tests and tools.
         self.on_step: list[Callable[["Trainer", int], None]] = []
@@ -247,9 +289,14 @@ class Trainer:
         key = phase.key if phase.key >= 0 else idx
         batches = BatchIterator(train, tc.batch_size, seed=tc.seed, stream="batches",
                                 keys=(key,))
+        buckets = {}
+        if self.world.distributed:
+            buckets = {f"bucket_{k}": GradientBucket(list(opt.param_groups[0]["params"]), self.world)
+                       for k, opt in (("g", opt_g), ("d", opt_d)) if opt is not None}
         return PhaseRun(idx, phase, g, d, opt_g, opt_d, train, val, batches,
                         use_adv=phase.kind != "finetune_d" and tc.adversarial,
-                        trains_d=self._trains_d(phase), encode=encode)
+                        trains_d=self._trains_d(phase), encode=encode,
+                        rank=self.world.rank, size=self.world.size, **buckets)
 
     def _trains_d(self, phase: Phase) -> bool:
         """Whether phase updates D: its kind does, and G has an adversary (at adv_weight 0
@@ -277,8 +324,10 @@ class Trainer:
         # not depend on the batch it is encoded in (tests/test_training.py).
         enc = lambda t: self.G.encode(t, depth=k - 1)  # noqa: E731
         n_val = self.tc.eval_max
-        val = PairDataset(batched_apply(enc, self.val_data.inputs[:n_val]),
-                          batched_apply(enc, self.val_data.targets[:n_val]), check=False)
+        val = self.val_data   # data parallel: only rank 0 validates, so only it encodes
+        if self.is_root:
+            val = PairDataset(batched_apply(enc, self.val_data.inputs[:n_val]),
+                              batched_apply(enc, self.val_data.targets[:n_val]), check=False)
         if self.tc.codes == "per-batch":
             return g, d, self.train_data, val, lambda x: batched_apply(enc, x)
         train = PairDataset(batched_apply(enc, self.train_data.inputs),
@@ -287,40 +336,52 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step
 
-    def step(self, run: PhaseRun, x, y,
-             phase_step: Optional[int] = None) -> tuple[dict[str, float], bool]:
+    def step(self, run: PhaseRun, x, y, phase_step: Optional[int] = None,
+             batch_total: Optional[int] = None) -> tuple[dict[str, float], bool]:
         """One training step of the phase on the batch (x, y): D update(s), then the G
         update, as the phase says.  phase_step (default: Trainer.phase_step) is the step's
         index in its phase, which decides whether D is updated at d_ratio < 1.  Returns
-        (the losses, whether every update was made)."""
+        (the losses, whether every update was made).
+
+        Data parallel: (x, y) is this rank's slice (possibly empty) of a global batch of
+        batch_total pairs (default len(x): the whole batch); each update's gradients and
+        losses are averaged over the ranks, weighted by slice size, so the returned losses
+        and the steps taken are the global ones, alike on every rank."""
         tc = self.tc
         losses: dict[str, float] = {}
         ok = True
         i = self.phase_step if phase_step is None else phase_step
+        n = len(x)
+        total = n if batch_total is None else batch_total
+        weight = n / total if total else 0.0   # this rank's share of the batch
         if run.trains_d and (not run.phase.trains_g or d_update_due(i, tc.d_ratio)):
             for _ in range(tc.d_steps):
-                with no_grad():
-                    fake = run.g(Tensor(x)).data
-                loss = discriminator_loss(run.d(Tensor(y)), run.d(Tensor(fake)))
-                value, d_ok = self._update(loss, run.opt_d, "D loss")
+                loss = None
+                if n:
+                    with no_grad():
+                        fake = run.g(Tensor(x)).data
+                    loss = discriminator_loss(run.d(Tensor(y)), run.d(Tensor(fake)))
+                (value,), d_ok = self._update(loss, run.opt_d, run.bucket_d, weight, "D loss")
                 ok &= d_ok
                 self.counters["d_updates"] += int(d_ok)
             losses["d_loss"] = value
         if run.phase.trains_g:
             with frozen(run.d if run.use_adv else None):
-                out = run.g(Tensor(x))
-                rec = reconstruction_loss(out, Tensor(y), tc.rec_loss)
-                loss = rec * tc.rec_weight if tc.rec_weight != 1.0 else rec
-                adv = None
-                if run.use_adv:
-                    adv = adversarial_loss(run.d(out), tc.adv_loss)
-                    loss = loss + adv * tc.adv_weight
-                value, g_ok = self._update(loss, run.opt_g, "G loss")
+                loss = rec = adv = None
+                if n:
+                    out = run.g(Tensor(x))
+                    rec = reconstruction_loss(out, Tensor(y), tc.rec_loss)
+                    loss = rec * tc.rec_weight if tc.rec_weight != 1.0 else rec
+                    if run.use_adv:
+                        adv = adversarial_loss(run.d(out), tc.adv_loss)
+                        loss = loss + adv * tc.adv_weight
+                (value, rec_value, adv_value), g_ok = self._update(
+                    loss, run.opt_g, run.bucket_g, weight, "G loss", terms=(rec, adv))
             ok &= g_ok
             self.counters["g_updates"] += int(g_ok)
-            losses.update(g_loss=value, rec_loss=float(rec.item()))
-            if adv is not None:
-                losses["adv_loss"] = float(adv.item())
+            losses.update(g_loss=value, rec_loss=rec_value)
+            if run.use_adv:
+                losses["adv_loss"] = adv_value
         self.guard.step_done(ok)
         return losses, ok
 
@@ -330,18 +391,68 @@ class Trainer:
         further along."""
         progress = self.phase_step / max(1, run.phase.steps)
         if allowed is not None:
-            progress = max(progress, self.phase_clock(run.index) / max(allowed, 1e-9))
+            progress = max(progress, self._decision_clock(run.index) / max(allowed, 1e-9))
         f = lr_factor(self.tc.lr_schedule, progress)
         for opt, base in ((run.opt_g, self.tc.lr), (run.opt_d, self.tc.d_lr or self.tc.lr)):
             if opt is not None:
                 for group in opt.param_groups:
                     group["lr"] = base * f
 
-    def _update(self, loss: Tensor, opt, name: str) -> tuple[float, bool]:
-        value, ok = self.guard.apply(loss, opt, name, self._where)
+    def _update(self, loss: Optional[Tensor], opt, bucket: Optional[GradientBucket],
+                weight: float, name: str, terms: tuple = ()) -> tuple[list, bool]:
+        """One update of `opt` on `loss` through the NaN guard: returns ([the loss's value,
+        then each of `terms`' values (None for a None term)], whether the update was made).
+        With a bucket (data parallel) the gradients and the values are summed over the
+        ranks, each rank's weighted by `weight` (its share of the batch; its loss is None
+        when its slice is empty), and so are the facts every rank must decide alike on."""
+        values = [None if t is None else float(t.item()) for t in terms]
+
+        def reduce(value: float, problem: Optional[str]) -> tuple[float, Optional[str]]:
+            status = 0 if problem is None else 1 if problem == name else 2
+            r = bucket.all_reduce(weight, [None if loss is None else value, *values], status,
+                                  clock=self.phase_clock(self.phase_index),
+                                  stop=self._stop_requested)
+            self._agreed_phase_clock = r.clock
+            self._stop_agreed = self._stop_agreed or r.stop
+            for j, t in enumerate(terms):
+                values[j] = None if t is None and loss is not None else r.values[1 + j]
+            return r.values[0], describe_bad(name, r.bad, r.finite)
+        value, ok = self.guard.apply(loss, opt, name, self._where,
+                                     reduce if bucket is not None else None)
         if not ok:
             self.counters["skipped"] += 1
-        return value, ok
+        return [value, *values], ok
+
+    def _decision_clock(self, idx: int) -> float:
+        """Phase idx's clock as time-driven decisions read it: the live clock in one
+        process; data parallel, rank 0's as of the last all-reduce (alike on every rank)."""
+        return self._agreed_phase_clock if self.world.distributed else self.phase_clock(idx)
+
+    def _time_is_up(self, deadline: float, allowed: float) -> bool:
+        """Whether the phase under way has used up its share of the time budget: the run's
+        clock has reached `deadline`, i.e. the phase's own clock has reached `allowed`."""
+        if not self.world.distributed:
+            return self.train_seconds >= deadline
+        return self._agreed_phase_clock >= allowed
+
+    def _agree_on_clocks(self) -> None:
+        """Data parallel: every rank takes rank 0's clocks (at a phase start, the training
+        clock stopped), so that the phase's time share is computed alike everywhere."""
+        total, seconds = self.world.bcast((self.clock.total, list(self.phase_seconds)))
+        self.clock.total, self.phase_seconds = total, list(seconds)
+
+    def _check_in_step(self) -> None:
+        """Data parallel: every rank must hold rank 0's parameters bit for bit (the same
+        summed gradients, the same steps); checked at each phase end, loudly."""
+        h = hashlib.sha256()
+        for module in (self.G, self.D):
+            for p in module.parameters():
+                h.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
+        digest = h.hexdigest()
+        if self.world.bcast(digest) != digest:
+            raise RuntimeError(f"rank {self.world.rank}: parameters differ from rank 0's after "
+                               f"phase {self.phases[self.phase_index].name}: the ranks no longer "
+                               f"train one model")
 
     def _where(self) -> str:
         return (f"phase {self.phases[self.phase_index].name} (#{self.phase_index + 1}), "
@@ -350,26 +461,39 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def run(self, resume: bool = False) -> dict:
-        """Train through every phase; returns the final validation metrics and counters."""
+        """Train through every phase; returns the final validation metrics and counters
+        (data parallel: the metrics on rank 0 alone, which validates)."""
         self._wall_start = self.clock.clock()
         if self.outputs:
             self.outputs.prepare()
         if resume:
-            latest = self.outputs.path("latest.npz") if self.outputs else None
-            if not latest or not os.path.exists(latest):
-                raise CheckpointError(f"--resume: no checkpoint at {latest}")
-            self.load(latest)
-            self.history = self.outputs.trim_metrics(self.counters["global_step"])
+            latest = os.path.join(self.out_dir, "latest.npz") if self.out_dir else None
+
+            def read() -> tuple[dict, dict]:
+                if not latest or not os.path.exists(latest):
+                    raise CheckpointError(f"--resume: no checkpoint at {latest}")
+                return load_checkpoint(latest)
+            meta, states = self.world.on_root(read)   # rank 0 reads, every rank restores
+            self.restore(meta, states, latest)
+            if self.outputs:
+                self.history = self.outputs.trim_metrics(self.counters["global_step"])
             self.log(f"resumed from {latest}: phase {self.phase_index + 1}/{len(self.phases)}, "
                      f"step {self.phase_step}, global step {self.counters['global_step']}")
-        with sigterm_as_keyboard_interrupt():
+            saved_on = int(meta.get("world_size", 1))
+            if saved_on != self.world.size:
+                self.log(f"note: the run was saved on {saved_on} process(es) and continues on "
+                         f"{self.world.size}: the global batches are the same, so the training "
+                         f"continues as it would have")
+        stop_signals = (stop_at_agreed_step(self) if self.world.distributed
+                        else sigterm_as_keyboard_interrupt())
+        with stop_signals:
             while self.phase_index < len(self.phases):
                 self._run_phase(self.phase_index)
                 self.phase_index += 1
                 self.phase_step = 0
                 self._opt_states = {}
                 self.save("latest")
-        final = self.evaluate()
+        final = self.evaluate() if self.is_root else {}
         final.update(self.counters)
         if self.outputs:
             self.outputs.plot_curves(self.history, f"{self.tc.method} on {self.mc.name}")
@@ -386,6 +510,8 @@ class Trainer:
             run = self.start_phase(idx)
         finally:
             self._clock_stop()
+        if self.world.distributed:
+            self._agree_on_clocks()
         self.current_run = run   # for hooks: the phase under way, its networks and optimizers
         phase = run.phase
         per_epoch = self._batches_per_epoch = len(run.batches)
@@ -399,6 +525,7 @@ class Trainer:
                     if tc.time_budget else None)
         allowed = (deadline - (self.train_seconds - self.phase_clock(idx))
                    if deadline is not None else None)   # this phase's seconds, set-up included
+        self._agreed_phase_clock = self.phase_clock(idx)
         self.guard.consecutive = 0
         for hook in self.on_phase_start:
             hook(self, idx)
@@ -408,14 +535,14 @@ class Trainer:
         self.clock.start()
         try:
             while self.phase_step < phase.steps:
-                if deadline is not None and self.train_seconds >= deadline:
+                if deadline is not None and self._time_is_up(deadline, allowed):
                     with self._off_clock():
                         self.log(f"{phase.name}: time share used up after {self.phase_step} steps")
                     break
-                x, y, epoch = run.batch_at(self.phase_step)
+                x, y, epoch, total = run.slice_at(self.phase_step)
                 if tc.lr_schedule != "constant":
                     self._schedule_lr(run, allowed)
-                losses, _ = self.step(run, x, y)
+                losses, _ = self.step(run, x, y, batch_total=total)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
@@ -427,12 +554,15 @@ class Trainer:
                                     refresh=False)
                 with self._off_clock():
                     if self.phase_step % eval_every == 0 or self.phase_step == phase.steps:
-                        self._validate(run, epoch, {k: v / count for k, v in sums.items()})
+                        if self.is_root:   # the others wait for it at the next all-reduce
+                            self._validate(run, epoch, {k: v / count for k, v in sums.items()})
                         sums, count = {}, 0
                     elif self.phase_step % tc.checkpoint_every == 0:
                         self.save("latest", run)
                     for hook in self.on_step:
                         hook(self, idx)
+                if self._stop_agreed:
+                    raise StopRequested
         except KeyboardInterrupt:
             self._clock_stop()
             if bar is not None:
@@ -446,8 +576,10 @@ class Trainer:
             self._clock_stop()
             if bar is not None:
                 bar.close()
-        if count:  # the time budget ended the phase between validations
+        if count and self.is_root:  # the time budget ended the phase between validations
             self._validate(run, None, {k: v / count for k, v in sums.items()})
+        if self.world.distributed:
+            self._check_in_step()
         if self.outputs:
             self.outputs.save_grid(self.G, self.val_data, f"grid_{idx + 1:02d}_{phase.name}.png")
         for hook in self.on_phase_end:
@@ -520,6 +652,7 @@ class Trainer:
             "phase_seconds": [self.phase_clock(i) for i in range(len(self.phases))],
             "wall_seconds": self.wall_seconds,
             "best_val_mse": self.best_val_mse if math.isfinite(self.best_val_mse) else None,
+            "world_size": self.world.size,           # processes that trained (any N resumes)
             "gasca_core_version": __version__,
         }
 
@@ -552,7 +685,10 @@ class Trainer:
 
     def load(self, path: str) -> None:
         """Restore a run saved by `save` (structure, parameters, optimizer states, counters)."""
-        meta, states = load_checkpoint(path)
+        self.restore(*load_checkpoint(path), path)
+
+    def restore(self, meta: dict, states: dict, path: str = "the checkpoint") -> None:
+        """Restore a run from a checkpoint's (meta, states) as load_checkpoint returns them."""
         if meta["model_config"] != self.mc.to_dict():
             raise CheckpointError(f"{path} was saved for another architecture: "
                                   f"{meta['model_config']} (this run: {self.mc.to_dict()})")
@@ -586,6 +722,34 @@ def _progress(phase: Phase, idx: int, n: int, start: int, enabled: bool):
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+class StopRequested(KeyboardInterrupt):
+    """Data parallel: some rank was asked to stop (SIGINT/SIGTERM) and every rank learnt it
+    from the same all-reduce: all stop after the same step, and rank 0 saves it."""
+
+
+@contextlib.contextmanager
+def stop_at_agreed_step(trainer: "Trainer") -> Iterator[None]:
+    """Data parallel, inside the block: a first SIGINT or SIGTERM only asks to stop (the
+    request travels with the next all-reduce; every rank then stops after the same step,
+    StopRequested); a second one raises KeyboardInterrupt at once (this rank alone: the
+    tool then ends the job). In the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if trainer._stop_requested:
+            raise KeyboardInterrupt
+        trainer._stop_requested = True
+
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
