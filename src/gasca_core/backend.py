@@ -213,6 +213,9 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
     "optim": ("sgd_step", "adam_step"),
 }
 KERNELS: Dict[str, str] = {k: fam for fam, ks in FAMILIES.items() for k in ks}  # kernel -> family
+# The conv2d versions built on gemm, whose products run on the chosen gemm version
+# (cpp/conv2d.h: version 2 too where it takes version 1's path).
+CONV_VERSIONS_ON_GEMM = (1,)
 ENV_KERNELS = "GASCA_KERNELS"            # e.g. "conv2d=1,gemm=0"
 ENV_KERNEL_FILES = "GASCA_KERNEL_FILES"  # Python files that register versions, os.pathsep-separated
 
@@ -221,7 +224,7 @@ Version = Union[int, str]  # a built-in version number (-1: the fastest) or a re
 _registered: Dict[str, Dict[str, Callable]] = {k: {} for k in KERNELS}  # kernel -> name -> fn
 _base_choices: Optional[Dict[str, Version]] = None  # the process's choice (env, then set_kernels)
 _block_choices: contextvars.ContextVar = contextvars.ContextVar("gasca_kernels", default=None)
-_tally: Dict[Tuple[str, str], int] = {}  # (kernel, version that ran) -> calls; see kernel_calls
+_tally: Dict[Tuple[str, str], List[float]] = {}  # (kernel, version that ran) -> [calls, flops]
 
 
 def fastest_versions() -> Dict[str, int]:
@@ -408,10 +411,12 @@ def describe_kernels(chosen: Optional[Dict[str, Version]] = None) -> str:
     return "; ".join(parts)
 
 
-def kernel_calls(reset: bool = False) -> Dict[Tuple[str, str], int]:
-    """{(kernel, version that ran): calls} since the last reset: which versions really ran.
-    A convolution version that calls gemm shows it, as in ("conv2d_forward", "1+gemm0")."""
-    out = dict(_tally)
+def kernel_calls(reset: bool = False) -> Dict[Tuple[str, str], Tuple[int, float]]:
+    """{(kernel, version that ran): (calls, FLOPs)} since the last reset: which versions
+    really ran, and how much work they did (2 per multiply-add of a convolution or matrix
+    product; 0 for the optimizers).  A convolution version that calls gemm shows it, as in
+    ("conv2d_forward", "1+gemm0")."""
+    out = {k: (int(v[0]), v[1]) for k, v in _tally.items()}
     if reset:
         _tally.clear()
     return out
@@ -467,7 +472,7 @@ def _conv_gemm(kernel: str, version: int, array: Any) -> int:
     g = _choice("gemm")
     if isinstance(g, int):
         return g
-    if not is_cupy_array(array) and _resolve("conv2d", version) == 1:
+    if not is_cupy_array(array) and _resolve("conv2d", version) in CONV_VERSIONS_ON_GEMM:
         raise ValueError(f"{kernel}: conv2d version 1 (im2col + gemm) calls gemm from C++, "
                          f"which cannot run the registered Python gemm {g!r}: choose a "
                          f"built-in gemm, or another conv2d version")
@@ -490,7 +495,8 @@ def _python_version(kernel: str, name: str, like: Any, *args) -> Any:
     return np.ascontiguousarray(out, dtype=like.dtype)
 
 
-def _count(kernel: str, version: Version, array: Any, gemm: Optional[int] = None) -> None:
+def _count(kernel: str, version: Version, array: Any, gemm: Optional[int] = None,
+           flops: float = 0.0) -> None:
     """Tally one call (kernel_calls): the version that ran, resolved, and for CPU conv2d
     version 1 the gemm it called; CUDA versions are marked "cuda:"."""
     if is_cupy_array(array):
@@ -498,10 +504,27 @@ def _count(kernel: str, version: Version, array: Any, gemm: Optional[int] = None
     else:
         family = KERNELS[kernel]
         label = str(_resolve(family, version))
-        if gemm is not None and label == "1":
+        if gemm is not None and _resolve(family, version) in CONV_VERSIONS_ON_GEMM:
             label += f"+gemm{_resolve('gemm', gemm)}"
-    key = (kernel, label)
-    _tally[key] = _tally.get(key, 0) + 1
+    entry = _tally.setdefault((kernel, label), [0, 0.0])
+    entry[0] += 1
+    entry[1] += flops
+
+
+def _conv_flops(kernel: str, args: tuple, out: Any) -> float:
+    """2 x the multiply-adds of a convolution pass, from the wrapper's arguments and output:
+    every pass of a convolution does the same work, 2 N (weight elements) P, P the pixels
+    of the side where the convolution (for a transposed one, the convolution it is the
+    adjoint of) has its outputs: y, grad_out, or the transposed convolution's x."""
+    side = {"conv2d_forward": out.shape, "conv2d_backward_input": args[0].shape,
+            "conv2d_backward_weight": args[1].shape, "conv_transpose2d_forward": args[0].shape,
+            "conv_transpose2d_backward_input": out.shape,
+            "conv_transpose2d_backward_weight": args[0].shape}[kernel]
+    weight = out.shape if kernel.endswith("backward_weight") else args[1].shape
+    n_weight = 1
+    for d in weight:
+        n_weight *= int(d)
+    return 2.0 * int(side[0]) * n_weight * int(side[2]) * int(side[3])
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -555,7 +578,7 @@ def _conv(kernel: str, version: Optional[Version], out: Any, args: tuple, arrays
         gemm_v = _conv_gemm(kernel, v, out)
         getattr(module, kernel)(*arrays, *(tuple(g) for g in geometry), version=v,
                                 gemm_version=gemm_v, **extra)
-    _count(kernel, v, out, None if isinstance(v, str) else gemm_v)
+    _count(kernel, v, out, None if isinstance(v, str) else gemm_v, _conv_flops(kernel, args, out))
     return out
 
 
@@ -656,7 +679,8 @@ def gemm(a, b, trans_a: bool = False, trans_b: bool = False, version: Optional[V
         module, extra = _kernels_for(a)
         module.gemm(_c(a), _c(b), _canonical(c), trans_a=trans_a, trans_b=trans_b, alpha=1.0,
                     beta=0.0, version=v, **extra)
-    _count("gemm", v, c)
+    k = a.shape[0] if trans_a else a.shape[1]
+    _count("gemm", v, c, flops=2.0 * m * n * k)
     return c
 
 

@@ -15,7 +15,11 @@ machine is shared, so compare ratios taken in one run, not numbers across runs.
 
 Usage:
     python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
-                               [--threads N] [--reference] [--no-gemm]
+                               [--threads N] [--reference] [--no-gemm] [--kernels ...]
+    python -m gasca_core.bench --ladder [--batch 64] [--repeat 3] [--step-batch 32] ...
+                               (bench/ladder.py: every version, built-in and registered,
+                               pass by pass and on the whole training step, beside the
+                               sgemm ceiling)
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from gasca_core import _C
+from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
 
 
 # ----------------------------------------------------------------------------- the layers
@@ -305,6 +310,13 @@ def section_gemm(args) -> None:
               + f"{tn:>9.1f}{row[-1] / tn:>8.2f}x", flush=True)
 
 
+def section_ladder(args) -> None:
+    """The version ladder (gasca_core.bench.ladder): every version combination, pass by pass
+    and on the whole training step, beside the sgemm ceiling."""
+    from . import ladder
+    ladder.run(args)
+
+
 def section_gpu(args) -> None:
     """The GPU benchmark (gasca_core.bench.gpu), when the CUDA extension imports and a GPU
     is present; silently nothing otherwise."""
@@ -336,7 +348,9 @@ SECTIONS: List[Tuple[str, Callable]] = [
     ("gemm", section_gemm),
     ("step", section_step),
     ("gpu", section_gpu),
+    ("ladder", section_ladder),
 ]
+DEFAULT_SECTIONS = ["layers", "gemm", "step", "gpu"]  # the ladder is long: asked for by name
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -351,9 +365,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--reference", action="store_true",
                     help="also time the reference version (v0) once per pass: slow")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
-    ap.add_argument("--sections", default=",".join(n for n, _ in SECTIONS),
-                    help="which sections to run (default: all): " + ", ".join(n for n, _ in SECTIONS))
+    ap.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                    help="which sections to run (default: " + ",".join(DEFAULT_SECTIONS) +
+                         "): " + ", ".join(n for n, _ in SECTIONS))
     ap.add_argument("--no-gemm", action="store_true", help="skip the gemm section")
+    lad = ap.add_argument_group("the version ladder (--ladder: only that section)")
+    lad.add_argument("--ladder", action="store_true",
+                     help="run the version ladder: GFLOP/s of every version combination on "
+                          "every pass and on the training step, and the sgemm ceiling "
+                          "(--batch and --repeat apply to its passes)")
+    lad.add_argument("--columns", default=None, metavar="LABEL,...",
+                     help="only these columns of the ladder (e.g. v0,v2; default: all)")
+    lad.add_argument("--step-batch", type=int, default=32, help="the training step's batch (default 32)")
+    lad.add_argument("--step-steps", type=int, default=2, help="steps per timed round (default 2)")
+    lad.add_argument("--step-rounds", type=int, default=3, help="timed rounds of the step (default 3)")
+    lad.add_argument("--no-step", action="store_true", help="leave the training-step row out")
+    add_kernel_args(ap)
     args = ap.parse_args(argv)
     args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
     for v in args.layers:
@@ -364,6 +391,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.threads is None:
         args.threads = os.cpu_count() or 1
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in args.sections if s not in dict(SECTIONS)]
+    if bad:
+        ap.error(f"--sections: no section {', '.join(bad)}; choose from "
+                 + ", ".join(n for n, _ in SECTIONS))
+    if args.ladder:
+        args.sections = ["ladder"]
+    if min(args.step_batch, args.step_steps, args.step_rounds) < 1:
+        ap.error("--step-batch, --step-steps and --step-rounds must be >= 1")
+    if args.columns is not None:
+        args.columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     if args.no_gemm and "gemm" in args.sections:
         args.sections.remove("gemm")
     return args
@@ -371,6 +408,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    apply_kernel_args(args)
+    if args.columns:
+        from .ladder import columns
+        try:
+            columns(args.columns)
+        except ValueError as e:
+            fail(str(e))
     _C.set_num_threads(args.threads)
     print(f"gasca_core CPU kernel benchmark: {os.cpu_count()} CPU(s), kernels use {args.threads} thread(s)")
     for name, fn in SECTIONS:
