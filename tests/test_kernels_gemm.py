@@ -1,10 +1,12 @@
-"""gemm (every version) against numpy's matmul: transposes, alpha/beta, odd sizes."""
+"""gemm (every version: backend.kernel_versions, built-in and registered) against numpy's
+matmul: transposes, alpha/beta, odd sizes."""
 import numpy as np
 import pytest
 
-from gasca_core import _C
+from gasca_core import _C, backend
+from gasca_core.testing import call_version
 
-GEMM_VERSIONS = list(range(len(_C.versions()["gemm"])))
+GEMM_VERSIONS = backend.kernel_versions("gemm")
 SIZES = [(1, 1, 1), (7, 5, 3), (1, 33, 7), (33, 1, 9), (17, 19, 1), (16, 32, 64),
          (33, 65, 31), (48, 257, 129), (129, 70, 300), (257, 33, 7)]
 
@@ -39,7 +41,7 @@ def test_gemm_matches_numpy(m, n, k, ta, tb, dtype, version):
     c0 = rng.standard_normal((m, n)).astype(dtype)
     for alpha, beta in ((1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)):
         c = c0.copy()
-        _C.gemm(a, b, c, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, version=version)
+        call_version("gemm", version, a, b, c, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
         np.testing.assert_allclose(c, _expect(a, b, c0, ta, tb, alpha, beta), **_tol(dtype, k),
                                    err_msg=f"alpha={alpha} beta={beta}")
 
@@ -52,7 +54,7 @@ def test_gemm_beta_zero_never_reads_c(version, dtype, rng):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         c = np.full((m, n), np.nan, dtype=dtype)
-        _C.gemm(a, b, c, beta=0.0, version=version)
+        call_version("gemm", version, a, b, c, beta=0.0)
         assert np.isfinite(c).all()
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype, k))
 
@@ -62,10 +64,10 @@ def test_gemm_k_zero_scales_c(version):
     a = np.zeros((4, 0), np.float32)
     b = np.zeros((0, 3), np.float32)
     c = np.ones((4, 3), np.float32)
-    _C.gemm(a, b, c, alpha=1.0, beta=2.0, version=version)
+    call_version("gemm", version, a, b, c, alpha=1.0, beta=2.0)
     np.testing.assert_array_equal(c, 2.0)
     c[...] = np.nan
-    _C.gemm(a, b, c, beta=0.0, version=version)
+    call_version("gemm", version, a, b, c, beta=0.0)
     np.testing.assert_array_equal(c, 0.0)
 
 

@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import backend
-from .kernels import LAYERS, PASSES, Layer, best_times
+from .layers import LAYERS, PASSES, Layer, best_times
 
 # A pass's name in the table -> the backend kernel that runs it.
 PASS_KERNELS = {
