@@ -171,6 +171,7 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
     case 0: forward_reference(g, x, w, bias, y); break;
     case 1: conv2d_v1::forward(g, x, w, bias, y, gemm_version); break;
     case 2: conv2d_v2::forward(g, x, w, bias, y, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
@@ -181,6 +182,7 @@ void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx
     case 0: backward_input_reference(g, dy, w, dx); break;
     case 1: conv2d_v1::backward_input(g, dy, w, dx, gemm_version); break;
     case 2: conv2d_v2::backward_input(g, dy, w, dx, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
@@ -191,6 +193,7 @@ void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* d
     case 0: backward_weight_reference(g, x, dy, dw); break;
     case 1: conv2d_v1::backward_weight(g, x, dy, dw, gemm_version); break;
     case 2: conv2d_v2::backward_weight(g, x, dy, dw, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
