@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gasca_core import _C, backend
-from gasca_core.testing import call_version, kernel_covers
+from gasca_core.testing import call_version, version_id, kernel_covers
 
 CONV_VERSIONS = backend.kernel_versions("conv2d")
 
@@ -177,7 +177,7 @@ def _arrays(cfg, dtype, rng):
 
 
 # ----------------------------------------------------------------------------- conv2d
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids(CONFIGS))
 def test_conv2d_all_passes_match_reference(cfg, dtype, version):
@@ -213,7 +213,7 @@ def test_conv2d_backward_bias_sums_over_batch_and_space(dtype, rng):
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("cfg", CONFIGS[:12], ids=_ids(CONFIGS[:12]))
 def test_conv2d_adjoint_identity(cfg, version):
     """<conv(x), y> == <x, conv^T(y)>: backward_input is exactly the forward map's adjoint."""
@@ -340,7 +340,7 @@ def _t_ids(cfgs):
         *c[:7], *(f"{a}{b}" for a, b in c[7:])) for c in cfgs]
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", T_CONFIGS + T_CONFIGS_OP, ids=_t_ids(T_CONFIGS + T_CONFIGS_OP))
 def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
@@ -377,7 +377,7 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("cfg", T_CONFIGS[:8] + T_CONFIGS_OP[:8],
                          ids=_t_ids(T_CONFIGS[:8] + T_CONFIGS_OP[:8]))
 def test_conv_transpose2d_gradients_are_adjoints(cfg, version):
@@ -489,7 +489,7 @@ def test_conv2d_matches_torch(cfg, dtype, torch):
         np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", T_CONFIGS[:10] + T_CONFIGS_OP,
                          ids=_t_ids(T_CONFIGS[:10] + T_CONFIGS_OP))
@@ -541,7 +541,7 @@ def _scatter(x, w, s, p, op, d):
     return y
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 def test_conv_transpose2d_huge_dilation_with_output_padding_beyond_stride(version):
     """Stride 1, dilation 2**20, padding 2**20, output_padding 5 (>= stride, < dilation) on
     tiny arrays: the output is 8 x 2 (only the middle tap lands), the adjoint convolution's

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gasca_core import _C, backend
-from gasca_core.testing import call_version
+from gasca_core.testing import call_version, version_id
 
 GEMM_VERSIONS = backend.kernel_versions("gemm")
 SIZES = [(1, 1, 1), (7, 5, 3), (1, 33, 7), (33, 1, 9), (17, 19, 1), (16, 32, 64),
@@ -30,7 +30,7 @@ def _tol(dtype, k):
     return dict(rtol=1e-4, atol=1e-5 * np.sqrt(k) * 4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * k)
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["NN", "TN", "NT", "TT"])
@@ -46,7 +46,7 @@ def test_gemm_matches_numpy(m, n, k, ta, tb, dtype, version):
                                    err_msg=f"alpha={alpha} beta={beta}")
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_gemm_beta_zero_never_reads_c(version, dtype, rng):
     """beta == 0 overwrites C: NaN (or garbage) already in C must not leak into the result."""
@@ -59,7 +59,7 @@ def test_gemm_beta_zero_never_reads_c(version, dtype, rng):
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype, k))
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 def test_gemm_k_zero_scales_c(version):
     a = np.zeros((4, 0), np.float32)
     b = np.zeros((0, 3), np.float32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gasca_core import _C, backend
-from gasca_core.testing import call_version, kernel_covers
+from gasca_core.testing import call_version, version_id, kernel_covers
 
 # Every version of the family (backend.kernel_versions: built-in and registered); a test of
 # one kernel skips a registered version that covers only the other.
@@ -45,7 +45,7 @@ SGD_CASES = [  # lr, momentum, dampening, weight_decay, nesterov
 ]
 
 
-@pytest.mark.parametrize("version", OPTIM_VERSIONS)
+@pytest.mark.parametrize("version", OPTIM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("case", SGD_CASES, ids=[str(c) for c in SGD_CASES])
@@ -89,7 +89,7 @@ ADAM_CASES = [  # lr, beta1, beta2, eps, weight_decay, decoupled
 ]
 
 
-@pytest.mark.parametrize("version", OPTIM_VERSIONS)
+@pytest.mark.parametrize("version", OPTIM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("case", ADAM_CASES, ids=[str(c) for c in ADAM_CASES])

@@ -81,6 +81,12 @@ def _conv_args(kernel: str, args: tuple):
     return (first, second, third.shape, *geometry), third
 
 
+def version_id(version: backend.Version) -> str:
+    """A version's name in test ids: v0, v1, ... for the built-in ones, a registered one's own
+    name (so `pytest -k v1` or `-k mine` selects one version's tests)."""
+    return f"v{version}" if isinstance(version, int) else version
+
+
 def kernel_covers(kernel: str, version: backend.Version) -> bool:
     """Whether `kernel` has `version` (a registered name may cover some kernels of its
     family only)."""
