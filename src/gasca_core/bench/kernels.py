@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gasca_core import _C
+from gasca_core import _C, backend
 from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
 
 
@@ -40,7 +40,11 @@ from .layers import LAYERS, PASSES, Layer, best_time, best_times
 
 # ----------------------------------------------------------------------------- our kernels
 def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, Callable[[], None]]:
+    """The six passes of `layer` in conv2d version `version`, straight through the bindings;
+    the gemm inside the versions built on gemm is the run's choice (--kernels gemm=...)."""
     L = layer
+    g = backend.chosen_version("gemm")
+    gv = g if isinstance(g, int) else -1  # a registered gemm cannot run inside C++
     s, p, d, op = (L.stride,) * 2, (L.pad,) * 2, (1, 1), (1, 1)
     x = rng.standard_normal((batch, L.cin, L.size, L.size)).astype(dtype)
     w = rng.standard_normal((L.cout, L.cin, L.k, L.k)).astype(dtype)
@@ -57,12 +61,12 @@ def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, 
     tdy = x
     tdx = np.empty_like(dy)
     return {
-        "conv fwd": lambda: _C.conv2d_forward(x, w, b, y, s, p, d, version=version),
-        "conv bwd-in": lambda: _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version),
-        "conv bwd-w": lambda: _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version),
-        "convT fwd": lambda: _C.conv_transpose2d_forward(tx, w, tb, ty, s, p, op, d, version=version),
-        "convT bwd-in": lambda: _C.conv_transpose2d_backward_input(tdy, w, tdx, s, p, op, d, version=version),
-        "convT bwd-w": lambda: _C.conv_transpose2d_backward_weight(tx, tdy, dw, s, p, op, d, version=version),
+        "conv fwd": lambda: _C.conv2d_forward(x, w, b, y, s, p, d, version=version, gemm_version=gv),
+        "conv bwd-in": lambda: _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version, gemm_version=gv),
+        "conv bwd-w": lambda: _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version, gemm_version=gv),
+        "convT fwd": lambda: _C.conv_transpose2d_forward(tx, w, tb, ty, s, p, op, d, version=version, gemm_version=gv),
+        "convT bwd-in": lambda: _C.conv_transpose2d_backward_input(tdy, w, tdx, s, p, op, d, version=version, gemm_version=gv),
+        "convT bwd-w": lambda: _C.conv_transpose2d_backward_weight(tx, tdy, dw, s, p, op, d, version=version, gemm_version=gv),
     }
 
 
