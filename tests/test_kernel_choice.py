@@ -279,3 +279,15 @@ def test_resume_on_other_versions_records_both(tmp_path):
     meta, _ = load_checkpoint(str(tmp_path / "latest.npz"))
     stretches = [(s["global_step"], s["kernels"]["conv2d_forward"]) for s in meta["kernels"]]
     assert stretches == [(0, 1), (3, 0)], stretches
+
+
+def test_a_registered_version_returning_the_wrong_array_is_named():
+    backend.register_kernel("conv2d_forward", lambda x, w, b, s, p, d: np.zeros((1, 1, 2, 2)),
+                            name="float64_result")
+    try:
+        x, w = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
+        with pytest.raises(ValueError, match="'float64_result' returned float64 .* expected a "
+                                             "NumPy array of float32"):
+            backend.conv2d_forward(x, w, None, (1, 1), (0, 0), (1, 1), version="float64_result")
+    finally:
+        backend.unregister_kernel("conv2d_forward", "float64_result")

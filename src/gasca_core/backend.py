@@ -488,11 +488,12 @@ def _python_version(kernel: str, name: str, like: Any, *args) -> Any:
     out = _registered[kernel][name](*args)
     if like is None:
         return None
-    if not isinstance(out, np.ndarray) or out.shape != like.shape:
-        got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+    if not isinstance(out, np.ndarray) or out.shape != like.shape or out.dtype != like.dtype:
+        got = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+               else type(out).__name__)
         raise ValueError(f"{kernel}: registered version {name!r} returned {got}, expected a "
-                         f"NumPy array of shape {like.shape}")
-    return np.ascontiguousarray(out, dtype=like.dtype)
+                         f"NumPy array of {like.dtype} and shape {like.shape}")
+    return np.ascontiguousarray(out)
 
 
 def _count(kernel: str, version: Version, array: Any, gemm: Optional[int] = None,
