@@ -291,3 +291,16 @@ def test_a_registered_version_returning_the_wrong_array_is_named():
             backend.conv2d_forward(x, w, None, (1, 1), (0, 0), (1, 1), version="float64_result")
     finally:
         backend.unregister_kernel("conv2d_forward", "float64_result")
+
+
+@pytest.mark.parametrize("tool, extra", [("gasca_core.train", ["--steps", "1"]),
+                                         ("gasca_core.bench", ["--ladder"]),
+                                         ("gasca_core.compare", ["--steps", "1"])])
+def test_a_bad_kernels_flag_is_a_one_line_error(tool, extra, tmp_path):
+    r = run(["-m", tool, "--kernels", "conv2d=5", "--out", str(tmp_path / "o")] + extra
+            if tool != "gasca_core.bench" else ["-m", tool, "--kernels", "conv2d=5"] + extra)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "error: --kernels: conv2d=5: conv2d has versions -1 (the fastest) and 0" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run(["-m", tool, "--kernel-file", str(tmp_path / "missing.py")] + extra)
+    assert r.returncode == 2 and "missing.py' does not exist" in r.stderr, r.stderr[-2000:]
