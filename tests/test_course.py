@@ -57,10 +57,9 @@ def in_running_order(commands: list[str]) -> list[str]:
 @pytest.mark.parametrize("command", in_running_order(course_commands()))
 def test_course_command_runs(command):
     """Run as a reader would, from the repository root, with this interpreter as `python`
-    (and the checkout's sources on the path, as after pip install)."""
+    (importing gasca_core as this process does: installed, or through PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GASCA_KERNEL")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, f"{command}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"

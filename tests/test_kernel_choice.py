@@ -41,7 +41,9 @@ def train_tiny(steps=8):
 
 
 def run(args, env=None, timeout=600):
-    e = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """This interpreter on `args`, from the repository root, importing gasca_core as this
+    process does (installed, or through PYTHONPATH)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GASCA_KERNEL")}
     e.update(env or {})
     return subprocess.run([sys.executable] + args, capture_output=True, text=True, timeout=timeout,
                           env=e, cwd=ROOT)
