@@ -1,10 +1,11 @@
 // conv2d.cpp: 2-D convolution (cross-correlation), NCHW, forward and both gradients: the
 // reference version, the bias gradient, and the dispatch to every version.
 //
-// Versions (pick one with `version`; -1 = the last, fastest):
+// Versions (pick one with `version`; -1 = the fastest, kConvFastest below):
 //   0  reference (this file): the direct 7-deep loop nest, read straight off the definition.
 //   1  im2col + gemm (conv2d_im2col.cpp): unfold each image into a (C_in*KH*KW) x (OH*OW)
-//      column matrix and hand the whole convolution to gemm (its fastest version).
+//      column matrix and hand the whole convolution to gemm (the version `gemm_version`
+//      names: -1, its fastest, unless the caller chose another).
 //      backward-input is gemm into columns then col2im (scatter-add); backward-weight is
 //      gemm of dy with the columns transposed, accumulated over the batch.  One image at a
 //      time; only gemm is parallel.
@@ -25,6 +26,11 @@
 //      Geometries whose phase image would be mostly padding take version 1's path.
 //   conv2d_versions.h declares versions 1 and 2 for the dispatch below.
 //
+// Adding a version (docs/COURSE.md, "Your own version in C++"): write its three passes,
+// add a name to kConvVersionNames and a case to each switch below.  versions() lists it,
+// the tests check it against version 0 and the benchmark times it; kConvFastest, what -1
+// picks, stays where it is until the new version earns the place.
+//
 // Every version accepts an output size smaller than the natural one (conv2d.h: the
 // transposed convolution's adjoint when output_padding >= stride); all loops run over
 // out_h x out_w.  Every faster version is checked against version 0 by
@@ -35,7 +41,7 @@
 #include <stdexcept>
 
 #include "conv2d_versions.h"
-#include "gemm.h"  // get_num_threads
+#include "gemm.h"  // get_num_threads, gemm_num_versions
 
 namespace gasca {
 
@@ -139,50 +145,65 @@ static const char* const kConvVersionNames[] = {
     "fast: phase-split image, implicit gemm forward, blocked col2im, threads over images",
 };
 static constexpr int kConvVersions = sizeof(kConvVersionNames) / sizeof(kConvVersionNames[0]);
+static constexpr int kConvFastest = 2;  // what version -1 picks
+static_assert(kConvFastest < kConvVersions, "kConvFastest must name a version");
 
 int conv2d_num_versions() { return kConvVersions; }
+int conv2d_fastest_version() { return kConvFastest; }
 const char* conv2d_version_name(int version) {
   return (version >= 0 && version < kConvVersions) ? kConvVersionNames[version] : "";
 }
 
-static int resolve(int version) {
-  if (version < 0) return kConvVersions - 1;
-  if (version >= kConvVersions) throw std::invalid_argument("conv2d: no such version");
-  return version;
+// The version to run, and the gemm version to hand it: -1 picks the fastest; anything
+// else out of range is refused here too, whoever the caller (the bindings check first).
+static int resolve(int version, int gemm_version) {
+  if (gemm_version < -1 || gemm_version >= gemm_num_versions())
+    throw std::invalid_argument("conv2d: no such gemm version");
+  if (version < -1 || version >= kConvVersions)
+    throw std::invalid_argument("conv2d: no such version");
+  return version < 0 ? kConvFastest : version;
 }
 
 template <typename T>
 void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
-                    int version) {
-  switch (resolve(version)) {
+                    int version, int gemm_version) {
+  switch (resolve(version, gemm_version)) {
     case 0: forward_reference(g, x, w, bias, y); break;
-    case 1: conv2d_v1::forward(g, x, w, bias, y); break;
-    default: conv2d_v2::forward(g, x, w, bias, y); break;
+    case 1: conv2d_v1::forward(g, x, w, bias, y, gemm_version); break;
+    case 2: conv2d_v2::forward(g, x, w, bias, y, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
 template <typename T>
-void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int version) {
-  switch (resolve(version)) {
+void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int version,
+                           int gemm_version) {
+  switch (resolve(version, gemm_version)) {
     case 0: backward_input_reference(g, dy, w, dx); break;
-    case 1: conv2d_v1::backward_input(g, dy, w, dx); break;
-    default: conv2d_v2::backward_input(g, dy, w, dx); break;
+    case 1: conv2d_v1::backward_input(g, dy, w, dx, gemm_version); break;
+    case 2: conv2d_v2::backward_input(g, dy, w, dx, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
 template <typename T>
-void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int version) {
-  switch (resolve(version)) {
+void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int version,
+                            int gemm_version) {
+  switch (resolve(version, gemm_version)) {
     case 0: backward_weight_reference(g, x, dy, dw); break;
-    case 1: conv2d_v1::backward_weight(g, x, dy, dw); break;
-    default: conv2d_v2::backward_weight(g, x, dy, dw); break;
+    case 1: conv2d_v1::backward_weight(g, x, dy, dw, gemm_version); break;
+    case 2: conv2d_v2::backward_weight(g, x, dy, dw, gemm_version); break;
+    default: throw std::logic_error("conv2d: a version without its case here");
   }
 }
 
 #define GASCA_INSTANTIATE(T)                                                                 \
-  template void conv2d_forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*, int); \
-  template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int);    \
-  template void conv2d_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, int);   \
+  template void conv2d_forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*, int, \
+                                  int);                                                      \
+  template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int,   \
+                                         int);                                               \
+  template void conv2d_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, int,  \
+                                          int);                                              \
   template void conv2d_backward_bias<T>(const ConvGeometry&, const T*, T*);
 GASCA_INSTANTIATE(float)
 GASCA_INSTANTIATE(double)

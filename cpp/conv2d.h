@@ -14,6 +14,9 @@
 //
 // All outputs are overwritten (never accumulated into).  All index arithmetic is int64_t.
 // `version` picks the implementation (see conv2d.cpp's top-of-file map); -1 = the fastest.
+// `gemm_version` is the gemm version (gemm.h) that the versions built on gemm hand their
+// products to: version 1 (im2col + gemm), and version 2 where it takes version 1's path;
+// -1 = the fastest.  Versions that call no gemm ignore it.  Both are validated here.
 //
 // The geometry formulas below are the only copy in C++: the bindings' argument checks
 // (python/arguments.h), the transposed convolution (conv_transpose2d.h) and the CUDA side
@@ -104,21 +107,22 @@ inline ConvGeometry make_conv_transpose_geometry(
 // ------------------------------------------------------------------ the passes
 int conv2d_num_versions();
 const char* conv2d_version_name(int version);
+int conv2d_fastest_version();  // what version -1 picks
 
 // y = conv(x, w) + bias
 template <typename T>
 void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
-                    int version = -1);
+                    int version = -1, int gemm_version = -1);
 
 // dx = conv^T(dy, w): the adjoint of the forward map with respect to x.
 template <typename T>
 void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx,
-                           int version = -1);
+                           int version = -1, int gemm_version = -1);
 
 // dw[co, ci, i, j] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh*SH - PH + i*DH, ow*SW - PW + j*DW]
 template <typename T>
 void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw,
-                            int version = -1);
+                            int version = -1, int gemm_version = -1);
 
 // db[co] = sum_{n, oh, ow} dy[n, co, oh, ow]
 template <typename T>

@@ -26,7 +26,8 @@
 //                    dot products of contiguous rows with vector partial sums.
 // Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose phase
 // image would be mostly padding (strides/paddings far beyond the image) take version 1's
-// path instead (phase_image_is_reasonable).  An output smaller than the natural size (the
+// path instead (phase_image_is_reasonable), with the caller's gemm version; every other
+// path is built from the fastest gemm's pieces and calls no gemm version at all.  An output smaller than the natural size (the
 // transposed convolution's adjoint, conv2d.h) needs nothing special: every loop runs over
 // out_h x out_w, and the phase image covers whatever those outputs read.
 #include "simd.h"  // first: it includes <immintrin.h> (see the note there)
@@ -397,21 +398,23 @@ static void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* dy,
 
 // ============================================================ the entry points
 template <typename T>
-void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
-  if (!phase_image_is_reasonable(g)) return conv2d_v1::forward(g, x, w, bias, y);
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
+             int gemm_version) {
+  if (!phase_image_is_reasonable(g)) return conv2d_v1::forward(g, x, w, bias, y, gemm_version);
   if (forward_implicit_applies<T>(g)) return forward_implicit(g, x, w, bias, y);
   forward_packed(g, x, w, bias, y);
 }
 
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
-  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_input(g, dy, w, dx);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version) {
+  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_input(g, dy, w, dx, gemm_version);
   backward_input_blocked(g, dy, w, dx);
 }
 
 template <typename T>
-void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
-  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_weight(g, x, dy, dw);
+void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version) {
+  if (!phase_image_is_reasonable(g))
+    return conv2d_v1::backward_weight(g, x, dy, dw, gemm_version);
   if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
   backward_weight_gemm(g, x, dy, dw);
 }

@@ -1,5 +1,6 @@
 // conv2d_im2col.cpp: conv2d version 1, im2col + gemm: each pass is one matrix product per
-// image, handed to gemm's fastest version (gemm.cpp) with the image unfolded into columns.
+// image, handed to gemm (gemm.cpp) with the image unfolded into columns: to the gemm version
+// the caller chose (`gemm_version`; -1, the default, is gemm's fastest).
 //
 // Versions of conv2d (the full map atop conv2d.cpp):
 //   0  reference     conv2d.cpp
@@ -73,14 +74,16 @@ static void col2im(const ConvGeometry& g, const T* col, T* dx) {
 }
 
 template <typename T>
-void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
+             int gemm_version) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t ohw = g.out_h * g.out_w;
   T* col = detail::scratch<T>(detail::kSlotColumns, kdim * ohw);
   for (int64_t n = 0; n < g.batch; ++n) {
     im2col(g, x + n * g.in_channels * g.in_h * g.in_w, col);
     T* yn = y + n * g.out_channels * ohw;
-    gemm<T>(false, false, g.out_channels, ohw, kdim, T(1), w, kdim, col, ohw, T(0), yn, ohw);
+    gemm<T>(false, false, g.out_channels, ohw, kdim, T(1), w, kdim, col, ohw, T(0), yn, ohw,
+            gemm_version);
     if (bias)
       for (int64_t co = 0; co < g.out_channels; ++co)
         for (int64_t p = 0; p < ohw; ++p) yn[co * ohw + p] += bias[co];
@@ -88,7 +91,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y)
 }
 
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t ohw = g.out_h * g.out_w;
   const int64_t image = g.in_channels * g.in_h * g.in_w;
@@ -96,14 +99,14 @@ void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
   for (int64_t n = 0; n < g.batch; ++n) {
     // dcol = W^T dy_n: (kdim x Co) (Co x OHW)
     gemm<T>(true, false, kdim, ohw, g.out_channels, T(1), w, kdim, dy + n * g.out_channels * ohw,
-            ohw, T(0), col, ohw);
+            ohw, T(0), col, ohw, gemm_version);
     std::fill(dx + n * image, dx + (n + 1) * image, T(0));
     col2im(g, col, dx + n * image);
   }
 }
 
 template <typename T>
-void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t ohw = g.out_h * g.out_w;
   T* col = detail::scratch<T>(detail::kSlotColumns, kdim * ohw);
@@ -111,7 +114,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
     im2col(g, x + n * g.in_channels * g.in_h * g.in_w, col);
     // dW += dy_n col^T: (Co x OHW) (OHW x kdim)
     gemm<T>(false, true, g.out_channels, kdim, ohw, T(1), dy + n * g.out_channels * ohw, ohw, col,
-            ohw, n == 0 ? T(0) : T(1), dw, kdim);
+            ohw, n == 0 ? T(0) : T(1), dw, kdim, gemm_version);
   }
   if (g.batch == 0) std::fill(dw, dw + g.out_channels * kdim, T(0));
 }

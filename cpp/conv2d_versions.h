@@ -9,6 +9,8 @@
 //
 // Each version has the three passes of conv2d.h with the same arguments and contract
 // (outputs overwritten; out_h/out_w up to the natural size), for T = float and double.
+// `gemm_version` (already validated by the dispatch) is the gemm version a version built
+// on gemm calls: version 1's products, and version 2 where it hands a geometry to version 1.
 #pragma once
 
 #include "conv2d.h"
@@ -17,26 +19,26 @@ namespace gasca {
 
 namespace conv2d_v1 {
 template <typename T>
-void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, int gemm_version);
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version);
 template <typename T>
-void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw);
+void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version);
 }  // namespace conv2d_v1
 
 namespace conv2d_v2 {
 template <typename T>
-void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y);
+void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, int gemm_version);
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version);
 template <typename T>
-void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw);
+void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version);
 }  // namespace conv2d_v2
 
 // The explicit instantiations each version's file ends with, inside its namespace.
 #define GASCA_CONV2D_INSTANTIATE_VERSION(T)                                                  \
-  template void forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*);          \
-  template void backward_input<T>(const ConvGeometry&, const T*, const T*, T*);             \
-  template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*);
+  template void forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*, int);     \
+  template void backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int);        \
+  template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, int);
 
 }  // namespace gasca

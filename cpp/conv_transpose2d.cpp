@@ -29,10 +29,10 @@ static void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, con
 
 template <typename T>
 void conv_transpose2d_forward(const ConvGeometry& adj, const T* x, const T* w, const T* bias, T* y,
-                              int version) {
+                              int version, int gemm_version) {
   // x is the adjoint convolution's output-gradient-shaped tensor (N, adj.out_channels, H, W);
   // y is its input-shaped tensor (N, adj.in_channels, OH, OW).
-  conv2d_backward_input<T>(adj, x, w, y, version);
+  conv2d_backward_input<T>(adj, x, w, y, version, gemm_version);
   if (bias) add_channel_bias(adj.batch, adj.in_channels, adj.in_h * adj.in_w, bias, y);
 }
 
@@ -48,9 +48,9 @@ void conv_transpose2d_backward_bias(const ConvGeometry& adj, const T* dy, T* db)
 }
 
 template void conv_transpose2d_forward<float>(const ConvGeometry&, const float*, const float*,
-                                              const float*, float*, int);
+                                              const float*, float*, int, int);
 template void conv_transpose2d_forward<double>(const ConvGeometry&, const double*, const double*,
-                                               const double*, double*, int);
+                                               const double*, double*, int, int);
 template void conv_transpose2d_backward_bias<float>(const ConvGeometry&, const float*, float*);
 template void conv_transpose2d_backward_bias<double>(const ConvGeometry&, const double*, double*);
 

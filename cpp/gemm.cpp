@@ -1,6 +1,6 @@
 // gemm.cpp: C = alpha * op(A) * op(B) + beta * C, row-major.
 //
-// Versions (pick one with `version`; -1 = the last, fastest):
+// Versions (pick one with `version`; -1 = the fastest, kGemmFastest below):
 //   0  reference: the textbook triple loop, one dot product per element of C.
 //   1  blocked + packed, portable micro-kernel, one thread: op(A) and op(B) are copied into
 //      MR- and NR-wide panels (packing), so that a 4 x 16 tile of C is computed from two
@@ -464,8 +464,11 @@ static const char* const kGemmVersionNames[] = {
 #endif
 };
 static constexpr int kGemmVersions = sizeof(kGemmVersionNames) / sizeof(kGemmVersionNames[0]);
+static constexpr int kGemmFastest = 2;  // what version -1 picks (a version added after it does not move it)
+static_assert(kGemmFastest < kGemmVersions, "kGemmFastest must name a version");
 
 int gemm_num_versions() { return kGemmVersions; }
+int gemm_fastest_version() { return kGemmFastest; }
 const char* gemm_version_name(int version) {
   return (version >= 0 && version < kGemmVersions) ? kGemmVersionNames[version] : "";
 }
@@ -473,8 +476,8 @@ const char* gemm_version_name(int version) {
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
           int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, int version) {
-  if (version < 0) version = kGemmVersions - 1;
-  if (version >= kGemmVersions) throw std::invalid_argument("gemm: no such version");
+  if (version < -1 || version >= kGemmVersions) throw std::invalid_argument("gemm: no such version");
+  if (version < 0) version = kGemmFastest;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {  // C = beta * C (and never read C when beta == 0)
     for (int64_t i = 0; i < m; ++i)
@@ -484,7 +487,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   switch (version) {
     case 0: gemm_reference<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); return;
     case 1: gemm_blocked_portable<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); return;
-    default: gemm_fast<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); return;
+    case 2: gemm_fast<T>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc); return;
   }
 }
 

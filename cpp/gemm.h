@@ -13,6 +13,7 @@ namespace gasca {
 
 int gemm_num_versions();
 const char* gemm_version_name(int version);
+int gemm_fastest_version();  // what version -1 picks
 
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,

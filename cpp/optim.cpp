@@ -1,6 +1,6 @@
 // optim.cpp: fused, in-place optimizer updates (one pass over param, grad and state).
 //
-// Versions (pick one with `version`; -1 = the last, fastest):
+// Versions (pick one with `version`; -1 = the fastest, kOptimFastest below):
 //   0  reference: one scalar loop per update, the formulas written as PyTorch states them.
 //   1  fast: the same arithmetic, split over the OpenMP threads in cache-sized chunks and
 //      vectorised by the compiler (`omp simd`): each element is independent, so the only
@@ -158,8 +158,11 @@ static const char* const kOptimVersionNames[] = {
     "OpenMP chunks + SIMD",
 };
 static constexpr int kOptimVersions = sizeof(kOptimVersionNames) / sizeof(kOptimVersionNames[0]);
+static constexpr int kOptimFastest = 1;  // what version -1 picks (a version added after it does not move it)
+static_assert(kOptimFastest < kOptimVersions, "kOptimFastest must name a version");
 
 int optim_num_versions() { return kOptimVersions; }
+int optim_fastest_version() { return kOptimFastest; }
 const char* optim_version_name(int version) {
   return (version >= 0 && version < kOptimVersions) ? kOptimVersionNames[version] : "";
 }
@@ -167,7 +170,8 @@ const char* optim_version_name(int version) {
 template <typename T>
 void sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, const SgdHyper& h,
               bool first_step, int version) {
-  if (version < 0) version = kOptimVersions - 1;
+  if (version < -1) throw std::invalid_argument("sgd_step: no such version");
+  if (version < 0) version = kOptimFastest;
   if (h.momentum != 0.0 && !momentum_buf)
     throw std::invalid_argument("sgd_step: momentum != 0 needs a momentum buffer");
   const SgdConsts<T> c(h);
@@ -181,7 +185,8 @@ void sgd_step(int64_t n, T* param, const T* grad, T* momentum_buf, const SgdHype
 template <typename T>
 void adam_step(int64_t n, T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t step,
                const AdamHyper& h, int version) {
-  if (version < 0) version = kOptimVersions - 1;
+  if (version < -1) throw std::invalid_argument("adam_step: no such version");
+  if (version < 0) version = kOptimFastest;
   if (step < 1) throw std::invalid_argument("adam_step: step is 1-based");
   const AdamConsts<T> c(h, step);
   switch (version) {

@@ -8,6 +8,7 @@ namespace gasca {
 
 int optim_num_versions();
 const char* optim_version_name(int version);
+int optim_fastest_version();  // what version -1 picks
 
 // SGD with momentum, dampening, Nesterov and (L2) weight decay.
 //   g = grad + weight_decay * p

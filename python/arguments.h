@@ -236,13 +236,21 @@ inline std::pair<int64_t, int64_t> parse_pair(const py::handle& obj, const char*
   return v;
 }
 
-// `count` versions of the kernel family exist; -1 asks for the fastest.
-inline void check_version(int version, int count, const char* family) {
+// `count` versions of the kernel family exist; -1 asks for the fastest.  `arg` is the
+// argument's name in the binding ("version", or "gemm_version" for a convolution's gemm).
+inline void check_version(int version, int count, const char* family,
+                          const char* arg = "version") {
   if (version < -1 || version >= count)
-    value_error(std::string("version = ") + std::to_string(version) + " is not a " + family +
+    value_error(std::string(arg) + " = " + std::to_string(version) + " is not a " + family +
                 " version: expected -1 (fastest) or 0.." + std::to_string(count - 1) +
                 " (see versions())");
 }
+
+// A convolution pass's two version arguments and how many versions each family has: its
+// own (conv2d) and the gemm that its gemm-based versions call (cpp/conv2d.h).
+struct Versions {
+  int version, num_versions, gemm_version, gemm_num_versions;
+};
 
 // A hyper-parameter must be finite and, for float32 arrays, within float32's range: the
 // kernels hold it in the arrays' precision, and narrowing a larger double to float is
@@ -384,12 +392,13 @@ inline ConvGeometry conv_t_geometry(const Array& x, const Array& weight, const C
 // convolution's, on which image is the output and the output side is the input.
 
 // The checks every pass starts with once its arrays are read: one dtype, no empty
-// dimension, a known version; then stride/padding/... are read.
+// dimension, a known version and gemm version; then stride/padding/... are read.
 inline ConvParams check_conv_start(Conv kind, const std::vector<const Array*>& all,
-                                   const ConvArgs& args, int version, int num_versions) {
+                                   const ConvArgs& args, const Versions& v) {
   check_same_dtype(all);
   for (const Array* a : all) check_positive_dims(*a);
-  check_version(version, num_versions, "conv2d");
+  check_version(v.version, v.num_versions, "conv2d");
+  check_version(v.gemm_version, v.gemm_num_versions, "gemm", "gemm_version");
   return parse_conv_params(kind, args);
 }
 
@@ -419,8 +428,8 @@ struct ConvForward {
 
 inline ConvForward check_conv_forward(ReadArray read, Conv kind, const py::object& x,
                                       const py::object& weight, const py::object& bias,
-                                      const py::object& out, const ConvArgs& args, int version,
-                                      int num_versions) {
+                                      const py::object& out, const ConvArgs& args,
+                                      const Versions& v) {
   ConvForward c;
   c.x = read(x, "x", 4, false);
   c.weight = read(weight, "weight", 4, false);
@@ -433,7 +442,7 @@ inline ConvForward check_conv_forward(ReadArray read, Conv kind, const py::objec
     all.push_back(&c.bias);
     inputs.push_back(&c.bias);
   }
-  const ConvParams p = check_conv_start(kind, all, args, version, num_versions);
+  const ConvParams p = check_conv_start(kind, all, args, v);
   c.g = pass_geometry(kind, c.x, c.weight, p);
   const std::vector<int64_t> out_shape = output_side_shape(kind, c.g);
   if (c.has_bias)
@@ -454,13 +463,13 @@ inline ConvBackwardInput check_conv_backward_input(ReadArray read, Conv kind,
                                                    const py::object& grad_out,
                                                    const py::object& weight,
                                                    const py::object& grad_in, const ConvArgs& args,
-                                                   int version, int num_versions) {
+                                                   const Versions& v) {
   ConvBackwardInput c;
   c.grad_out = read(grad_out, "grad_out", 4, false);
   c.weight = read(weight, "weight", 4, false);
   c.grad_in = read(grad_in, "grad_in", 4, true);
   const ConvParams p =
-      check_conv_start(kind, {&c.grad_out, &c.weight, &c.grad_in}, args, version, num_versions);
+      check_conv_start(kind, {&c.grad_out, &c.weight, &c.grad_in}, args, v);
   c.g = pass_geometry(kind, c.grad_in, c.weight, p);  // grad_in has the image's shape
   check_output_side(c.grad_out, output_side_shape(kind, c.g), c.grad_in, c.weight);
   check_no_overlap(c.grad_in, {&c.grad_out, &c.weight});
@@ -477,14 +486,13 @@ inline ConvBackwardWeight check_conv_backward_weight(ReadArray read, Conv kind,
                                                      const py::object& x,
                                                      const py::object& grad_out,
                                                      const py::object& grad_weight,
-                                                     const ConvArgs& args, int version,
-                                                     int num_versions) {
+                                                     const ConvArgs& args, const Versions& v) {
   ConvBackwardWeight c;
   c.x = read(x, "x", 4, false);
   c.grad_out = read(grad_out, "grad_out", 4, false);
   c.grad_weight = read(grad_weight, "grad_weight", 4, true);
   const ConvParams p =
-      check_conv_start(kind, {&c.x, &c.grad_out, &c.grad_weight}, args, version, num_versions);
+      check_conv_start(kind, {&c.x, &c.grad_out, &c.grad_weight}, args, v);
   c.g = pass_geometry(kind, c.x, c.grad_weight, p);  // grad_weight has the weight's shape
   check_output_side(c.grad_out, output_side_shape(kind, c.g), c.x, c.grad_weight);
   check_no_overlap(c.grad_weight, {&c.x, &c.grad_out});

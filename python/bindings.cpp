@@ -57,48 +57,55 @@ Array read_array(const py::object& obj, const char* name, int rank, bool output)
   return a;
 }
 
+// A convolution pass's version and the gemm version its gemm-based versions call, with how
+// many versions each family has here, for the checks in arguments.h.
+Versions conv_versions(int version, int gemm_version) {
+  return {version, gasca::conv2d_num_versions(), gemm_version, gasca::gemm_num_versions()};
+}
+
 // ------------------------------------------------------------------ conv2d
 void conv2d_forward(const py::object& x, const py::object& weight, const py::object& bias,
                     const py::object& out, const py::object& stride, const py::object& padding,
-                    const py::object& dilation, int version) {
+                    const py::object& dilation, int version, int gemm_version) {
   const ConvForward c = check_conv_forward(read_array, Conv::plain, x, weight, bias, out,
-                                           plain_conv_args(stride, padding, dilation), version,
-                                           gasca::conv2d_num_versions());
+                                           plain_conv_args(stride, padding, dilation),
+                                           conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* b = c.has_bias ? c.bias.cptr<T>() : nullptr;
     py::gil_scoped_release release;
-    gasca::conv2d_forward<T>(c.g, c.x.cptr<T>(), c.weight.cptr<T>(), b, c.out.mptr<T>(), version);
+    gasca::conv2d_forward<T>(c.g, c.x.cptr<T>(), c.weight.cptr<T>(), b, c.out.mptr<T>(), version,
+                              gemm_version);
   });
 }
 
 void conv2d_backward_input(const py::object& grad_out, const py::object& weight,
                            const py::object& grad_in, const py::object& stride,
-                           const py::object& padding, const py::object& dilation, int version) {
+                           const py::object& padding, const py::object& dilation, int version, int gemm_version) {
   const ConvBackwardInput c =
       check_conv_backward_input(read_array, Conv::plain, grad_out, weight, grad_in,
-                                plain_conv_args(stride, padding, dilation), version,
-                                gasca::conv2d_num_versions());
+                                plain_conv_args(stride, padding, dilation),
+                                conv_versions(version, gemm_version));
   dispatch(c.grad_out.dtype, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release release;
     gasca::conv2d_backward_input<T>(c.g, c.grad_out.cptr<T>(), c.weight.cptr<T>(),
-                                    c.grad_in.mptr<T>(), version);
+                                    c.grad_in.mptr<T>(), version, gemm_version);
   });
 }
 
 void conv2d_backward_weight(const py::object& x, const py::object& grad_out,
                             const py::object& grad_weight, const py::object& stride,
-                            const py::object& padding, const py::object& dilation, int version) {
+                            const py::object& padding, const py::object& dilation, int version, int gemm_version) {
   const ConvBackwardWeight c =
       check_conv_backward_weight(read_array, Conv::plain, x, grad_out, grad_weight,
-                                 plain_conv_args(stride, padding, dilation), version,
-                                 gasca::conv2d_num_versions());
+                                 plain_conv_args(stride, padding, dilation),
+                                 conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release release;
     gasca::conv2d_backward_weight<T>(c.g, c.x.cptr<T>(), c.grad_out.cptr<T>(),
-                                     c.grad_weight.mptr<T>(), version);
+                                     c.grad_weight.mptr<T>(), version, gemm_version);
   });
 }
 
@@ -123,48 +130,49 @@ void conv_transpose2d_forward(const py::object& x, const py::object& weight,
                               const py::object& bias, const py::object& out,
                               const py::object& stride, const py::object& padding,
                               const py::object& output_padding, const py::object& dilation,
-                              int version) {
+                              int version, int gemm_version) {
   const ConvForward c = check_conv_forward(read_array, Conv::transposed, x, weight, bias, out,
-                                           {stride, padding, output_padding, dilation}, version,
-                                           gasca::conv2d_num_versions());
+                                           {stride, padding, output_padding, dilation},
+                                           conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* b = c.has_bias ? c.bias.cptr<T>() : nullptr;
     py::gil_scoped_release release;
     gasca::conv_transpose2d_forward<T>(c.g, c.x.cptr<T>(), c.weight.cptr<T>(), b,
-                                       c.out.mptr<T>(), version);
+                                       c.out.mptr<T>(), version,
+                              gemm_version);
   });
 }
 
 void conv_transpose2d_backward_input(const py::object& grad_out, const py::object& weight,
                                      const py::object& grad_in, const py::object& stride,
                                      const py::object& padding, const py::object& output_padding,
-                                     const py::object& dilation, int version) {
+                                     const py::object& dilation, int version, int gemm_version) {
   const ConvBackwardInput c =
       check_conv_backward_input(read_array, Conv::transposed, grad_out, weight, grad_in,
-                                {stride, padding, output_padding, dilation}, version,
-                                gasca::conv2d_num_versions());
+                                {stride, padding, output_padding, dilation},
+                                conv_versions(version, gemm_version));
   dispatch(c.grad_out.dtype, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release release;
     gasca::conv_transpose2d_backward_input<T>(c.g, c.grad_out.cptr<T>(), c.weight.cptr<T>(),
-                                              c.grad_in.mptr<T>(), version);
+                                              c.grad_in.mptr<T>(), version, gemm_version);
   });
 }
 
 void conv_transpose2d_backward_weight(const py::object& x, const py::object& grad_out,
                                       const py::object& grad_weight, const py::object& stride,
                                       const py::object& padding, const py::object& output_padding,
-                                      const py::object& dilation, int version) {
+                                      const py::object& dilation, int version, int gemm_version) {
   const ConvBackwardWeight c =
       check_conv_backward_weight(read_array, Conv::transposed, x, grad_out, grad_weight,
-                                 {stride, padding, output_padding, dilation}, version,
-                                 gasca::conv2d_num_versions());
+                                 {stride, padding, output_padding, dilation},
+                                 conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release release;
     gasca::conv_transpose2d_backward_weight<T>(c.g, c.x.cptr<T>(), c.grad_out.cptr<T>(),
-                                               c.grad_weight.mptr<T>(), version);
+                                               c.grad_weight.mptr<T>(), version, gemm_version);
   });
 }
 
@@ -222,6 +230,16 @@ py::dict versions() {
   return d;
 }
 
+// The version -1 picks in each family (not always the last: a version added after the
+// fastest does not move it).
+py::dict fastest_versions() {
+  py::dict d;
+  d["gemm"] = gasca::gemm_fastest_version();
+  d["conv2d"] = gasca::conv2d_fastest_version();
+  d["optim"] = gasca::optim_fastest_version();
+  return d;
+}
+
 // More threads than 4 per core only adds overhead, and asking OpenMP for thousands can fail
 // to create them (libgomp then aborts the process).
 void set_num_threads(int n) {
@@ -240,27 +258,27 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("conv2d_forward", &conv2d_forward, arg("x"), arg("weight"), arg("bias").none(true),
         arg("out"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1,
+        arg("version") = -1, arg("gemm_version") = -1,
         "out (N,Co,OH,OW) = conv2d(x (N,Ci,H,W), weight (Co,Ci,KH,KW)) + bias (Co) or None");
   m.def("conv2d_backward_input", &conv2d_backward_input, arg("grad_out"), arg("weight"),
         arg("grad_in"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1, "grad_in (N,Ci,H,W) = conv2d's adjoint applied to grad_out");
+        arg("version") = -1, arg("gemm_version") = -1, "grad_in (N,Ci,H,W) = conv2d's adjoint applied to grad_out");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, arg("x"), arg("grad_out"),
         arg("grad_weight"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1, "grad_weight (Co,Ci,KH,KW) from x and grad_out");
+        arg("version") = -1, arg("gemm_version") = -1, "grad_weight (Co,Ci,KH,KW) from x and grad_out");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, arg("grad_out"), arg("grad_bias"),
         "grad_bias (C) = grad_out (N,C,H,W) summed over N, H, W");
   m.def("conv_transpose2d_forward", &conv_transpose2d_forward, arg("x"), arg("weight"),
         arg("bias").none(true), arg("out"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1,
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
         "out (N,Co,OH,OW) = conv_transpose2d(x (N,Ci,H,W), weight (Ci,Co,KH,KW)) + bias");
   m.def("conv_transpose2d_backward_input", &conv_transpose2d_backward_input, arg("grad_out"),
         arg("weight"), arg("grad_in"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1,
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
         "grad_in (N,Ci,H,W) of a transposed convolution (a plain convolution of grad_out)");
   m.def("conv_transpose2d_backward_weight", &conv_transpose2d_backward_weight, arg("x"),
         arg("grad_out"), arg("grad_weight"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1,
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
         "grad_weight (Ci,Co,KH,KW) of a transposed convolution");
   m.def("gemm", &gemm, arg("a"), arg("b"), arg("c"), arg("trans_a") = false,
         arg("trans_b") = false, arg("alpha") = 1.0, arg("beta") = 0.0, arg("version") = -1,
@@ -274,6 +292,8 @@ PYBIND11_MODULE(_C, m) {
         arg("eps") = 1e-8, arg("weight_decay") = 0.0, arg("decoupled") = false,
         arg("version") = -1, "in-place Adam (decoupled=False) / AdamW (decoupled=True) step");
   m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...]}: version names");
+  m.def("fastest_versions", &fastest_versions,
+        "{'gemm': v, 'conv2d': v, 'optim': v}: the version -1 picks in each family");
   m.def("get_num_threads", &gasca::get_num_threads, "threads the CPU kernels use");
   m.def("set_num_threads", &set_num_threads, arg("n"),
         "set the threads the CPU kernels use (1 .. 4 per CPU)");

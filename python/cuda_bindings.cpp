@@ -164,12 +164,20 @@ void run(const char* function, F&& launch) {
 
 
 // ------------------------------------------------------------------ conv2d
+// A convolution pass's version and gemm version, with how many versions each family has
+// here.  The CUDA convolutions call no gemm (their tiled implicit GEMM is their own), so
+// gemm_version is checked, as by the CPU module, and then has nothing to choose.
+Versions conv_versions(int version, int gemm_version) {
+  return {version, gc::conv2d_num_versions(), gemm_version, gc::gemm_num_versions()};
+}
+
 void conv2d_forward(const py::object& x, const py::object& weight, const py::object& bias,
                     const py::object& out, const py::object& stride, const py::object& padding,
-                    const py::object& dilation, int version, std::uintptr_t stream) {
+                    const py::object& dilation, int version, int gemm_version,
+                    std::uintptr_t stream) {
   const ConvForward c = check_conv_forward(read_array, Conv::plain, x, weight, bias, out,
-                                           plain_conv_args(stride, padding, dilation), version,
-                                           gc::conv2d_num_versions());
+                                           plain_conv_args(stride, padding, dilation), 
+                                           conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* b = c.has_bias ? c.bias.cptr<T>() : nullptr;
@@ -183,11 +191,11 @@ void conv2d_forward(const py::object& x, const py::object& weight, const py::obj
 void conv2d_backward_input(const py::object& grad_out, const py::object& weight,
                            const py::object& grad_in, const py::object& stride,
                            const py::object& padding, const py::object& dilation, int version,
-                           std::uintptr_t stream) {
+                           int gemm_version, std::uintptr_t stream) {
   const ConvBackwardInput c =
       check_conv_backward_input(read_array, Conv::plain, grad_out, weight, grad_in,
-                                plain_conv_args(stride, padding, dilation), version,
-                                gc::conv2d_num_versions());
+                                plain_conv_args(stride, padding, dilation), 
+                                conv_versions(version, gemm_version));
   dispatch(c.grad_out.dtype, [&](auto tag) {
     using T = decltype(tag);
     run("conv2d_backward_input", [&] {
@@ -201,11 +209,11 @@ void conv2d_backward_input(const py::object& grad_out, const py::object& weight,
 void conv2d_backward_weight(const py::object& x, const py::object& grad_out,
                             const py::object& grad_weight, const py::object& stride,
                             const py::object& padding, const py::object& dilation, int version,
-                            std::uintptr_t stream) {
+                            int gemm_version, std::uintptr_t stream) {
   const ConvBackwardWeight c =
       check_conv_backward_weight(read_array, Conv::plain, x, grad_out, grad_weight,
-                                 plain_conv_args(stride, padding, dilation), version,
-                                 gc::conv2d_num_versions());
+                                 plain_conv_args(stride, padding, dilation), 
+                                 conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     run("conv2d_backward_weight", [&] {
@@ -234,10 +242,10 @@ void conv_transpose2d_forward(const py::object& x, const py::object& weight,
                               const py::object& bias, const py::object& out,
                               const py::object& stride, const py::object& padding,
                               const py::object& output_padding, const py::object& dilation,
-                              int version, std::uintptr_t stream) {
+                              int version, int gemm_version, std::uintptr_t stream) {
   const ConvForward c = check_conv_forward(read_array, Conv::transposed, x, weight, bias, out,
-                                           {stride, padding, output_padding, dilation}, version,
-                                           gc::conv2d_num_versions());
+                                           {stride, padding, output_padding, dilation}, 
+                                           conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     const T* b = c.has_bias ? c.bias.cptr<T>() : nullptr;
@@ -252,11 +260,11 @@ void conv_transpose2d_backward_input(const py::object& grad_out, const py::objec
                                      const py::object& grad_in, const py::object& stride,
                                      const py::object& padding, const py::object& output_padding,
                                      const py::object& dilation, int version,
-                                     std::uintptr_t stream) {
+                                     int gemm_version, std::uintptr_t stream) {
   const ConvBackwardInput c =
       check_conv_backward_input(read_array, Conv::transposed, grad_out, weight, grad_in,
-                                {stride, padding, output_padding, dilation}, version,
-                                gc::conv2d_num_versions());
+                                {stride, padding, output_padding, dilation}, 
+                                conv_versions(version, gemm_version));
   dispatch(c.grad_out.dtype, [&](auto tag) {
     using T = decltype(tag);
     run("conv_transpose2d_backward_input", [&] {
@@ -271,11 +279,11 @@ void conv_transpose2d_backward_weight(const py::object& x, const py::object& gra
                                       const py::object& grad_weight, const py::object& stride,
                                       const py::object& padding, const py::object& output_padding,
                                       const py::object& dilation, int version,
-                                      std::uintptr_t stream) {
+                                      int gemm_version, std::uintptr_t stream) {
   const ConvBackwardWeight c =
       check_conv_backward_weight(read_array, Conv::transposed, x, grad_out, grad_weight,
-                                 {stride, padding, output_padding, dilation}, version,
-                                 gc::conv2d_num_versions());
+                                 {stride, padding, output_padding, dilation}, 
+                                 conv_versions(version, gemm_version));
   dispatch(c.x.dtype, [&](auto tag) {
     using T = decltype(tag);
     run("conv_transpose2d_backward_weight", [&] {
@@ -345,6 +353,15 @@ py::dict versions() {
   return d;
 }
 
+// The version -1 picks in each family: the last one, in every CUDA family.
+py::dict fastest_versions() {
+  py::dict d;
+  d["gemm"] = gc::gemm_num_versions() - 1;
+  d["conv2d"] = gc::conv2d_num_versions() - 1;
+  d["optim"] = gc::optim_num_versions() - 1;
+  return d;
+}
+
 // 0 where there is no driver or no GPU: asking must never raise.
 int device_count() {
   int count = 0;
@@ -378,32 +395,32 @@ PYBIND11_MODULE(_C_cuda, m) {
 
   m.def("conv2d_forward", &conv2d_forward, arg("x"), arg("weight"), arg("bias").none(true),
         arg("out"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1, py::kw_only(), arg("stream") = 0,
+        arg("version") = -1, arg("gemm_version") = -1, py::kw_only(), arg("stream") = 0,
         "out (N,Co,OH,OW) = conv2d(x (N,Ci,H,W), weight (Co,Ci,KH,KW)) + bias (Co) or None");
   m.def("conv2d_backward_input", &conv2d_backward_input, arg("grad_out"), arg("weight"),
         arg("grad_in"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1, py::kw_only(), arg("stream") = 0,
+        arg("version") = -1, arg("gemm_version") = -1, py::kw_only(), arg("stream") = 0,
         "grad_in (N,Ci,H,W) = conv2d's adjoint applied to grad_out");
   m.def("conv2d_backward_weight", &conv2d_backward_weight, arg("x"), arg("grad_out"),
         arg("grad_weight"), arg("stride") = 1, arg("padding") = 0, arg("dilation") = 1,
-        arg("version") = -1, py::kw_only(), arg("stream") = 0,
+        arg("version") = -1, arg("gemm_version") = -1, py::kw_only(), arg("stream") = 0,
         "grad_weight (Co,Ci,KH,KW) from x and grad_out");
   m.def("conv2d_backward_bias", &conv2d_backward_bias, arg("grad_out"), arg("grad_bias"),
         py::kw_only(), arg("stream") = 0,
         "grad_bias (C) = grad_out (N,C,H,W) summed over N, H, W");
   m.def("conv_transpose2d_forward", &conv_transpose2d_forward, arg("x"), arg("weight"),
         arg("bias").none(true), arg("out"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, py::kw_only(),
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1, py::kw_only(),
         arg("stream") = 0,
         "out (N,Co,OH,OW) = conv_transpose2d(x (N,Ci,H,W), weight (Ci,Co,KH,KW)) + bias");
   m.def("conv_transpose2d_backward_input", &conv_transpose2d_backward_input, arg("grad_out"),
         arg("weight"), arg("grad_in"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, py::kw_only(),
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1, py::kw_only(),
         arg("stream") = 0,
         "grad_in (N,Ci,H,W) of a transposed convolution (a plain convolution of grad_out)");
   m.def("conv_transpose2d_backward_weight", &conv_transpose2d_backward_weight, arg("x"),
         arg("grad_out"), arg("grad_weight"), arg("stride") = 1, arg("padding") = 0,
-        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, py::kw_only(),
+        arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1, py::kw_only(),
         arg("stream") = 0, "grad_weight (Ci,Co,KH,KW) of a transposed convolution");
   m.def("gemm", &gemm, arg("a"), arg("b"), arg("c"), arg("trans_a") = false,
         arg("trans_b") = false, arg("alpha") = 1.0, arg("beta") = 0.0, arg("version") = -1,
@@ -419,6 +436,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         arg("version") = -1, py::kw_only(), arg("stream") = 0,
         "in-place Adam (decoupled=False) / AdamW (decoupled=True) step");
   m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...]}: version names");
+  m.def("fastest_versions", &fastest_versions,
+        "{'gemm': v, 'conv2d': v, 'optim': v}: the version -1 picks in each family");
   m.def("device_count", &device_count, "number of visible CUDA devices (0 without a driver)");
   m.def("synchronize", &synchronize,
         "wait for all work on the current device; raises RuntimeError on a CUDA error");

@@ -1,5 +1,10 @@
 """conv2d / conv_transpose2d kernels (every version) against a direct NumPy reference.
 
+Every version means every one backend.kernel_versions lists: the built-in ones of
+versions() and those registered from Python (backend.register_kernel; with
+GASCA_KERNEL_FILES=my_kernels.py a student's own are checked here unedited).  A registered
+version that covers only some passes is checked on those; the others run the reference.
+
 The reference below is written straight from the definitions, in float64, looping over
 the kernel taps (i, j) and letting NumPy do the (n, c, oh, ow) part:
 
@@ -13,9 +18,16 @@ and the transposed convolution is its own scatter definition (PyTorch's ConvTran
 import numpy as np
 import pytest
 
-from gasca_core import _C
+from gasca_core import _C, backend
+from gasca_core.testing import call_version, version_id, kernel_covers
 
-CONV_VERSIONS = list(range(len(_C.versions()["conv2d"])))
+CONV_VERSIONS = backend.kernel_versions("conv2d")
+
+
+def run(kernel, version, *args):
+    """`version` of conv pass `kernel` into its output argument (call_version); version 0
+    where `version` is a registered one that does not cover this pass."""
+    call_version(kernel, version if kernel_covers(kernel, version) else 0, *args)
 DTYPES = [np.float32, np.float64]
 
 
@@ -165,7 +177,7 @@ def _arrays(cfg, dtype, rng):
 
 
 # ----------------------------------------------------------------------------- conv2d
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=_ids(CONFIGS))
 def test_conv2d_all_passes_match_reference(cfg, dtype, version):
@@ -175,21 +187,21 @@ def test_conv2d_all_passes_match_reference(cfg, dtype, version):
 
     ref = ref_conv2d(x, w, b, s, p, d)
     out = np.full(dy.shape, np.nan, dtype=dtype)  # NaN: the kernel must overwrite every entry
-    _C.conv2d_forward(x, w, b, out, s, p, d, version=version)
+    run("conv2d_forward", version, x, w, b, out, s, p, d)
     np.testing.assert_allclose(out, ref, **_tol(dtype, ref), err_msg="forward")
 
     ref_nb = ref_conv2d(x, w, None, s, p, d)
-    _C.conv2d_forward(x, w, None, out, s, p, d, version=version)
+    run("conv2d_forward", version, x, w, None, out, s, p, d)
     np.testing.assert_allclose(out, ref_nb, **_tol(dtype, ref_nb), err_msg="forward, no bias")
 
     ref_dx = ref_conv2d_backward_input(dy, w, x.shape, s, p, d)
     dx = np.full(x.shape, np.nan, dtype=dtype)
-    _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version)
+    run("conv2d_backward_input", version, dy, w, dx, s, p, d)
     np.testing.assert_allclose(dx, ref_dx, **_tol(dtype, ref_dx), err_msg="backward_input")
 
     ref_dw = ref_conv2d_backward_weight(x, dy, w.shape, s, p, d)
     dw = np.full(w.shape, np.nan, dtype=dtype)
-    _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version)
+    run("conv2d_backward_weight", version, x, dy, dw, s, p, d)
     np.testing.assert_allclose(dw, ref_dw, **_tol(dtype, ref_dw), err_msg="backward_weight")
 
 
@@ -201,7 +213,7 @@ def test_conv2d_backward_bias_sums_over_batch_and_space(dtype, rng):
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5)
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("cfg", CONFIGS[:12], ids=_ids(CONFIGS[:12]))
 def test_conv2d_adjoint_identity(cfg, version):
     """<conv(x), y> == <x, conv^T(y)>: backward_input is exactly the forward map's adjoint."""
@@ -209,11 +221,48 @@ def test_conv2d_adjoint_identity(cfg, version):
     x, w, _, y = _arrays(cfg, np.float64, rng)
     s, p, d = cfg[7:]
     cx = np.empty_like(y)
-    _C.conv2d_forward(x, w, None, cx, s, p, d, version=version)
+    run("conv2d_forward", version, x, w, None, cx, s, p, d)
     cty = np.empty_like(x)
-    _C.conv2d_backward_input(y, w, cty, s, p, d, version=version)
+    run("conv2d_backward_input", version, y, w, cty, s, p, d)
     lhs, rhs = float(np.vdot(cx, y)), float(np.vdot(x, cty))
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("gemm_version", range(len(_C.versions()["gemm"])))
+def test_conv2d_v1_runs_the_gemm_version_it_is_given(gemm_version, rng):
+    """Version 1's forward is im2col, then one gemm per image: with gemm_version g its output
+    is, bit for bit, gemm version g's product of the weight and NumPy's column matrix (the
+    copies of im2col are exact), so the gemm chosen really runs inside the convolution;
+    and the gemm versions round differently here, so another version would show."""
+    n, ci, h, co, k = 2, 7, 9, 5, 3
+    x = rng.standard_normal((n, ci, h, h)).astype(np.float32)
+    w = rng.standard_normal((co, ci, k, k)).astype(np.float32)
+    oh = out_size(h, k, 1, 1, 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    products = {}
+    for g in range(len(_C.versions()["gemm"])):
+        y = np.empty((n, co, oh, oh), np.float32)
+        _C.conv2d_forward(x, w, None, y, 1, 1, 1, version=1, gemm_version=g)
+        products[g] = y
+    y = products[gemm_version]
+    for i in range(n):
+        cols = np.stack([_taps(xp[i:i + 1], a, b, oh, oh, (1, 1), (1, 1))[0]
+                         for a in range(k) for b in range(k)], axis=1).reshape(ci * k * k, oh * oh)
+        expect = np.empty((co, oh * oh), np.float32)
+        _C.gemm(np.ascontiguousarray(w.reshape(co, -1)), np.ascontiguousarray(cols), expect,
+                version=gemm_version)
+        np.testing.assert_array_equal(y[i].reshape(co, -1), expect)
+    assert any(not np.array_equal(products[g], y) for g in products if g != gemm_version)
+
+
+def test_conv_gemm_version_is_checked():
+    x, w = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3))
+    out = np.empty((1, 1, 2, 2))
+    with pytest.raises(ValueError, match="gemm_version = 9 is not a gemm version"):
+        _C.conv2d_forward(x, w, None, out, version=1, gemm_version=9)
+    with pytest.raises(ValueError, match="gemm_version"):
+        _C.conv_transpose2d_backward_weight(out, x, np.empty((1, 1, 3, 3)), version=1,
+                                            gemm_version=-2)
 
 
 # ----------------------------------------------------------------------------- conv_transpose2d
@@ -291,7 +340,7 @@ def _t_ids(cfgs):
         *c[:7], *(f"{a}{b}" for a, b in c[7:])) for c in cfgs]
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", T_CONFIGS + T_CONFIGS_OP, ids=_t_ids(T_CONFIGS + T_CONFIGS_OP))
 def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
@@ -303,7 +352,7 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
 
     ref = ref_conv_transpose2d(x, w, b, s, p, op, d)
     out = np.full(ref.shape, np.nan, dtype=dtype)
-    _C.conv_transpose2d_forward(x, w, b, out, s, p, op, d, version=version)
+    run("conv_transpose2d_forward", version, x, w, b, out, s, p, op, d)
     np.testing.assert_allclose(out, ref, **_tol(dtype, ref), err_msg="forward")
 
     # Gradients, from the definition: y is linear in x and in w, so the input gradient is
@@ -315,12 +364,12 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     ref_dx = ref_conv2d(dy, w, None, s, p, d)[:, :, :h, :wd]
     assert ref_dx.shape == x.shape
     dx = np.full(x.shape, np.nan, dtype=dtype)
-    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_input", version, dy, w, dx, s, p, op, d)
     np.testing.assert_allclose(dx, ref_dx, **_tol(dtype, ref_dx), err_msg="backward_input")
 
     ref_dw = ref_conv2d_backward_weight(dy, x, w.shape, s, p, d)
     dw = np.full(w.shape, np.nan, dtype=dtype)
-    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_weight", version, x, dy, dw, s, p, op, d)
     np.testing.assert_allclose(dw, ref_dw, **_tol(dtype, ref_dw), err_msg="backward_weight")
 
     db = np.full(co, np.nan, dtype=dtype)
@@ -328,7 +377,7 @@ def test_conv_transpose2d_all_passes_match_reference(cfg, dtype, version):
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("cfg", T_CONFIGS[:8] + T_CONFIGS_OP[:8],
                          ids=_t_ids(T_CONFIGS[:8] + T_CONFIGS_OP[:8]))
 def test_conv_transpose2d_gradients_are_adjoints(cfg, version):
@@ -340,12 +389,12 @@ def test_conv_transpose2d_gradients_are_adjoints(cfg, version):
     yshape = ref_conv_transpose2d(x, w, None, s, p, op, d).shape
     y = rng.standard_normal(yshape)
     tx = np.empty(yshape)
-    _C.conv_transpose2d_forward(x, w, None, tx, s, p, op, d, version=version)
+    run("conv_transpose2d_forward", version, x, w, None, tx, s, p, op, d)
     gx = np.empty_like(x)
-    _C.conv_transpose2d_backward_input(y, w, gx, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_input", version, y, w, gx, s, p, op, d)
     np.testing.assert_allclose(np.vdot(tx, y), np.vdot(x, gx), rtol=1e-10)
     gw = np.empty_like(w)
-    _C.conv_transpose2d_backward_weight(x, y, gw, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_weight", version, x, y, gw, s, p, op, d)
     np.testing.assert_allclose(np.vdot(tx, y), np.vdot(w, gw), rtol=1e-10)
 
 
@@ -373,10 +422,10 @@ def test_fast_versions_match_reference_on_gasca_layers(layer, rng):
         dx = np.empty_like(x)
         dw = np.empty_like(w)
         t = np.empty_like(x)
-        _C.conv2d_forward(x, w, b, y, st, pd, dl, version=v)
-        _C.conv2d_backward_input(dy, w, dx, st, pd, dl, version=v)
-        _C.conv2d_backward_weight(x, dy, dw, st, pd, dl, version=v)
-        _C.conv_transpose2d_forward(dy, w, None, t, st, pd, (1, 1), dl, version=v)
+        run("conv2d_forward", v, x, w, b, y, st, pd, dl)
+        run("conv2d_backward_input", v, dy, w, dx, st, pd, dl)
+        run("conv2d_backward_weight", v, x, dy, dw, st, pd, dl)
+        run("conv_transpose2d_forward", v, dy, w, None, t, st, pd, (1, 1), dl)
         results.append((y, dx, dw, t))
     for v, res in zip(CONV_VERSIONS[1:], results[1:]):
         for name, got, ref in zip(("forward", "backward_input", "backward_weight", "transpose"),
@@ -440,7 +489,7 @@ def test_conv2d_matches_torch(cfg, dtype, torch):
         np.testing.assert_allclose(ours, ref, **_tol(dtype, ref))
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cfg", T_CONFIGS[:10] + T_CONFIGS_OP,
                          ids=_t_ids(T_CONFIGS[:10] + T_CONFIGS_OP))
@@ -458,11 +507,11 @@ def test_conv_transpose2d_matches_torch(cfg, dtype, version, torch):
     dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
     ty.backward(torch.tensor(dy))
     y = np.empty_like(dy)
-    _C.conv_transpose2d_forward(x, w, b, y, s, p, op, d, version=version)
+    run("conv_transpose2d_forward", version, x, w, b, y, s, p, op, d)
     dx = np.empty_like(x)
-    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_input", version, dy, w, dx, s, p, op, d)
     dw = np.empty_like(w)
-    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_weight", version, x, dy, dw, s, p, op, d)
     db = np.empty_like(b)
     _C.conv2d_backward_bias(dy, db)
     for ours, theirs in ((y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
@@ -492,7 +541,7 @@ def _scatter(x, w, s, p, op, d):
     return y
 
 
-@pytest.mark.parametrize("version", CONV_VERSIONS)
+@pytest.mark.parametrize("version", CONV_VERSIONS, ids=version_id)
 def test_conv_transpose2d_huge_dilation_with_output_padding_beyond_stride(version):
     """Stride 1, dilation 2**20, padding 2**20, output_padding 5 (>= stride, < dilation) on
     tiny arrays: the output is 8 x 2 (only the middle tap lands), the adjoint convolution's
@@ -513,11 +562,11 @@ def test_conv_transpose2d_huge_dilation_with_output_padding_beyond_stride(versio
     dw_ref = np.array([np.vdot(_scatter(x, unit(w.shape, k), s, p, op, d), dy)
                        for k in range(w.size)]).reshape(w.shape)
     y = np.full(y_ref.shape, np.nan)
-    _C.conv_transpose2d_forward(x, w, None, y, s, p, op, d, version=version)
+    run("conv_transpose2d_forward", version, x, w, None, y, s, p, op, d)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     dx = np.full(x.shape, np.nan)
-    _C.conv_transpose2d_backward_input(dy, w, dx, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_input", version, dy, w, dx, s, p, op, d)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     dw = np.full(w.shape, np.nan)
-    _C.conv_transpose2d_backward_weight(x, dy, dw, s, p, op, d, version=version)
+    run("conv_transpose2d_backward_weight", version, x, dy, dw, s, p, op, d)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)

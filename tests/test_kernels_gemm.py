@@ -1,10 +1,12 @@
-"""gemm (every version) against numpy's matmul: transposes, alpha/beta, odd sizes."""
+"""gemm (every version: backend.kernel_versions, built-in and registered) against numpy's
+matmul: transposes, alpha/beta, odd sizes."""
 import numpy as np
 import pytest
 
-from gasca_core import _C
+from gasca_core import _C, backend
+from gasca_core.testing import call_version, version_id
 
-GEMM_VERSIONS = list(range(len(_C.versions()["gemm"])))
+GEMM_VERSIONS = backend.kernel_versions("gemm")
 SIZES = [(1, 1, 1), (7, 5, 3), (1, 33, 7), (33, 1, 9), (17, 19, 1), (16, 32, 64),
          (33, 65, 31), (48, 257, 129), (129, 70, 300), (257, 33, 7)]
 
@@ -28,7 +30,7 @@ def _tol(dtype, k):
     return dict(rtol=1e-4, atol=1e-5 * np.sqrt(k) * 4) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * k)
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)],
                          ids=["NN", "TN", "NT", "TT"])
@@ -39,12 +41,12 @@ def test_gemm_matches_numpy(m, n, k, ta, tb, dtype, version):
     c0 = rng.standard_normal((m, n)).astype(dtype)
     for alpha, beta in ((1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)):
         c = c0.copy()
-        _C.gemm(a, b, c, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta, version=version)
+        call_version("gemm", version, a, b, c, trans_a=ta, trans_b=tb, alpha=alpha, beta=beta)
         np.testing.assert_allclose(c, _expect(a, b, c0, ta, tb, alpha, beta), **_tol(dtype, k),
                                    err_msg=f"alpha={alpha} beta={beta}")
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_gemm_beta_zero_never_reads_c(version, dtype, rng):
     """beta == 0 overwrites C: NaN (or garbage) already in C must not leak into the result."""
@@ -52,20 +54,20 @@ def test_gemm_beta_zero_never_reads_c(version, dtype, rng):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         c = np.full((m, n), np.nan, dtype=dtype)
-        _C.gemm(a, b, c, beta=0.0, version=version)
+        call_version("gemm", version, a, b, c, beta=0.0)
         assert np.isfinite(c).all()
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype, k))
 
 
-@pytest.mark.parametrize("version", GEMM_VERSIONS)
+@pytest.mark.parametrize("version", GEMM_VERSIONS, ids=version_id)
 def test_gemm_k_zero_scales_c(version):
     a = np.zeros((4, 0), np.float32)
     b = np.zeros((0, 3), np.float32)
     c = np.ones((4, 3), np.float32)
-    _C.gemm(a, b, c, alpha=1.0, beta=2.0, version=version)
+    call_version("gemm", version, a, b, c, alpha=1.0, beta=2.0)
     np.testing.assert_array_equal(c, 2.0)
     c[...] = np.nan
-    _C.gemm(a, b, c, beta=0.0, version=version)
+    call_version("gemm", version, a, b, c, beta=0.0)
     np.testing.assert_array_equal(c, 0.0)
 
 

@@ -757,17 +757,22 @@ def mutate_param(draw, call: Call) -> None:
 
 
 def mutate_version(draw, call: Call) -> None:
+    """A bad version, or for a convolution a bad gemm_version (the gemm its gemm-based
+    versions call): both are checked against their family's count."""
     if call.version_family is None or "version" in call.touched:
         return
     call.touched.add("version")
-    count = len(_C.versions()[call.version_family])
+    arg, family = "version", call.version_family
+    if family == "conv2d" and draw(st.booleans()):
+        arg, family = "gemm_version", "gemm"
+    count = len(_C.versions()[family])
     value = draw(st.sampled_from([-2, count, count + 7, -(2**31) - 1, 2**31, 2**63, 1.5, None,
                                   "0", True]))
-    call.kwargs["version"] = value
+    call.kwargs[arg] = value
     if value is True:
-        call.mark(EITHER if count > 1 else INVALID, "version = True")
+        call.mark(EITHER if count > 1 else INVALID, f"{arg} = True")
     else:
-        call.mark(INVALID, f"version = {value!r}")
+        call.mark(INVALID, f"{arg} = {value!r}")
 
 
 def hyper_outcome(call: Call, value: float, nonneg: bool) -> int:

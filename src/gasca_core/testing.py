@@ -1,4 +1,5 @@
-"""Checking gradients against finite differences (for tests, here and in user code)."""
+"""Checking gradients against finite differences, and calling any version of a kernel the
+way its binding is called (for tests, here and in user code)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -66,3 +67,52 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
                                  f"gradients differ by up to {err:.3g}\nanalytic:\n{analytic}\n"
                                  f"numerical:\n{numeric}")
     return True
+
+
+# ----------------------------------------------------------------------------- kernel versions
+# How a kernel's binding takes its arguments (python/README.md) -> how its backend wrapper
+# (and so a registered Python version) takes them: the output array becomes its shape (for
+# the gradients) or disappears (for the forward passes), in place kernels are the same.
+def _conv_args(kernel: str, args: tuple):
+    first, second, third, *geometry = args
+    if kernel in ("conv2d_forward", "conv_transpose2d_forward"):
+        bias, out, *geometry = third, *geometry
+        return (first, second, bias, *geometry), out
+    return (first, second, third.shape, *geometry), third
+
+
+def version_id(version: backend.Version) -> str:
+    """A version's name in test ids: v0, v1, ... for the built-in ones, a registered one's own
+    name (so `pytest -k v1` or `-k mine` selects one version's tests)."""
+    return f"v{version}" if isinstance(version, int) else version
+
+
+def kernel_covers(kernel: str, version: backend.Version) -> bool:
+    """Whether `kernel` has `version` (a registered name may cover some kernels of its
+    family only)."""
+    return version in backend.kernel_versions(kernel)
+
+
+def call_version(kernel: str, version: backend.Version, *args, **kwargs) -> None:
+    """Run `version` of `kernel` on the binding's arguments (python/README.md: outputs
+    preallocated and overwritten), whatever the version: a built-in number goes straight to
+    gasca_core._C, so the tests see exactly what the binding writes; a registered name goes
+    through the backend wrapper (backend.register_kernel), its result written into the
+    output array.  So one test checks every version, built-in and registered, against the
+    reference.  Registered gemm versions compute op(a) @ op(b); alpha and beta are applied
+    here."""
+    if isinstance(version, int):
+        getattr(backend._cpu_module(), kernel)(*args, version=version, **kwargs)
+        return
+    wrapper = getattr(backend, kernel)
+    if kernel == "gemm":
+        a, b, c = args
+        alpha, beta = kwargs.get("alpha", 1.0), kwargs.get("beta", 0.0)
+        prod = wrapper(a, b, kwargs.get("trans_a", False), kwargs.get("trans_b", False),
+                       version=version)
+        c[...] = alpha * prod if beta == 0 else alpha * prod + beta * c
+    elif kernel in ("sgd_step", "adam_step"):
+        wrapper(*args, version=version, **kwargs)
+    else:
+        wrapper_args, out = _conv_args(kernel, args)
+        out[...] = wrapper(*wrapper_args, version=version, **kwargs)

@@ -3,6 +3,9 @@
     python -m gasca_core.bench          kernels.py: every CPU kernel pass of the gasca-64
                                         layers, each version, vs NumPy and PyTorch; then the
                                         training step (and the GPU section where a GPU is)
+    python -m gasca_core.bench --ladder ladder.py: every version combination, built-in and
+                                        registered, pass by pass and on the whole training
+                                        step, beside the sgemm ceiling
     python -m gasca_core.bench.step     step.py: the trainer's own training step vs PyTorch
     python -m gasca_core.bench.gpu      gpu.py: the CUDA kernels vs cuDNN
     python -m gasca_core.bench --sections distributed

@@ -16,7 +16,12 @@ machine is shared, so compare ratios taken in one run, not numbers across runs.
 Usage:
     python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
                                [--threads N] [--reference] [--no-gemm] [--sections ...]
+                               [--kernels ...]
     python -m gasca_core.bench --sections distributed    (data parallel, under mpiexec)
+    python -m gasca_core.bench --ladder [--batch 64] [--repeat 3] [--step-batch 32] ...
+                               (bench/ladder.py: every version, built-in and registered,
+                               pass by pass and on the whole training step, beside the
+                               sgemm ceiling)
 """
 from __future__ import annotations
 
@@ -24,68 +29,24 @@ import argparse
 import importlib
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from gasca_core import _C
+from gasca_core import _C, backend
+from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
 
 
-# ----------------------------------------------------------------------------- the layers
-@dataclass(frozen=True)
-class Layer:
-    """A gasca-64 encoder convolution; its transposed convolution is the mirror image
-    (C_out -> C_in, output_padding 1), i.e. the adjoint of this convolution."""
-    name: str
-    cin: int
-    size: int      # input H = W
-    cout: int
-    k: int
-    stride: int
-    pad: int
-
-    @property
-    def out(self) -> int:
-        return (self.size + 2 * self.pad - self.k) // self.stride + 1
-
-    def flops(self, batch: int) -> float:
-        return 2.0 * batch * self.cout * self.cin * self.k * self.k * self.out * self.out
-
-
-LAYERS = {
-    1: Layer("layer 1: conv 1->32 k5 s2 p2, 64x64", 1, 64, 32, 5, 2, 2),
-    2: Layer("layer 2: conv 32->64 k5 s2 p2, 32x32", 32, 32, 64, 5, 2, 2),
-    3: Layer("layer 3: conv 64->128 k3 s2 p1, 16x16", 64, 16, 128, 3, 2, 1),
-}
-
-PASSES = ["conv fwd", "conv bwd-in", "conv bwd-w", "convT fwd", "convT bwd-in", "convT bwd-w"]
-
-
-def best_time(fn: Callable[[], object], repeat: int) -> float:
-    """Best of `repeat` timed calls after one warm-up call."""
-    return best_times([fn], repeat)[0]
-
-
-def best_times(fns: List[Callable[[], object]], repeat: int) -> List[float]:
-    """Best time of each function over `repeat` rounds, the functions taking turns within a
-    round: load from other processes then weighs on all of them alike, so that their ratios
-    stay fair on a shared machine.  One warm-up call each first (first touch of buffers,
-    workspace growth, thread-pool start)."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+from .layers import LAYERS, PASSES, Layer, best_time, best_times
 
 
 # ----------------------------------------------------------------------------- our kernels
 def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, Callable[[], None]]:
+    """The six passes of `layer` in conv2d version `version`, straight through the bindings;
+    the gemm inside the versions built on gemm is the run's choice (--kernels gemm=...)."""
     L = layer
+    g = backend.chosen_version("gemm")
+    gv = g if isinstance(g, int) else -1  # a registered gemm cannot run inside C++
     s, p, d, op = (L.stride,) * 2, (L.pad,) * 2, (1, 1), (1, 1)
     x = rng.standard_normal((batch, L.cin, L.size, L.size)).astype(dtype)
     w = rng.standard_normal((L.cout, L.cin, L.k, L.k)).astype(dtype)
@@ -102,12 +63,12 @@ def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, 
     tdy = x
     tdx = np.empty_like(dy)
     return {
-        "conv fwd": lambda: _C.conv2d_forward(x, w, b, y, s, p, d, version=version),
-        "conv bwd-in": lambda: _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version),
-        "conv bwd-w": lambda: _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version),
-        "convT fwd": lambda: _C.conv_transpose2d_forward(tx, w, tb, ty, s, p, op, d, version=version),
-        "convT bwd-in": lambda: _C.conv_transpose2d_backward_input(tdy, w, tdx, s, p, op, d, version=version),
-        "convT bwd-w": lambda: _C.conv_transpose2d_backward_weight(tx, tdy, dw, s, p, op, d, version=version),
+        "conv fwd": lambda: _C.conv2d_forward(x, w, b, y, s, p, d, version=version, gemm_version=gv),
+        "conv bwd-in": lambda: _C.conv2d_backward_input(dy, w, dx, s, p, d, version=version, gemm_version=gv),
+        "conv bwd-w": lambda: _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=version, gemm_version=gv),
+        "convT fwd": lambda: _C.conv_transpose2d_forward(tx, w, tb, ty, s, p, op, d, version=version, gemm_version=gv),
+        "convT bwd-in": lambda: _C.conv_transpose2d_backward_input(tdy, w, tdx, s, p, op, d, version=version, gemm_version=gv),
+        "convT bwd-w": lambda: _C.conv_transpose2d_backward_weight(tx, tdy, dw, s, p, op, d, version=version, gemm_version=gv),
     }
 
 
@@ -306,6 +267,13 @@ def section_gemm(args) -> None:
               + f"{tn:>9.1f}{row[-1] / tn:>8.2f}x", flush=True)
 
 
+def section_ladder(args) -> None:
+    """The version ladder (gasca_core.bench.ladder): every version combination, pass by pass
+    and on the whole training step, beside the sgemm ceiling."""
+    from . import ladder
+    ladder.run(args)
+
+
 def section_gpu(args) -> None:
     """The GPU benchmark (gasca_core.bench.gpu), when the CUDA extension imports and a GPU
     is present; silently nothing otherwise."""
@@ -345,9 +313,11 @@ SECTIONS: List[Tuple[str, Callable]] = [
     ("step", section_step),
     ("gpu", section_gpu),
     ("distributed", section_distributed),
+    ("ladder", section_ladder),
 ]
-# Run only when named: it starts mpiexec and a process per rank.
-ON_REQUEST = ("distributed",)
+# Run only when named: distributed starts mpiexec and a process per rank; the ladder times
+# every version combination (the naive v0 included) and is long.
+ON_REQUEST = ("distributed", "ladder")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -366,6 +336,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="which sections to run: " + ", ".join(n for n, _ in SECTIONS)
                     + " (default: all but " + ", ".join(ON_REQUEST) + ")")
     ap.add_argument("--no-gemm", action="store_true", help="skip the gemm section")
+    lad = ap.add_argument_group("the version ladder (--ladder: only that section)")
+    lad.add_argument("--ladder", action="store_true",
+                     help="run the version ladder: GFLOP/s of every version combination on "
+                          "every pass and on the training step, and the sgemm ceiling "
+                          "(--batch and --repeat apply to its passes)")
+    lad.add_argument("--columns", default=None, metavar="LABEL,...",
+                     help="only these columns of the ladder (e.g. v0,v2; default: all)")
+    lad.add_argument("--step-batch", type=int, default=32, help="the training step's batch (default 32)")
+    lad.add_argument("--step-steps", type=int, default=2, help="steps per timed round (default 2)")
+    lad.add_argument("--step-rounds", type=int, default=3, help="timed rounds of the step (default 3)")
+    lad.add_argument("--no-step", action="store_true", help="leave the training-step row out")
+    add_kernel_args(ap)
     args = ap.parse_args(argv)
     args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
     for v in args.layers:
@@ -376,10 +358,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.threads is None:
         args.threads = os.cpu_count() or 1
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in args.sections if s not in dict(SECTIONS)]
-    if unknown:
-        ap.error(f"--sections: no section {', '.join(unknown)}; choose from "
-                 f"{', '.join(n for n, _ in SECTIONS)}")
+    bad = [s for s in args.sections if s not in dict(SECTIONS)]
+    if bad:
+        ap.error(f"--sections: no section {', '.join(bad)}; choose from "
+                 + ", ".join(n for n, _ in SECTIONS))
+    if args.ladder:
+        args.sections = ["ladder"]
+    if min(args.step_batch, args.step_steps, args.step_rounds) < 1:
+        ap.error("--step-batch, --step-steps and --step-rounds must be >= 1")
+    if args.columns is not None:
+        args.columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     if args.no_gemm and "gemm" in args.sections:
         args.sections.remove("gemm")
     return args
@@ -387,6 +375,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    apply_kernel_args(args)
+    if args.columns:
+        from .ladder import columns
+        try:
+            columns(args.columns)
+        except ValueError as e:
+            fail(str(e))
     _C.set_num_threads(args.threads)
     print(f"gasca_core CPU kernel benchmark: {os.cpu_count()} CPU(s), kernels use {args.threads} thread(s)")
     for name, fn in SECTIONS:

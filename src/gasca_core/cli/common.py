@@ -124,6 +124,38 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: the architecture's)")
 
 
+def add_kernel_args(p: argparse.ArgumentParser) -> None:
+    """--kernels and --kernel-file: which kernel versions the command runs on (the one
+    mechanism of gasca_core.backend; GASCA_KERNELS and GASCA_KERNEL_FILES do the same from
+    the environment, and these flags win over them)."""
+    k = p.add_argument_group("kernel versions (docs/COURSE.md)")
+    k.add_argument("--kernels", default=None, metavar="NAME=V,...",
+                   help="run on these kernel versions, e.g. conv2d=1,gemm=0: NAME is a family "
+                        "(conv2d, gemm, optim) or one kernel (conv2d_forward, "
+                        "conv_transpose2d_backward_weight, adam_step, ...), V a built-in version "
+                        "number (python -c 'import gasca_core; print(gasca_core.backend.versions())') "
+                        "or the name of one registered by --kernel-file (default: the fastest "
+                        "of each, or what GASCA_KERNELS says)")
+    k.add_argument("--kernel-file", action="append", default=[], metavar="FILE.py",
+                   help="a Python file whose gasca_core.register_kernel calls add versions of "
+                        "your own (repeatable)")
+
+
+def apply_kernel_args(args: argparse.Namespace) -> None:
+    """Load the --kernel-file files and choose the --kernels versions for this process; a
+    bad file or choice stops the tool with the message."""
+    from .. import backend
+    try:
+        for path in getattr(args, "kernel_file", None) or []:
+            backend.load_kernel_file(path)
+        if getattr(args, "kernels", None):
+            backend.set_kernels(backend.parse_kernels(args.kernels))
+        else:
+            backend.chosen_kernels()  # reads and checks GASCA_KERNELS now, not mid-run
+    except ValueError as e:
+        fail(str(e))
+
+
 def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
     """The GascaConfig that the architecture flags and --image-size describe; it keeps the
     architecture's name (--arch) only when no flag changes one of its fields, and is called

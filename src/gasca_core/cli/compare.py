@@ -40,9 +40,9 @@ from ..metrics import mse_per_image
 from ..models import GascaConfig
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, Trainer, TrainConfig, canonical_method,
                         gangglw_d_ratio)
-from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, float_list,
-                     int_list, load_splits, model_config_from_args, nonneg_float, positive_int,
-                     resolve_dataset)
+from .common import (HelpFormatter, add_data_args, add_kernel_args, add_model_args,
+                     apply_kernel_args, d_ratio, fail, float_list, int_list, load_splits,
+                     model_config_from_args, nonneg_float, positive_int, resolve_dataset)
 
 RESULTS_FORMAT = 2
 JOINT_AT_GANGGLW_RATIO = "joint (gangglw's D:G ratio)"
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the learning curves' clock axis included; refused with --budget "
                         "time or both, whose budgets are seconds")
     p.add_argument("--progress", action="store_true", help="show per-phase progress bars")
+    add_kernel_args(p)
     return p
 
 
@@ -124,6 +125,7 @@ def run_one(mc: GascaConfig, tc: TrainConfig, train, val, test, progress: bool) 
            "train_seconds": final["train_seconds"], "wall_seconds": final["wall_seconds"],
            "phase_seconds": final["phase_seconds"],
            "phases": [p.name for p in trainer.phases], "per_yaw": {},
+           "kernels": trainer.kernels[-1]["kernels"],  # the versions it ran on
            # D's mean probability of "real" on real and fake validation pairs at the end of
            # each phase (None where the phase has no D)
            "d_probs": {rec["phase"]: [rec.get("d_real"), rec.get("d_fake")]
@@ -715,6 +717,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     resolve_dataset(args)
     if args.report_only:
         return report_only(args.report_only, args.out)
+    apply_kernel_args(args)
     args.out = args.out or "runs/compare"
     methods = [canonical_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]

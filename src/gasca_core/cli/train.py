@@ -20,15 +20,16 @@ import time
 import traceback
 from typing import Optional, Sequence
 
+from .. import backend
 from ..distributed import DistributedError, World, init_world
 from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
 from ..models import GascaConfig
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
 from ..training.trainer import StopRequested
-from .common import (HelpFormatter, add_data_args, add_model_args, d_ratio, fail, load_splits,
-                     model_config_from_args, nonneg_float, positive_float, positive_int,
-                     resolve_dataset)
+from .common import (HelpFormatter, add_data_args, add_kernel_args, add_model_args,
+                     apply_kernel_args, d_ratio, fail, load_splits, model_config_from_args,
+                     nonneg_float, positive_float, positive_int, resolve_dataset)
 
 DEFAULT_STEPS = TrainConfig.steps
 
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", choices=("frontalize", "classify"), default="frontalize",
                    help="what to train for; classification starts from a trained checkpoint "
                         "and is run by python -m gasca_core.classify CHECKPOINT")
+    add_kernel_args(p)
     return p
 
 
@@ -185,12 +187,12 @@ def _abort(world: World, exc: BaseException) -> None:
 def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World) -> int:
     say = print if world.rank == 0 else (lambda *a, **k: None)
     resolve_dataset(args)
+    apply_kernel_args(args)
     if args.task == "classify":
         fail("--task classify runs from a trained checkpoint: use python -m gasca_core.classify "
              "CHECKPOINT (it trains the encoder's classifier and a from-scratch one, both reported)")
     out = args.out or os.path.join("runs", f"{args.method}-{args.dataset}-seed{args.seed}")
     if args.device == "cuda":
-        from .. import backend
         try:
             backend.require_cuda()
         except RuntimeError as e:
@@ -226,6 +228,7 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
     trainer = Trainer(mc, tc, train, val, out_dir=out, progress=not args.no_progress, world=world)
     say(f"{tc.method}: {len(trainer.phases)} phases: " +
         ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
+    say(f"kernels: {backend.describe_kernels()}")
     try:
         trainer.run(resume=args.resume)
     except KeyboardInterrupt as e:
@@ -291,7 +294,8 @@ def final_report(trainer: Trainer, train, test, out_dir: Optional[str] = None) -
     head = (f"\ntest set ({len(test)} pairs), method {trainer.tc.method}, "
             f"{trainer.counters['g_updates']} G updates, {trainer.counters['d_updates']} D "
             f"updates, {trainer.train_seconds:.0f} s of training clock "
-            f"({trainer.wall_seconds:.0f} s wall with validations and checkpoints):\n"
+            f"({trainer.wall_seconds:.0f} s wall with validations and checkpoints)\n"
+            f"{kernels_line(trainer)}:\n"
             + results_tables(f"GASCA ({trainer.tc.method})", out, test, train))
     q = quality_metrics(out, test, train, log=print)
     if out_dir:
@@ -302,6 +306,18 @@ def final_report(trainer: Trainer, train, test, out_dir: Optional[str] = None) -
     if table:
         parts += ["", "at the end of each phase (validation pairs):", table]
     return "\n".join(parts)
+
+
+def kernels_line(trainer: Trainer) -> str:
+    """Which kernel versions trained the run (Trainer.kernels): one choice, or one per stretch
+    of steps when a resume changed it."""
+    def describe(chosen):
+        return backend.describe_kernels(chosen) if chosen else "the fastest (not recorded)"
+    segs = trainer.kernels
+    if len(segs) == 1:
+        return f"kernels: {describe(segs[0]['kernels'])}"
+    return "kernels: " + "; ".join(f"from step {seg['global_step']}: {describe(seg['kernels'])}"
+                                   for seg in segs)
 
 
 def _save_run_info(out: str, info: dict) -> None:

@@ -212,6 +212,10 @@ class Trainer:
         self._wall_start: Optional[float] = None   # when this session's run() began
         self.best_val_mse = math.inf
         self.history: list[dict] = []
+        # Which kernel versions train the run (gasca_core.backend's choice): one entry per
+        # stretch of steps, a new one when a resume runs on other versions.
+        # (run() records the choice it starts under.)
+        self.kernels: list[dict] = [{"global_step": 0, "kernels": backend.chosen_kernels()}]
         self.guard = NonFiniteGuard(train_config.on_nonfinite, train_config.max_skips, log)
         self.current_run: Optional[PhaseRun] = None
         self._opt_states: dict[str, Any] = {}   # optimizer states of a checkpoint to resume
@@ -484,6 +488,7 @@ class Trainer:
                 self.log(f"note: the run was saved on {saved_on} process(es) and continues on "
                          f"{self.world.size}: the global batches are the same, so the training "
                          f"continues as it would have")
+        self._note_kernels()
         stop_signals = (stop_at_agreed_step(self) if self.world.distributed
                         else sigterm_as_keyboard_interrupt())
         with stop_signals:
@@ -500,6 +505,17 @@ class Trainer:
         final.update(train_seconds=self.train_seconds, elapsed=self.train_seconds,
                      wall_seconds=self.wall_seconds, phase_seconds=list(self.phase_seconds))
         return final
+
+    def _note_kernels(self) -> None:
+        """Record the kernel versions this session runs on (backend.chosen_kernels), as a new
+        stretch from the current step when they differ from the last one's."""
+        now, last = backend.chosen_kernels(), self.kernels[-1]
+        if last["kernels"] == now:
+            return
+        step = self.counters["global_step"]
+        if last["global_step"] == step:
+            self.kernels = self.kernels[:-1]
+        self.kernels = self.kernels + [{"global_step": step, "kernels": now}]
 
     def _run_phase(self, idx: int) -> None:
         """Set phase idx up and run it to its planned steps or the end of its time share,
@@ -653,6 +669,7 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "best_val_mse": self.best_val_mse if math.isfinite(self.best_val_mse) else None,
             "world_size": self.world.size,           # processes that trained (any N resumes)
+            "kernels": self.kernels,
             "gasca_core_version": __version__,
         }
 
@@ -707,6 +724,9 @@ class Trainer:
         self._wall_before = float(meta.get("wall_seconds", 0.0))
         self.best_val_mse = meta["best_val_mse"] if meta["best_val_mse"] is not None else math.inf
         self._opt_states = {k: states[k] for k in ("opt_g", "opt_d") if k in states}
+        # Earlier stretches' kernel versions (None: a checkpoint from before they were
+        # recorded); run() adds this session's if it runs on others.
+        self.kernels = meta.get("kernels") or [{"global_step": 0, "kernels": None}]
 
 
 # ----------------------------------------------------------------------------- helpers
