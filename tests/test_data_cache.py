@@ -147,6 +147,17 @@ def tree(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def long_tree(tmp_path_factory):
+    """A tree with enough chunks (about 450 images) that a prepare stopped after its first
+    chunk is surely mid-way: on an idle machine two workers finish `tree` in well under a
+    second, so a signal sent after its first chunk could arrive after the end."""
+    root = tmp_path_factory.mktemp("mpie_long")
+    write_multipie_tree(root, subjects=24, cameras=("051", "050", "140", "041", "130"),
+                        flashes=(0, 5, 7, 9, 16), missing=0.2, seed=2)
+    return root
+
+
 def test_prepare_then_train_tools_read_the_cache(tree, tmp_path):
     out = prepare_cache("multipie", tree, tmp_path / "c", 16, {"on_missing": "skip"},
                         workers=1, progress=False, log=lambda s: None)
@@ -214,9 +225,10 @@ def test_an_interrupted_prepare_continues_to_the_same_cache(tree, tmp_path, monk
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_a_killed_prepare_process_continues_to_the_same_cache(tree, tmp_path):
+def test_a_killed_prepare_process_continues_to_the_same_cache(long_tree, tmp_path):
     """SIGKILL at a random moment of a prepare run as a command (two workers), then the
     same command again: the result equals one uninterrupted prepare."""
+    tree = long_tree
     whole = prepare_cache("multipie", tree, tmp_path / "whole", 16, {"on_missing": "skip"},
                           workers=1, progress=False, log=lambda s: None, chunk=4)
     part = tmp_path / "part"
@@ -381,14 +393,14 @@ def test_detected_boxes_find_the_face_and_fall_back_to_the_camera_box(tmp_path):
     assert box_of(file_path(tmp_path, 1, 1, 1, "240", 7), side) == CAMERA_BOXES["240"]
 
 
-def test_ctrl_c_stops_a_two_worker_prepare_at_once_and_the_command_continues_it(tree, tmp_path):
+def test_ctrl_c_stops_a_two_worker_prepare_at_once_and_the_command_continues_it(long_tree, tmp_path):
     """SIGINT to `python -m gasca_core.data prepare` with two workers: it stops within
     seconds (no waiting for the queued chunks), says how to continue, leaves an incomplete
     cache, and the same command then completes it."""
     out = tmp_path / "c"
-    cmd = [sys.executable, "-m", "gasca_core.data", "prepare", "--data", str(tree), "--out",
+    cmd = [sys.executable, "-m", "gasca_core.data", "prepare", "--data", str(long_tree), "--out",
            str(out), "--image-size", "16", "--opt", "on_missing=skip", "--workers", "2",
-           "--chunk", "2", "--no-progress"]
+           "--chunk", "1", "--no-progress"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
