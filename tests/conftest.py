@@ -1,6 +1,17 @@
 """Shared test fixtures: optional oracles (PyTorch) and devices (CUDA) are skipped cleanly."""
+import signal
+
 import numpy as np
 import pytest
+
+# The Ctrl-C tests send SIGINT to the commands they start, as a terminal does. A shell that
+# starts pytest in the background (`pytest &`, nohup) sets SIGINT to "ignore", children
+# inherit that, and Python then installs no KeyboardInterrupt handler: the command would
+# run to its end and the test would read that as a failure of the command. A handler in
+# this process is reset to the default in every child it starts, which is what a user's
+# terminal gives the command.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _torch():
