@@ -7,6 +7,8 @@
                                         registered, pass by pass and on the whole training
                                         step, beside the sgemm ceiling
     python -m gasca_core.bench.step     step.py: the trainer's own training step vs PyTorch
+    python -m gasca_core.bench.profile  profile.py: where that step's time goes, region by
+                                        region, beside its FLOPs and the sgemm limit
     python -m gasca_core.bench.gpu      gpu.py: the CUDA kernels vs cuDNN
     python -m gasca_core.bench --sections distributed
                                         distributed.py: the training step on N = 1 and 2
