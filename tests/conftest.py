@@ -35,3 +35,23 @@ def torch():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def shifted_pairs():
+    """`write_shifted_pairs` below, for the modules' own dataset fixtures."""
+    return write_shifted_pairs
+
+
+def write_shifted_pairs(path, n: int = 96, yaws: bool = False) -> str:
+    """The tools' small .npz dataset: 16x16 blocky inputs, targets the inputs shifted by a
+    pixel (and dimmed), four images per identity; with yaws, a label_yaw cycling -30, 0, 30.
+    Returns the path as a string."""
+    rng = np.random.default_rng(0)
+    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
+    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
+    labels = {"label_identity": np.repeat(np.arange(n // 4), 4)}
+    if yaws:
+        labels["label_yaw"] = np.tile([-30, 0, 30], n // 3)
+    np.savez(path, inputs=x, targets=y, **labels)
+    return str(path)

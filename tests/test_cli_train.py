@@ -20,15 +20,9 @@ TINY = ["--image-size", "16", "--channels", "4,6", "--kernel-sizes", "3,3", "--b
 
 
 @pytest.fixture(scope="module")
-def npz_data(tmp_path_factory):
+def npz_data(tmp_path_factory, shifted_pairs):
     """A small .npz dataset: targets are inputs shifted by a pixel, with identities."""
-    rng = np.random.default_rng(0)
-    n = 96
-    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
-    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "pairs.npz"
-    np.savez(path, inputs=x, targets=y, label_identity=np.repeat(np.arange(n // 4), 4))
-    return str(path)
+    return shifted_pairs(tmp_path_factory.mktemp("data") / "pairs.npz")
 
 
 def run(args, timeout=300, **kw):

@@ -5,7 +5,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 
 from gasca_core import statistics
@@ -16,15 +15,8 @@ TINY = ["--image-size", "16", "--channels", "4,6", "--kernel-sizes", "3,3", "--b
 
 
 @pytest.fixture(scope="module")
-def npz_data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    n = 96
-    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
-    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "pairs.npz"
-    np.savez(path, inputs=x, targets=y, label_identity=np.repeat(np.arange(n // 4), 4),
-             label_yaw=np.tile([-30, 0, 30], n // 3))
-    return str(path)
+def npz_data(tmp_path_factory, shifted_pairs):
+    return shifted_pairs(tmp_path_factory.mktemp("data") / "pairs.npz", yaws=True)
 
 
 def test_student_t_quantiles_match_the_tables():

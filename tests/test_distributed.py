@@ -201,16 +201,10 @@ DATA = ""
 
 
 @pytest.fixture(scope="module", autouse=True)
-def npz_data(tmp_path_factory):
-    """The small .npz dataset of tests/test_cli_train.py."""
+def npz_data(tmp_path_factory, shifted_pairs):
+    """The tools' small .npz dataset (tests/conftest.py: write_shifted_pairs)."""
     global DATA
-    rng = np.random.default_rng(0)
-    n = 96
-    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
-    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "pairs.npz"
-    np.savez(path, inputs=x, targets=y, label_identity=np.repeat(np.arange(n // 4), 4))
-    DATA = str(path)
+    DATA = shifted_pairs(tmp_path_factory.mktemp("data") / "pairs.npz")
 
 
 def _params(out):
@@ -309,13 +303,18 @@ def _rank_of(pid):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
-    out = tmp_path / "run"
+def _start_a_long_job(out: Path) -> subprocess.Popen:
+    """A 2-rank joint run far longer than any test waits, in its own process group."""
     cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "gasca_core.train", "--dataset", "npz",
            "--data", DATA, "--out", str(out), *TINY, *JOINT[:2], "--steps", "100000",
            "--eval-every", "5"]
-    job = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_a_killed_rank_ends_the_job_within_seconds(tmp_path):
+    out = tmp_path / "run"
+    job = _start_a_long_job(out)
     try:
         deadline = time.monotonic() + 120
         while not (out / "latest.npz").exists():   # training is under way, a checkpoint saved
@@ -379,11 +378,7 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
 
 def test_ctrl_c_stops_every_rank_after_the_same_step_and_saves(tmp_path):
     out = tmp_path / "run"
-    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "gasca_core.train", "--dataset", "npz",
-           "--data", DATA, "--out", str(out), *TINY, *JOINT[:2], "--steps", "100000",
-           "--eval-every", "5"]
-    job = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = _start_a_long_job(out)
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.jsonl").exists():

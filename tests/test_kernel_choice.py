@@ -200,14 +200,8 @@ def _own_version(tmp_path, name, wrong=0):
 
 
 @pytest.fixture(scope="module")
-def npz_data(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    n = 64
-    x = np.kron(rng.random((n, 4, 4)), np.ones((4, 4))).astype(np.float32)
-    y = np.clip(0.7 * np.roll(x, 1, axis=-1) + 0.15, 0, 1).astype(np.float32)
-    path = tmp_path_factory.mktemp("data") / "pairs.npz"
-    np.savez(path, inputs=x, targets=y, label_identity=np.repeat(np.arange(n // 4), 4))
-    return str(path)
+def npz_data(tmp_path_factory, shifted_pairs):
+    return shifted_pairs(tmp_path_factory.mktemp("data") / "pairs.npz", n=64)
 
 
 @pytest.mark.slow
