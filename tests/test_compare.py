@@ -103,10 +103,13 @@ def test_report_only_reads_a_results_file_of_the_first_format(tmp_path):
     assert "adversarial weight 0.0001" in report and "0.0064" in report
 
 
-def test_learning_curves_run_every_method_at_every_budget(tmp_path, npz_data):
+def test_learning_curves_run_every_method_at_every_budget(tmp_path, npz_data, capsys):
     out = str(tmp_path / "curve")
-    assert compare.main(["--dataset", "npz", "--data", npz_data, "--curve", "10,20", "--seeds", "1,2",
+    assert compare.main(["--dataset", "npz", "--data", npz_data, "--curve", "20,10", "--seeds", "1,2",
                          "--methods", "gangglw,joint", "--out", out] + TINY) == 0
+    # The header says what runs: the curve's budgets, not the comparison's default --steps.
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("learning curves of ['gangglw', 'joint']") and "[10, 20] G updates" in header
     runs = json.load(open(os.path.join(out, "curves.json")))["runs"]
     assert sorted((r["method"], r["steps"], r["seed"]) for r in runs) == sorted(
         (m, b, s) for m in ("gangglw", "joint") for b in (10, 20) for s in (1, 2))

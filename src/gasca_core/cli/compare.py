@@ -738,10 +738,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                    image_size=args.image_size, max_train=args.max_train,
                                    max_eval=args.max_eval)
     os.makedirs(args.out, exist_ok=True)
+    if args.curve:
+        print(f"learning curves of {methods} on {len(train)} training pairs, seeds {args.seeds}, "
+              f"at {sorted(args.curve)} G updates, adversarial weight {weights[-1]}, "
+              f"D updates per step {args.d_ratio}")
+        return learning_curves(args, methods, weights[-1], mc, train, val, test)
     print(f"comparing {methods} on {len(train)} training pairs, seeds {args.seeds}, "
           f"{args.steps} G updates, budgets {budgets}, adversarial weights {weights}")
-    if args.curve:
-        return learning_curves(args, methods, weights[-1], mc, train, val, test)
     results = {"format": RESULTS_FORMAT,
                "argv": list(argv) if argv is not None else sys.argv[1:],
                "args": _args_record(args), "model_config": mc.to_dict(),
