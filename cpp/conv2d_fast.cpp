@@ -107,21 +107,25 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
       T* yn = y + n * Co * P;
       for (int64_t kb = 0; kb * KC < kdim; ++kb) {
         const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
-        for (int64_t ip = 0; ip < m_panels; ++ip) {
-          const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
-          const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
-          for (int64_t t = t0; t < t1; ++t) {
-            const int64_t q0 = t * NR;
-            int64_t vec_off[2 * NV];
-            for (int v = 0; v < pieces; ++v) {
-              // piece v covers pixels [q, q + piece) of one output row; past the last
-              // pixel, repeat the first piece (loaded, never stored).
-              const int64_t q = q0 + v * piece < P ? q0 + v * piece : q0;
-              vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
-            }
+        // Tiles outer, weight panels inner: the tile's kc rows of B (scattered over the
+        // phase image) stay in L1 while every weight panel of the block streams past them
+        // in order, which the hardware prefetcher follows.
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t q0 = t * NR;
+          int64_t vec_off[2 * NV];
+          for (int v = 0; v < pieces; ++v) {
+            // piece v covers pixels [q, q + piece) of one output row; past the last
+            // pixel, repeat the first piece (loaded, never stored).
+            const int64_t q = q0 + v * piece < P ? q0 + v * piece : q0;
+            vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
+          }
+          const int nr = static_cast<int>(std::min<int64_t>(NR, P - q0));
+          for (int64_t ip = 0; ip < m_panels; ++ip) {
+            const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
+            const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
             detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off, halves,
                                              yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
-                                             mr, static_cast<int>(std::min<int64_t>(NR, P - q0)));
+                                             mr, nr);
           }
         }
       }

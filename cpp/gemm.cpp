@@ -260,6 +260,7 @@ static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, i
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+#pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NV];
 #pragma GCC unroll 4

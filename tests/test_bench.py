@@ -9,9 +9,9 @@ def _run(args):
 
 def test_kernel_bench_prints_every_pass_of_a_layer():
     r = _run(["gasca_core.bench", "--sections", "layers,gemm", "--layers", "1", "--batch", "2",
-              "--repeat", "1", "--no-torch"])
+              "--repeat", "1", "--rounds", "2", "--settle", "0", "--no-torch"])
     assert r.returncode == 0, r.stderr
-    assert "GFLOP" in r.stdout
+    assert "GFLOP" in r.stdout and "median of 2 rounds" in r.stdout
     for name in ("conv fwd", "conv bwd-in", "conv bwd-w", "convT fwd", "convT bwd-in", "convT bwd-w",
                  "numpy"):
         assert name in r.stdout, name
@@ -26,3 +26,45 @@ def test_training_step_bench_reports_steps_per_second():
 def test_bench_rejects_bad_flags():
     r = _run(["gasca_core.bench", "--layers", "9"])
     assert r.returncode != 0 and "--layers" in r.stderr
+    for flag, value in (("--rounds", "0"), ("--settle", "-1")):
+        r = _run(["gasca_core.bench", flag, value])
+        assert r.returncode != 0 and flag in r.stderr, (flag, r.stderr)
+
+
+def test_round_times_interleaves_the_functions_and_times_each_turn(monkeypatch):
+    """On a fake clock: every function takes its turn in every round, each turn makes the
+    same number of calls, and the per-call time of each round is what that turn took."""
+    import pytest
+    from gasca_core.bench import layers
+
+    now = [0.0]
+    order = []
+    cost = {"a": 0.004, "b": 0.001}   # seconds per call
+
+    def make(name):
+        def fn():
+            order.append(name)
+            now[0] += cost[name]
+        return fn
+
+    slept = []
+    monkeypatch.setattr(layers.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(layers.time, "sleep", lambda s: slept.append(s))
+    times = layers.round_times([make("a"), make("b")], rounds=3, min_turn_s=0.01, settle_s=0.2)
+    # warm-up: two calls each; then turns of round(0.01 / 0.001) = 10 calls, a before b
+    assert order[:4] == ["a", "a", "b", "b"]
+    turns = order[4:]
+    assert turns == (["a"] * 10 + ["b"] * 10) * 3
+    assert times[0] == pytest.approx([0.004] * 3) and times[1] == pytest.approx([0.001] * 3)
+    assert slept == [0.2] * 6           # one untimed pause before every turn
+    assert layers.median_ratio(times[0], times[1]) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="rounds"):
+        layers.round_times([make("a")], rounds=0)
+    with pytest.raises(ValueError, match="equally long"):
+        layers.median_ratio([1.0], [1.0, 2.0])
+
+
+def test_median_ratio_is_the_median_of_per_round_ratios():
+    from gasca_core.bench.layers import median_ratio
+    # per-round ratios 2, 0.5, 3: median 2 (the ratio of the medians would be 2 / 2 = 1)
+    assert median_ratio([2.0, 1.0, 6.0], [1.0, 2.0, 2.0]) == 2.0

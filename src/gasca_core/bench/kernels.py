@@ -9,9 +9,13 @@ be added (``SECTIONS``).
 
 Every pass of a layer does the same number of multiply-adds, so one FLOP count serves all:
 2 * N * C_out * C_in * KH * KW * OH * OW (OH, OW: the convolution's output size; for the
-transposed convolution, the convolution it is the adjoint of).  Times are the best of
---repeat runs after one warm-up (the least disturbed by other work on the machine); the
-machine is shared, so compare ratios taken in one run, not numbers across runs.
+transposed convolution, the convolution it is the adjoint of).  The passes are timed in
+--rounds interleaved rounds (bench.layers.round_times: every column takes its turn in every
+round, after an untimed pause of --settle seconds so that one library's spinning thread
+pool does not slow the next), and each figure is the median of the rounds; ours / PyTorch is the
+median of the rounds' ratios, for the version training dispatches.  The gemm section keeps
+the best of --repeat runs.  Run it on an otherwise idle machine: a build, a test run or a
+training beside it makes every figure noisy (the section says so when the load is high).
 
 Usage:
     python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import statistics
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -37,7 +42,7 @@ from gasca_core import _C, backend
 from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
 
 
-from .layers import LAYERS, PASSES, Layer, best_time, best_times
+from .layers import LAYERS, PASSES, Layer, best_time, median_ratio, round_times
 
 
 # ----------------------------------------------------------------------------- our kernels
@@ -156,18 +161,32 @@ def torch_passes(torch, layer: Layer, batch: int, dtype) -> Dict[str, Callable[[
 
 
 # ----------------------------------------------------------------------------- sections
+PASS_KERNEL = dict(zip(PASSES, ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+                                 "conv_transpose2d_forward", "conv_transpose2d_backward_input",
+                                 "conv_transpose2d_backward_weight"]))
+
+
+def _dispatched(pname: str, versions: List[int]) -> int:
+    """The built-in version the backend runs for a pass (what training uses); a registered
+    Python version cannot be timed through the bindings, so the fastest built-in stands in."""
+    v = backend.chosen_version(PASS_KERNEL[pname])
+    return v if isinstance(v, int) and v in versions else versions[-1]
+
+
 def section_layers(args) -> None:
-    """GFLOP/s of every pass of every layer: our versions, NumPy, PyTorch."""
+    """GFLOP/s of every pass of every layer: our versions, NumPy, PyTorch; the median of
+    --rounds interleaved rounds, and ours / PyTorch as the median of the rounds' ratios."""
     dtype = np.dtype(args.dtype).type
     rng = np.random.default_rng(0)
     names = _C.versions()["conv2d"]
     versions = list(range(len(names)))
+    fast = versions[1:]
     torch = None if args.no_torch else _torch()
     if torch is not None:
         torch.set_num_threads(args.threads)
 
     print(f"\n== convolution passes, batch {args.batch}, {args.dtype}, {args.threads} thread(s), "
-          f"GFLOP/s (best of {args.repeat}, the columns taking turns) ==")
+          f"GFLOP/s (median of {args.rounds} rounds, the columns taking turns) ==")
     _load_note()
     for v, name in enumerate(names):
         print(f"  v{v}: {name}")
@@ -175,37 +194,44 @@ def section_layers(args) -> None:
         print("  (v0, the reference loops, is slow at these sizes: skipped; --reference times it once)")
     if torch is None:
         print("  (PyTorch not importable: its column and the ratio are left out)")
+    else:
+        print("  ours/torch: the version training dispatches (--kernels) against PyTorch, the "
+              "median of the rounds' ratios [lowest, highest round]")
 
     for key in args.layers:
         L = LAYERS[key]
         flops = L.flops(args.batch)
-        cols = [f"v{v}" for v in versions] + ["numpy"] + (["torch", "best/torch"] if torch else [])
+        cols = [f"v{v}" for v in versions] + ["numpy"] + (["torch", "ours/torch"] if torch else [])
         print(f"\n{L.name}  ({flops / 1e9:.3f} GFLOP per pass)")
-        print(f"  {'pass':<13}" + "".join(f"{c:>11}" for c in cols))
+        print(f"  {'pass':<13}" + "".join(f"{c:>11}" for c in cols) + ("   rounds' range" if torch else ""))
         table: Dict[str, List[Optional[float]]] = {}
         ours = {v: our_passes(L, args.batch, dtype, v, rng) for v in versions}
         base = numpy_passes(L, args.batch, dtype, rng)
         ref = torch_passes(torch, L, args.batch, dtype) if torch else None
         for pname in PASSES:
-            fast = versions[1:]
             timed = [ours[v][pname] for v in fast] + [base[pname]] + ([ref[pname]] if ref else [])
-            rates = [flops / t / 1e9 for t in best_times(timed, args.repeat)]
+            times = round_times(timed, args.rounds, settle_s=args.settle)
+            rates = [flops / statistics.median(t) / 1e9 for t in times]
             row: List[Optional[float]] = [flops / _once(ours[0][pname]) / 1e9 if args.reference else None]
             row += rates[:len(fast)]          # v1, v2, ...
             row.append(rates[len(fast)])      # numpy
+            spread = ""
             if ref:
-                tg = rates[len(fast) + 1]
-                row += [tg, max(rates[:len(fast)]) / tg]
+                mine = times[fast.index(_dispatched(pname, fast))]
+                theirs = times[len(fast) + 1]
+                per_round = [b / a for a, b in zip(mine, theirs)]
+                row += [rates[len(fast) + 1], median_ratio(theirs, mine)]
+                spread = f"   [{min(per_round):.2f}, {max(per_round):.2f}]"
             table[pname] = row
             cells = []
             for c, val in zip(cols, row):
                 if val is None:
                     cells.append(f"{'-':>11}")
-                elif c == "best/torch":
+                elif c == "ours/torch":
                     cells.append(f"{val:>10.2f}x")
                 else:
                     cells.append(f"{val:>11.1f}")
-            print(f"  {pname:<13}" + "".join(cells), flush=True)
+            print(f"  {pname:<13}" + "".join(cells) + spread, flush=True)
         # The issue's summary figure: forward + both backward passes, 3x the forward FLOPs.
         for kind, trio in (("conv", PASSES[:3]), ("convT", PASSES[3:])):
             def rate(col):
@@ -217,8 +243,8 @@ def section_layers(args) -> None:
             msg = "  ".join(f"{c} {val:.1f}" for c, val in zip(cols, summary) if val is not None)
             if ref:
                 tg = rate(len(versions) + 1)
-                best = max(v for v in summary[:len(versions)] if v is not None)
-                msg += f"  torch {tg:.1f}  best/torch {best / tg:.2f}x"
+                mine = rate(_dispatched(trio[0], fast))
+                msg += f"  torch {tg:.1f}  ours/torch {mine / tg:.2f}x"
             print(f"  {kind} fwd+bwd (3 passes): {msg}")
 
 
@@ -324,7 +350,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m gasca_core.bench", description=__doc__.split("\n\n")[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    ap.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (best is kept)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="timed runs per measurement in the gemm section and the ladder (best is kept; default 5)")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="interleaved rounds of the layers section; their median is reported (default 7)")
+    ap.add_argument("--settle", type=float, default=0.2, metavar="SECONDS",
+                    help="untimed pause before each turn of the layers section, so that the thread "
+                         "pool of the library timed before (ours, PyTorch's, OpenBLAS's behind "
+                         "NumPy) has stopped spinning (default 0.2; 0 for quick runs)")
     ap.add_argument("--layers", default="1,2,3", help="comma-separated gasca-64 layers (default 1,2,3)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None,
@@ -353,8 +386,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for v in args.layers:
         if v not in LAYERS:
             ap.error(f"--layers: no layer {v}; choose from {sorted(LAYERS)}")
-    if args.batch < 1 or args.repeat < 1:
-        ap.error("--batch and --repeat must be >= 1")
+    if args.batch < 1 or args.repeat < 1 or args.rounds < 1:
+        ap.error("--batch, --repeat and --rounds must be >= 1")
+    if not 0 <= args.settle <= 10:
+        ap.error(f"--settle must be between 0 and 10 seconds, got {args.settle}")
     if args.threads is None:
         args.threads = os.cpu_count() or 1
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]

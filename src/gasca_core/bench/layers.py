@@ -1,10 +1,13 @@
 """What the kernel benchmarks share (bench.kernels, bench.ladder): the gasca-64 layers they
-time, the names of the six passes, and fair timing of several functions at once."""
+time, the names of the six passes, and fair timing of several functions at once: the best
+of interleaved calls (`best_times`), or per-round times of interleaved rounds whose median
+is reported (`round_times`, `median_ratio`)."""
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Sequence
 
 
 # ----------------------------------------------------------------------------- the layers
@@ -56,3 +59,47 @@ def best_times(fns: List[Callable[[], object]], repeat: int) -> List[float]:
             fn()
             best[i] = min(best[i], time.perf_counter() - t0)
     return best
+
+
+def round_times(fns: Sequence[Callable[[], object]], rounds: int, min_turn_s: float = 0.02,
+                settle_s: float = 0.2) -> List[List[float]]:
+    """Seconds per call of each function in each of `rounds` rounds: ``times[i][r]``.
+
+    Within a round the functions take turns, so that load from other processes weighs on
+    all of them alike.  A turn is `calls` calls in a row, `calls` chosen from the warm-up
+    so that the fastest function's turn lasts about `min_turn_s` (one call of a few
+    milliseconds is at the mercy of a single interruption); every function makes the same
+    number of calls.  Before each turn the timer sleeps `settle_s` (not timed): a thread pool
+    keeps its threads spinning for a while after its work ends, and with three libraries
+    there are three pools (ours, PyTorch's, and the OpenBLAS pool behind NumPy's matmul),
+    so the pool of the function before would take a core from the function timed next.
+    Measured on the 2-core machine: after a NumPy matmul turn, a turn that follows within
+    5 ms ran at half speed (65 GFLOP/s for 132 on layer 3's forward); after 0.2 s it ran at
+    full speed.  OpenBLAS's threads spin longest, hence the default."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    warm = []
+    for fn in fns:                       # warm-up: first touch, workspace growth, pools
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - t0)
+    calls = max(1, int(min_turn_s / max(min(warm), 1e-9) + 0.5))
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            if settle_s > 0:
+                time.sleep(settle_s)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[i].append((time.perf_counter() - t0) / calls)
+    return times
+
+
+def median_ratio(base: Sequence[float], other: Sequence[float]) -> float:
+    """The median over rounds of base[r] / other[r]: how many times faster `other` ran than
+    `base` in the same round (both lists from one `round_times` call)."""
+    if len(base) != len(other) or not base:
+        raise ValueError("median_ratio needs two equally long, non-empty lists of round times")
+    return statistics.median(b / o for b, o in zip(base, other))
