@@ -133,6 +133,11 @@ HAND_CONFIGS = [
     # output rows of half a vector (8 floats / 4 doubles): two rows per vector
     (2, 3, 5, 16, 5, 3, 3, (2, 2), (1, 1), (1, 1)),   # 3 x 8 outputs
     (1, 2, 5, 7, 3, 3, 3, (2, 2), (1, 1), (1, 1)),    # 3 x 4 outputs
+    # the weight gradient packs 8 pixels at a time when their offsets are consecutive:
+    # a 1x1 kernel without padding makes rows contiguous, so groups run across rows; 20 taps
+    # leave a part-filled panel
+    (2, 20, 4, 5, 3, 1, 1, (1, 1), (0, 0), (1, 1)),
+    (1, 3, 6, 11, 2, 2, 3, (1, 1), (0, 1), (1, 1)),   # rows of 11: groups split by row ends
 ]
 
 
