@@ -249,12 +249,59 @@ namespace detail {
 //
 // `brow(p, v)` loads vector v of row p of the B panel: from the packed panel for gemm, or
 // from rows of a phase-split image for the convolution's implicit gemm (no packing).
+//
+// An edge panel of at most MR / 2 valid rows (gasca's 32 and 128 output channels leave 2 of
+// 6 in the last panel) would still cost the full tile's time.  It takes micro_kernel_half:
+// MR / 2 rows with two sets of accumulators, one for even and one for odd steps of k, so
+// that as many independent FMA chains are in flight as in the full tile, in half the time.
+template <typename T, class BRow>
+static inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
+                                     T alpha, T beta, int mr, int nr) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
+  constexpr int H = MR / 2;
+  V even[H][NV], odd[H][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < H; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) even[i][v] = odd[i][v] = S::zero();
+  int64_t p = 0;
+  for (; p + 1 < kc; p += 2) {
+    V b0[NV], b1[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b0[v] = brow(p, v), b1[v] = brow(p + 1, v);
+#pragma GCC unroll 8
+    for (int i = 0; i < H; ++i) {
+      const V a0 = S::set1(ap[p * MR + i]), a1 = S::set1(ap[(p + 1) * MR + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        even[i][v] = S::fma(a0, b0[v], even[i][v]);
+        odd[i][v] = S::fma(a1, b1[v], odd[i][v]);
+      }
+    }
+  }
+  if (p < kc) {
+    V b0[NV];
+    for (int v = 0; v < NV; ++v) b0[v] = brow(p, v);
+    for (int i = 0; i < H; ++i) {
+      const V a0 = S::set1(ap[p * MR + i]);
+      for (int v = 0; v < NV; ++v) even[i][v] = S::fma(a0, b0[v], even[i][v]);
+    }
+  }
+  alignas(64) T tile[H * NR];
+  for (int i = 0; i < H; ++i)
+    for (int v = 0; v < NV; ++v) S::store(tile + i * NR + v * W, S::add(even[i][v], odd[i][v]));
+  store_tile<T, NR>(tile, c, ldc, alpha, beta, mr, nr);
+}
+
 template <typename T, class BRow>
 static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
                                      T alpha, T beta, int mr, int nr) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
+  if (mr <= MR / 2) return micro_kernel_half<T>(kc, ap, brow, c, ldc, alpha, beta, mr, nr);
   V acc[MR][NV];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)

@@ -8,7 +8,10 @@ from gasca_core.testing import call_version, version_id
 
 GEMM_VERSIONS = backend.kernel_versions("gemm")
 SIZES = [(1, 1, 1), (7, 5, 3), (1, 33, 7), (33, 1, 9), (17, 19, 1), (16, 32, 64),
-         (33, 65, 31), (48, 257, 129), (129, 70, 300), (257, 33, 7)]
+         (33, 65, 31), (48, 257, 129), (129, 70, 300), (257, 33, 7),
+         # last row panels of at most half the register tile (the even/odd edge kernel),
+         # with odd and even k, and k past one KC block
+         (32, 40, 25), (2, 17, 256), (128, 24, 301)]
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
