@@ -23,7 +23,7 @@ Convolutions and matrix products run on our own kernels through `gasca_core.back
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -1316,3 +1316,71 @@ def interpolate(input: Tensor, size: Any = None, scale_factor: Any = None,
                              f"the input's ({h}, {w})")
         sh, sw = int(pair[0]) // h, int(pair[1]) // w
     return UpsampleNearest.apply(x, sh, sw)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def _adaptive_windows(size: int, out: int) -> List[Tuple[int, int]]:
+    """PyTorch's adaptive pooling windows along one axis: output cell i averages input
+    positions [floor(i size / out), ceil((i + 1) size / out)).  When out divides size these
+    are the size / out blocks; otherwise neighbouring windows overlap by one position."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+class AdaptiveAvgPool2d(Function):
+    """(N, C, H, W) -> (N, C, OH, OW): each output cell is the mean of its window
+    (_adaptive_windows).  The backward spreads each cell's gradient evenly over its window,
+    adding where windows overlap."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, oh: int, ow: int) -> Any:
+        n, c, h, w = x.shape
+        rows, cols = _adaptive_windows(h, oh), _adaptive_windows(w, ow)
+        ctx.geometry = (x.shape, rows, cols)
+        if h % oh == 0 and w % ow == 0:  # disjoint blocks: one reshape, one mean
+            return x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
+        xp = _xp(x)
+        out = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None, None]:
+        shape, rows, cols = ctx.geometry
+        n, c, h, w = shape
+        oh, ow = len(rows), len(cols)
+        xp = _xp(grad)
+        if h % oh == 0 and w % ow == 0:
+            bh, bw = h // oh, w // ow
+            spread = xp.broadcast_to((grad / (bh * bw))[:, :, :, None, :, None], (n, c, oh, bh, ow, bw))
+            return xp.ascontiguousarray(spread).reshape(shape), None, None
+        gx = xp.zeros(shape, dtype=grad.dtype)
+        for i, (r0, r1) in enumerate(rows):
+            for j, (c0, c1) in enumerate(cols):
+                gx[:, :, r0:r1, c0:c1] += (grad[:, :, i, j] / ((r1 - r0) * (c1 - c0)))[:, :, None, None]
+        return gx, None, None
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: IntOrPair) -> Tensor:
+    """Average pooling to a fixed output size, as torch.nn.functional.adaptive_avg_pool2d:
+    (N, C, H, W) -> (N, C, OH, OW), each output cell the mean of its window of the input
+    (windows overlap by one position where OH does not divide H).  output_size: an int or a
+    pair of positive ints (None for "keep this axis", as in PyTorch)."""
+    x = _tensor(input, "adaptive_avg_pool2d: input")
+    if x.ndim != 4:
+        raise ValueError(f"adaptive_avg_pool2d: input must be (N, C, H, W), got shape {x.shape}")
+    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(pair) != 2:
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}")
+    sizes = []
+    for axis, (value, keep) in enumerate(zip(pair, x.shape[2:])):
+        value = keep if value is None else value
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"adaptive_avg_pool2d: output_size must hold positive ints (or None), "
+                             f"got {output_size!r}")
+        sizes.append(int(value))
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"adaptive_avg_pool2d: input has an empty spatial axis: shape {x.shape}")
+    return AdaptiveAvgPool2d.apply(x, sizes[0], sizes[1])

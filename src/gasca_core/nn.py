@@ -462,6 +462,77 @@ class Upsample(Module):
         what = f"scale_factor={self.scale_factor}" if self.size is None else f"size={self.size}"
         return f"{what}, mode='{self.mode}'"
 
+class AdaptiveAvgPool2d(Module):
+    """Average pooling to a fixed output size, as torch.nn.AdaptiveAvgPool2d
+    (F.adaptive_avg_pool2d).  No parameters."""
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = output_size
+        F.adaptive_avg_pool2d(Tensor(np.zeros((1, 1, 1, 1), np.float32)), output_size)  # check now
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class LocalGlobal(Module):
+    """A convolution that sees both its neighbourhood and the whole map: the library's
+    reading of the extended GASCA paper's "convolutional layer that exploits both local and
+    global spatial information", whose text gives no formula.
+
+        y = local(x) + (W_g vec(adaptive_avg_pool2d(x, grid)))[:, :, None, None]
+
+    `local` is the layer's ordinary convolution (Conv2d, ConvTranspose2d, or any module
+    mapping in_channels to out_channels maps).  The global path pools the whole input to a
+    grid x grid map of channel means (grid 1: global average pooling), maps that with one
+    matrix W_g (out_channels, in_channels grid^2, no bias: the convolution has one) to one
+    value per output channel, and adds it at every output pixel.
+
+    Why this design: a 5x5 kernel at a stride-2 layer sees a tenth of a 64-pixel face, so
+    which side is lit or which way the head turns is invisible to it; a coarse pooled map
+    carries exactly that (grid 4 keeps left from right and top from bottom).  A fully
+    connected view of the whole map would carry more, but costs in_channels H W out_channels
+    parameters (2.1 million at gasca-64's level 2, against 51,000 for its convolution);
+    this path costs in_channels grid^2 out_channels (32,768 there at grid 4).  W_g starts
+    at zero, so the layer starts as the plain convolution and training decides how much of
+    the global view to use (the gradient of W_g is not zero at zero)."""
+
+    def __init__(self, local: Module, in_channels: int, out_channels: int, grid: int = 4,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if not isinstance(local, Module):
+            raise TypeError(f"LocalGlobal: local must be a Module, got {type(local).__name__}")
+        self.local = local
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.out_channels = _positive_int(out_channels, "out_channels")
+        self.grid = _positive_int(grid, "grid")
+        dtype = _float_dtype(dtype if dtype is not None else _module_dtype(local))
+        self.global_weight = Parameter(np.zeros((self.out_channels, self.in_channels * self.grid ** 2),
+                                                dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"LocalGlobal: input must be (N, {self.in_channels}, H, W), got shape {x.shape}")
+        y = self.local(x)
+        if y.ndim != 4 or y.shape[1] != self.out_channels:
+            raise ValueError(f"LocalGlobal: the local layer gave shape {y.shape}, expected "
+                             f"(N, {self.out_channels}, OH, OW)")
+        pooled = F.flatten(F.adaptive_avg_pool2d(x, self.grid), 1)
+        g = F.linear(pooled, self.global_weight)
+        return y + F.reshape(g, (x.shape[0], self.out_channels, 1, 1))
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, grid={self.grid}"
+
+
+def _module_dtype(module: Module) -> Any:
+    for p in module.parameters():
+        return p.dtype
+    return None
+
 # ----------------------------------------------------------------------------- activations
 
 class ReLU(Module):
