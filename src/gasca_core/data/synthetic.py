@@ -83,7 +83,8 @@ EXPRESSIONS: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry",
 #   mouth_open   > 0 parts the lips on a dark mouth interior (tall and round when large);
 #   brow_angle   > 0 lifts the inner ends of the brows (sad, fearful), < 0 lowers them (angry);
 #   brow_raise   > 0 lifts the whole brow, < 0 lowers it;
-#   eye_open     > 0 lifts the upper lid off the iris (wide eyes), < 0 lowers the upper lid
+#   eye_open     > 0 lifts the upper lid off the iris and brings the eyeball forward, so
+#                more of it shows (wide eyes), < 0 lowers the upper lid
 #                and lifts the lower one (narrowed eyes).
 # Their sizes in head units are in _paint and build_primitives (EXPRESSION_SCALE).
 EXPRESSION_CONTROLS: tuple[str, ...] = ("mouth_curve", "mouth_tilt", "mouth_open",
@@ -312,12 +313,15 @@ def build_primitives(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, 
 
     # Eyeballs: sunk along the cranium's normal so that a cap of radius ~0.87 r shows.
     ex, ey, er = p["eye_x"], p["eye_y"], p["eye_r"]
+    sink = 0.5 + zero
+    if "eye_open" in p:  # wide eyes: the ball stands further out, a larger cap shows
+        sink = sink - 0.2 * np.maximum(p["eye_open"], 0)
     for k, side in ((EYE_L, -1.0), (EYE_R, 1.0)):
         x = side * ex
         z = face_z(x, ey)
         normal = np.stack([x / a**2, (ey - hy) / b**2, z / c**2], axis=-1)
         normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
-        center = np.stack([x, ey, z], axis=-1) - 0.5 * er[:, None] * normal
+        center = np.stack([x, ey, z], axis=-1) - (sink * er)[:, None] * normal
         put(k, tuple(center.T), (er, er, er), 0.9 + zero)
 
     ny = ey - p["nose_drop"]
