@@ -69,6 +69,9 @@ def _label_text(labels: dict[str, np.ndarray], i: int) -> str:
         parts.append(f"{yaw:+.0f}" if yaw else "0")
     if "light" in labels:
         parts.append(f"L{int(labels['light'][i])}")
+    if "expression" in labels:
+        from .synthetic import EXPRESSIONS
+        parts.append(EXPRESSIONS[int(labels["expression"][i])][:3])
     return " ".join(parts)
 
 

@@ -41,6 +41,39 @@ the default set (337 persons, as many as Multi-PIE, x 9 yaws x 5 lights) renders
 Lights (``DEFAULT_LIGHTS``, azimuth/elevation in degrees, positive azimuth = from the
 image's right): 0 frontal (neutral: the targets), 1 left 35 / up 15, 2 right 35 / up 15,
 3 left 70 / up 25, 4 right 70 / up 25.
+
+Expressions
+-----------
+Opt-in (``SyntheticFacesConfig.expressions``; the dataset ``synthetic-expressions``): every
+person also shows the seven basic classes of ``EXPRESSIONS`` (neutral, happy, sad,
+surprised, angry, disgusted, fearful), made from six controls (``EXPRESSION_FACES``):
+
+    mouth   curve (corners up for happy, down for sad), a one-sided sneer (disgusted) and
+            an opening on a dark interior (surprised: a round "O"; fearful: wide; the lips
+            ellipsoid grows taller to hold it)
+    brows   angle (inner ends down for angry, up for sad and fearful) and height (raised
+            for surprised and fearful, lowered for angry and disgusted)
+    eyes    opening: the upper lid lifts and the eyeball comes forward (surprised,
+            fearful), or the upper lid drops and the lower one rises (happy, angry,
+            disgusted)
+
+Each person shows all of them with one strength in ``EXPRESSIVENESS_RANGE`` (0.6 to 1.2
+times the table), drawn from the person's own stream after the face. Controls are painted
+in head coordinates (or change the ellipsoids), so they turn with the head like the
+other features. Rows of (person, expression) (:func:`expression_params`) go through the
+same renderer as persons do; the neutral row renders exactly the expression-free face, and
+without expressions the cache key and every pixel are those of the set before expressions
+existed. The target keeps the expression: the same person and expression at yaw 0 under
+lights[0]; label ``expression`` = index in EXPRESSIONS.
+
+Size: 337 x 7 x 9 x 5 would be 106,155 pairs, 3.5 GB of float32 inputs and targets
+before any code of the greedy stages (gasca-64's first code is 8 images large), so the
+expression set defaults to 100 people (``DEFAULT_EXPRESSION_IDENTITIES``): 31,500 pairs.
+Measured on 2 shared cores at 64 x 64 (``/usr/bin/time -v``): rendered in 13 s with a peak
+of 0.31 GB (576 views, each under every light, rendered and quantized at a time), 129 MB cached; loaded as a
+PairDataset (0.52 GB inputs + 0.52 GB targets) the process peaks at 1.3 GB, and reading it
+from the cache takes 1 s. Its first-level codes for gasca-64 (32 x 32 x 32 per image,
+inputs and targets) would take 8.3 GB for all 31,500 pairs, inside 24 GB with room.
 """
 from __future__ import annotations
 
@@ -63,8 +96,9 @@ from .pairs import PairDataset
 # Bump whenever a change to this file changes any rendered pixel: it is part of the cache key.
 RENDERER_VERSION = 1
 
-# As many people as Multi-PIE (337): 15,165 pairs; rendered in about 6 s on 2 cores and
-# held in about 0.8 GB while rendering (measured), 62 MB of uint8 in the cache.
+# As many people as Multi-PIE (337): 15,165 pairs; rendered in about 6 s on 2 cores with
+# a peak of 0.25 GB (measured; rendered in blocks, see render_dataset), 62 MB of uint8 in
+# the cache.
 DEFAULT_IDENTITIES = 337
 DEFAULT_YAWS: tuple[float, ...] = (-60.0, -45.0, -30.0, -15.0, 0.0, 15.0, 30.0, 45.0, 60.0)
 # Light directions as (azimuth, elevation) in degrees, in world (camera) coordinates:
@@ -803,7 +837,8 @@ def load_synthetic_expressions(data: None = None, image_size: Optional[int] = 64
     for 106k pairs' inputs and targets). 31,500 pairs hold 1.0 GB of images and at most 8.3
     GB of first-level codes, well inside 24 GB. Pass n_identities (--opt n_identities=N) for
     more or fewer; the people are a prefix of the expression-free set's (same faces).
-    Measured (2 cores, 64 x 64): see the module docstring.
+    Measured on 2 cores at 64 x 64: rendered in 13 s (peak 0.31 GB), loaded at a 1.3 GB
+    peak, 1 s from the cache (module docstring, Expressions).
     """
     return load_synthetic_faces(data, image_size, n_identities=n_identities,
                                 expressions=expressions, **options)
