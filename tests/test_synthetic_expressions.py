@@ -119,6 +119,18 @@ def test_neutral_expression_renders_exactly_the_expression_free_face():
     assert "expression" not in a.labels and np.all(b.labels["expression"] == E["neutral"])
 
 
+def test_expression_free_loader_gives_the_same_pairs_as_before():
+    # The loader now divides in place; the pairs must be those of images / 255 as before.
+    config = S.SyntheticFacesConfig(n_identities=2, image_size=24)
+    images = S.render_dataset(config)
+    ds = S.load_synthetic_faces(n_identities=2, image_size=24, cache=False)
+    old_inputs = images.reshape(-1, 1, 24, 24).astype(np.float32) / np.float32(255.0)
+    old_frontal = images[:, 4, 0].astype(np.float32) / np.float32(255.0)
+    np.testing.assert_array_equal(ds.inputs, old_inputs)
+    np.testing.assert_array_equal(ds.targets, old_frontal[np.repeat([0, 1], 45)][:, None])
+    assert list(ds.labels) == ["identity", "yaw", "light"] and ds.name == "synthetic-faces"
+
+
 def test_expression_configs_get_their_own_cache_keys():
     keys = {S.SyntheticFacesConfig().cache_key(),
             S.SyntheticFacesConfig(expressions=True).cache_key(),

@@ -70,10 +70,11 @@ Size: 337 x 7 x 9 x 5 would be 106,155 pairs, 3.5 GB of float32 inputs and targe
 before any code of the greedy stages (gasca-64's first code is 8 images large), so the
 expression set defaults to 100 people (``DEFAULT_EXPRESSION_IDENTITIES``): 31,500 pairs.
 Measured on 2 shared cores at 64 x 64 (``/usr/bin/time -v``): rendered in 13 s with a peak
-of 0.31 GB (576 views, each under every light, rendered and quantized at a time), 129 MB cached; loaded as a
-PairDataset (0.52 GB inputs + 0.52 GB targets) the process peaks at 1.3 GB, and reading it
-from the cache takes 1 s. Its first-level codes for gasca-64 (32 x 32 x 32 per image,
-inputs and targets) would take 8.3 GB for all 31,500 pairs, inside 24 GB with room.
+of 0.31 GB (576 views, each under every light, rendered and quantized at a time), 129 MB
+cached; loaded as a PairDataset (0.52 GB inputs + 0.52 GB targets) the process peaks at
+1.3 GB, and reading it from the cache takes 1 s. Its first-level codes for gasca-64
+(32 x 32 x 32 per image, inputs and targets) would take 8.3 GB for all 31,500 pairs,
+inside 24 GB with room.
 """
 from __future__ import annotations
 
@@ -111,15 +112,16 @@ DEFAULT_LIGHTS: tuple[tuple[float, float], ...] = (
 # Facial expressions: the seven basic classes; a pair's "expression" label is its index here.
 EXPRESSIONS: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry", "disgusted",
                                 "fearful")
-# What each expression does, at full strength, to five controls (0 everywhere = neutral):
+# What each expression does, at full strength, to six controls (0 everywhere = neutral):
 #   mouth_curve  > 0 lifts the mouth corners (a smile), < 0 drops them;
-#   mouth_tilt   > 0 lifts the mouth's left end (image right) and drops the other: a sneer;
+#   mouth_tilt   > 0 lifts one half of the mouth (the subject's left, the image's right at
+#                yaw 0): a sneer;
 #   mouth_open   > 0 parts the lips on a dark mouth interior (tall and round when large);
 #   brow_angle   > 0 lifts the inner ends of the brows (sad, fearful), < 0 lowers them (angry);
 #   brow_raise   > 0 lifts the whole brow, < 0 lowers it;
 #   eye_open     > 0 lifts the upper lid off the iris and brings the eyeball forward, so
-#                more of it shows (wide eyes), < 0 lowers the upper lid
-#                and lifts the lower one (narrowed eyes).
+#                more of it shows (wide eyes), < 0 lowers the upper lid and lifts the
+#                lower one (narrowed eyes).
 # Their sizes in head units are in _paint and build_primitives (EXPRESSION_SCALE).
 EXPRESSION_CONTROLS: tuple[str, ...] = ("mouth_curve", "mouth_tilt", "mouth_open",
                                         "brow_angle", "brow_raise", "eye_open")
@@ -134,10 +136,10 @@ EXPRESSION_FACES: dict[str, tuple[float, ...]] = {
     "fearful":   (-0.4, 0.0,  0.6,   0.9,   0.7,   0.8),
 }
 # Head-unit size of one unit of each control (an image pixel at 64 x 64 is 0.0275 units):
-# mouth corners rise by 0.045, a sneer lifts one end by 0.035, the mouth opens to a half-height of 0.05, the inner brow
-# ends move by 0.035 and the whole brow by 0.045.
-EXPRESSION_SCALE = {"mouth_curve": 0.045, "mouth_tilt": 0.035, "mouth_open": 0.05, "brow_angle": 0.035,
-                    "brow_raise": 0.045}
+# mouth corners rise by 0.045, a sneer lifts one end by 0.035, the mouth opens to a
+# half-height of 0.05, the inner brow ends move by 0.035 and the whole brow by 0.045.
+EXPRESSION_SCALE = {"mouth_curve": 0.045, "mouth_tilt": 0.035, "mouth_open": 0.05,
+                    "brow_angle": 0.035, "brow_raise": 0.045}
 # How strongly person i shows every expression: one factor drawn uniformly from this range
 # (from the person's own stream, after the face; see sample_expressiveness).
 EXPRESSIVENESS_RANGE = (0.6, 1.2)
@@ -605,7 +607,7 @@ def _paint(params, idx, bi, kind, px, py, pz, c_hit, alb) -> None:
         brow = face & (np.abs(dx) < brow_w) & (np.abs(y - brow_y) < brow_t / 2)
         a = np.where(brow, np.minimum(0.6 * hair, 0.25), a)
     if expressive:  # the mouth line, where a curve or an opening carries it off the lips
-        mouth = _mouth_paint(params, person, sk, x, y, on_skin=True) & face
+        mouth = _mouth_paint(person, sk, x, y, on_skin=True) & face
         a = np.where(mouth, 0.08, a)
     alb[sk] = a
     # Eyes: the angle from the eyeball's forward axis picks pupil, iris or sclera; the top
@@ -636,16 +638,17 @@ def _paint(params, idx, bi, kind, px, py, pz, c_hit, alb) -> None:
     mouth_y = (person("eye_y", li) - person("nose_drop", li) - person("nose_h", li)
                - person("mouth_gap", li) + 0.5 * mh)
     if expressive:
-        alb[li[_mouth_paint(params, person, li, px[li], py[li])]] = 0.08
+        alb[li[_mouth_paint(person, li, px[li], py[li])]] = 0.08
     else:
         alb[li[np.abs(py[li] - mouth_y) < 0.28 * mh]] = 0.08
 
 
-def _mouth_paint(params, person, sel, x, y, on_skin=False):
+def _mouth_paint(person, sel, x, y, on_skin=False):
     """Which points (x, y) (head coordinates, rays sel) are dark mouth, for rows with
     expression controls: the mouth line, bent by mouth_curve (corners up or down, the
-    middle a little the other way) and mouth_tilt (its left half only: a sneer), and with mouth_open > 0 a dark interior, an ellipse
-    that narrows as it grows taller (a round "O" when surprised, wide when fearful).
+    middle a little the other way) and mouth_tilt (its +x half only: a sneer), and with
+    mouth_open > 0 a dark interior, an ellipse that narrows as it grows taller (a round
+    "O" when surprised, wide when fearful).
     On the skin (on_skin) only a bent or open mouth is painted: with every control 0 this
     is the neutral mouth line, on the lips only."""
     mw, mh = person("mouth_w", sel), person("mouth_h", sel)
@@ -665,7 +668,8 @@ def _mouth_paint(params, person, sel, x, y, on_skin=False):
     return line | ((open_ > 0) & inside)
 
 
-def render_dataset(config: SyntheticFacesConfig, block: int = 64 * RENDER_CHUNK) -> np.ndarray:
+def render_dataset(config: SyntheticFacesConfig,
+                   block: int = 64 * RENDER_CHUNK) -> np.ndarray:
     """Render every identity (showing every expression, if any) at every yaw under every
     light.
 
