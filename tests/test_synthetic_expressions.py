@@ -2,7 +2,7 @@
 its named features (mouth, brows, eyes) and in the right direction, keeps the person, moves
 with the head; the expression-free data set is untouched; labels round-trip."""
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,16 +91,20 @@ def dark_rows(face, where, cols, dark=0.6):
 
 # --------------------------------------------------------------- the expression-free set
 def test_without_expressions_pixels_and_cache_key_are_unchanged():
-    # Recorded from the renderer before expressions existed (main, a5052d3). The key is a
-    # hash of the config's JSON; the pixels are NumPy float32 arithmetic, so a different
-    # NumPy or CPU could in principle move a rounding: then compare with that commit here.
+    # The key is a hash of the config's JSON, recorded before expressions existed.
     assert S.SyntheticFacesConfig().cache_key() == "713cf4e0189192be"
     assert S.SyntheticFacesConfig(n_identities=3, image_size=32).cache_key() == \
         "8daa826508ad0b8d"
-    images = S.render_dataset(S.SyntheticFacesConfig(n_identities=3, image_size=32))
-    assert images.shape == (3, 9, 5, 32, 32)
-    assert hashlib.sha256(images.tobytes()).hexdigest() == \
-        "7a49655395f2951690a04789a87ff4e67a87dae7dadbfab35b257a250452c02a"
+    # tests/data/synthetic_reference_2x24.npz: the renderer's output before expressions
+    # existed (commit a5052d3).  The pixels are float32 arithmetic quantized to 8 bits, so
+    # another CPU or NumPy may move a value that sits on a rounding boundary by one level:
+    # allow that, for a handful of pixels, and nothing more.
+    ref = np.load(Path(__file__).parent / "data" / "synthetic_reference_2x24.npz")["images"]
+    images = S.render_dataset(S.SyntheticFacesConfig(n_identities=2, image_size=24))
+    assert images.shape == ref.shape == (2, 9, 5, 24, 24)
+    diff = np.abs(images.astype(np.int16) - ref.astype(np.int16))
+    assert diff.max() <= 1, f"pixels moved by up to {diff.max()} levels"
+    assert (diff > 0).mean() <= 1e-3, f"{(diff > 0).mean():.2%} of the pixels moved"
 
 
 def test_neutral_expression_renders_exactly_the_expression_free_face():
