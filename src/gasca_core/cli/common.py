@@ -27,7 +27,8 @@ def add_data_args(p: argparse.ArgumentParser, image_size: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                    help="where the (input, target) pairs come from: the built-in synthetic faces "
-                        "(rendered and cached on first use), a folder with inputs/ and "
+                        "(rendered and cached on first use; synthetic-expressions: the same "
+                        "faces showing seven expressions, 31,500 pairs), a folder with inputs/ and "
                         "targets/, a Multi-PIE-style tree, an .npz file, or a cache made by "
                         "python -m gasca_core.data prepare (default: synthetic-faces without "
                         "--data, otherwise told by --data: a cache, *.npz, a folder with "
@@ -195,8 +196,9 @@ def load_splits(dataset: str, data: Optional[str], seed: int, image_size: int = 
     """(train, val, test) pairs of a dataset named by the flags; a missing --data stops the
     tool with a message."""
     from ..data import get_splits, infer_dataset
+    from ..data.datasets import BUILT_IN
     dataset = dataset or infer_dataset(data)
-    if dataset != "synthetic-faces" and not data:
+    if dataset not in BUILT_IN and not data:
         fail(f"--dataset {dataset} needs --data PATH")
     return tuple(get_splits(dataset, data=data, seed=seed, image_size=image_size,
                             max_train=max_train, max_eval=max_eval))  # type: ignore[return-value]

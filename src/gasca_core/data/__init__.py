@@ -1,9 +1,12 @@
 """Data for GASCA: pairs (input image, target image) with labels.
 
-Five sources, one container of pairs (:class:`PairDataset`, in pairs.py):
+Six sources, one container of pairs (:class:`PairDataset`, in pairs.py):
 
 - ``synthetic-faces`` (default): a parametric 3D head ray-cast at yaws -60..60 and several
   lights, paired with its frontal neutrally lit image (:mod:`.synthetic`).
+- ``synthetic-expressions``: the same faces showing seven expressions (neutral, happy,
+  sad, surprised, angry, disgusted, fearful), label ``expression``; the target keeps the
+  expression (:mod:`.synthetic`, Expressions).
 - ``folder``: DIR/inputs/* and DIR/targets/* matched by file stem, or DIR/pairs.csv
   (:mod:`.folder`).
 - ``multipie``: a Multi-PIE-style tree of subject_session_recording_camera_light.png files,

@@ -1,13 +1,16 @@
 """Look at the data before training, and prepare large datasets once.
 
     python -m gasca_core.data preview [--dataset NAME] [--data PATH] --out grid.png
+    python -m gasca_core.data preview --dataset synthetic-expressions --person 0 --out e.png
     python -m gasca_core.data info    [--dataset NAME] [--data PATH]
     python -m gasca_core.data prepare --dataset multipie --data DIR --out CACHE
     python -m gasca_core.data make-multipie --out DIR [--subjects N]
 
 preview saves a grid: the top row holds inputs, the row below their targets; columns are
 random pairs (seeded), sorted by yaw where the labels have one (for Multi-PIE frames: the
-crops the network will see). info prints the sizes of the dataset and its splits and the
+crops the network will see); with --person ID it shows that person instead, a row per
+expression (synthetic-expressions: the seven of gasca_core.data.synthetic.EXPRESSIONS) and a
+column per yaw, under the neutral light. info prints the sizes of the dataset and its splits and the
 values each label takes (and, for a cache, whether it is complete). prepare decodes, crops
 and resizes a multipie tree or a folder once into an on-disk cache that every tool reads
 with --data CACHE (gasca_core.data.cache; resumable: run it again after an interruption).
@@ -46,7 +49,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASET_NAMES, default=None,
                    help="which data (default: synthetic-faces, or inferred from --data: "
                         "*.npz -> npz, a folder with inputs/ or pairs.csv -> folder, "
-                        "another folder -> multipie)")
+                        "another folder -> multipie); synthetic-expressions: the built-in "
+                        "faces showing seven expressions, labelled 'expression'")
     p.add_argument("--data", default=None, help="path of your data (folder, tree or .npz)")
     p.add_argument("--image-size", type=int, default=64,
                    help="resize (or render) images to this many pixels square (default 64); "
@@ -65,6 +69,9 @@ def _label_text(labels: dict[str, np.ndarray], i: int) -> str:
         parts.append(f"{yaw:+.0f}" if yaw else "0")
     if "light" in labels:
         parts.append(f"L{int(labels['light'][i])}")
+    if "expression" in labels:
+        from .synthetic import EXPRESSIONS
+        parts.append(EXPRESSIONS[int(labels["expression"][i])][:3])
     return " ".join(parts)
 
 
@@ -77,6 +84,34 @@ def preview(ds: PairDataset, out: str, n: int, seed: int, scale: int) -> None:
     col_labels = [_label_text(ds.labels, int(i)) for i in pick]
     save_image_grid([ds.inputs[pick], ds.targets[pick]], out, labels=["input", "target"],
                     col_labels=col_labels if any(col_labels) else None, scale=scale)
+
+
+def preview_person(ds: PairDataset, out: str, person: int, scale: int) -> int:
+    """Save one person's faces under the neutral light (light 0): a row per expression
+    (one row for a data set without expressions), a column per yaw. Returns the rows."""
+    from .synthetic import EXPRESSIONS
+    labels = ds.labels
+    if "identity" not in labels or "yaw" not in labels:
+        raise ValueError(f"--person needs a dataset labelled by identity and yaw, "
+                         f"{ds.name} has labels {', '.join(labels) or 'none'}")
+    mine = labels["identity"] == person
+    if "light" in labels:
+        mine &= labels["light"] == 0
+    if not mine.any():
+        raise ValueError(f"no person {person} in {ds.name} (identities "
+                         f"{int(labels['identity'].min())}..{int(labels['identity'].max())}"
+                         f"; with --split, the person must be in that split)")
+    expression = labels.get("expression", np.zeros(len(ds), dtype=np.int64))
+    yaws = np.unique(labels["yaw"][mine])
+    rows, names = [], []
+    for e in np.unique(expression[mine]):
+        idx = [int(np.flatnonzero(mine & (expression == e) & (labels["yaw"] == y))[0])
+               for y in yaws]
+        rows.append(ds.inputs[idx])
+        names.append(EXPRESSIONS[int(e)])
+    save_image_grid(rows, out, labels=names,
+                    col_labels=[f"{y:+.0f}" if y else "0" for y in yaws], scale=scale)
+    return len(rows)
 
 
 LISTED = ("multipie", "folder")   # datasets of image files: listed first, decoded as needed
@@ -188,6 +223,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="which split to draw from (default all)")
     p_prev.add_argument("-n", "--n", type=int, default=9, help="pairs to show (default 9)")
     p_prev.add_argument("--scale", type=int, default=2, help="magnification (default 2)")
+    p_prev.add_argument("--person", type=int, default=None, metavar="ID",
+                        help="instead of random pairs, show person ID under the neutral "
+                             "light: a row per expression, a column per yaw (e.g. "
+                             "--dataset synthetic-expressions --person 0)")
     p_info = sub.add_parser("info", help="print sizes of the dataset, its splits and labels")
     _common(p_info)
     p_prep = sub.add_parser("prepare", help="decode, crop and resize a dataset once into a "
@@ -235,6 +274,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 ds = load_dataset(dataset, args.data, split=args.split, seed=args.seed,
                                   image_size=image_size, **opts)
+                if args.person is not None:
+                    rows = preview_person(ds, args.out, args.person, args.scale)
+                    print(f"wrote {args.out}: person {args.person} of {ds.name}, {rows} "
+                          f"expression(s) (rows) at every yaw (columns), neutral light")
+                    return 0
                 preview(ds, args.out, args.n, args.seed, args.scale)
                 shown, what = min(args.n, len(ds)), ds.name
             print(f"wrote {args.out}: {shown} pairs of {what} (top: inputs, bottom: targets)")

@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`PairDataset`: N pairs (input, target) of grey images
 (1, H, W), float32 in [0, 1], and labels (a dict of arrays of length N: whatever is known,
-e.g. identity, yaw in degrees and light for the synthetic faces).
+e.g. identity, yaw in degrees and light for the synthetic faces, and expression for
+synthetic-expressions, the same faces showing seven expressions).
 
     from gasca_core.data import get_splits, BatchIterator
     train, val, test = get_splits("synthetic-faces", seed=0, max_train=2000)
@@ -26,9 +27,12 @@ from .multipie import load_multipie
 from .npz import load_npz
 from .pairs import PairDataset
 from .splits import DEFAULT_FRACTIONS, Splits, cap, split_dataset
-from .synthetic import load_synthetic_faces
+from .synthetic import load_synthetic_expressions, load_synthetic_faces
 
-DATASET_NAMES = ("synthetic-faces", "folder", "multipie", "npz", "cache")
+DATASET_NAMES = ("synthetic-faces", "synthetic-expressions", "folder", "multipie", "npz",
+                 "cache")
+# The built-in data sets, rendered rather than read: they take no --data.
+BUILT_IN = ("synthetic-faces", "synthetic-expressions")
 
 
 def infer_dataset(data: "str | os.PathLike[str] | None") -> str:
@@ -52,6 +56,7 @@ def infer_dataset(data: "str | os.PathLike[str] | None") -> str:
 
 LOADERS: dict[str, Callable[..., PairDataset]] = {
     "synthetic-faces": load_synthetic_faces,
+    "synthetic-expressions": load_synthetic_expressions,
     "folder": load_folder,
     "multipie": load_multipie,
     "npz": load_npz,
@@ -75,7 +80,8 @@ def load_dataset(name: Optional[str] = None, data: "str | os.PathLike[str] | Non
     """Load one dataset, whole (split="all") or one of its "train", "val", "test" splits.
 
     name: one of DATASET_NAMES, or None to infer it from ``data`` (see infer_dataset).
-    data: the path for folder / multipie / npz; must be None for synthetic-faces.
+    data: the path for folder / multipie / npz; must be None for the built-in
+        synthetic-faces and synthetic-expressions.
     seed: the split's seed (the synthetic faces' own seed is the option ``data_seed``).
     max_items: keep at most this many pairs (a random subset, seeded).
     image_size: resize every image to this (int or (h, w)); None keeps the files' size
