@@ -189,7 +189,7 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
              "--seeds", "1,2"])
     assert c.returncode == 0, c.stderr
     assert "pre-trained" in c.stdout and "from scratch" in c.stdout
-    rows = [line for line in c.stdout.splitlines() if line.startswith("| GASCA") or line.startswith("| same")]
+    rows = [line for line in c.stdout.splitlines() if line.startswith("| GASCA") or line.startswith("| raw")]
     assert len(rows) == 3                                   # pre-trained, scratch x 2 budgets
     for line in rows:
         cells = [x.strip() for x in line.strip("|").split("|")]
@@ -204,6 +204,40 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
     bad = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
                "--data", str(data), "--label", "colour"])
     assert bad.returncode != 0 and "colour" in bad.stderr and "Traceback" not in bad.stderr
+
+    # Recognition across poses: per-yaw accuracy, the frontalize-first pipeline, and two
+    # checkpoints of one data split: the scratch-on-raw row runs once per classifier seed.
+    plot = tmp_path / "per_yaw.png"
+    c = run(["gasca_core.classify", os.path.join(out, "latest.npz"), os.path.join(out, "latest.npz"),
+             "--dataset", "npz", "--data", str(data), "--label", "yaw", "--steps", "10",
+             "--batch-size", "16", "--seeds", "1,2", "--no-equal-updates", "--per-yaw",
+             "--frontalized", "--plot", str(plot)])
+    assert c.returncode == 0, c.stderr
+    overall = c.stdout.split("test accuracy per yaw")[0]
+    table = {cells[0]: cells for cells in
+             ([x.strip() for x in line.strip("|").split("|")] for line in overall.splitlines()
+              if line.startswith("| "))}
+    assert table["raw faces: same network from scratch, equal classification steps"][1] == "2"
+    assert any(k.startswith("GASCA encoder pre-trained by") and v[1] == "4" for k, v in table.items())
+    assert any("frontalized faces" in k and v[1] == "4" for k, v in table.items())
+    assert "test accuracy per yaw" in c.stdout
+    per_yaw_header = [line for line in c.stdout.splitlines() if line.startswith("| network") and "+30" in line]
+    assert per_yaw_header and "-30" in per_yaw_header[0] and "+0" in per_yaw_header[0]
+    try:
+        import matplotlib  # noqa: F401
+        assert plot.exists() and plot.stat().st_size > 1000
+    except ImportError:
+        assert "matplotlib is not installed" in c.stdout
+    bad = run(["gasca_core.classify", os.path.join(out, "latest.npz"), "--dataset", "npz",
+               "--data", str(data), "--plot", str(plot)])
+    assert bad.returncode != 0 and "--per-yaw" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_per_group_accuracy_splits_by_the_group_label():
+    from gasca_core.cli.classify import per_group_accuracy
+    correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)
+    yaw = np.array([-30, -30, 0, 0, 30, 30])
+    assert per_group_accuracy(correct, yaw) == {-30.0: 0.5, 0.0: 1.0, 30.0: 0.0}
 
 
 def test_flags_become_one_config_in_every_tool():

@@ -12,17 +12,34 @@ by G's pre-training:
 - yaw (or any other label): the classifier trains on the training split's images and is
   tested on the test split's people, whom G never saw.
 
+- expression (the synthetic-expressions dataset, or any other label): as yaw.
+
 Equal compute: the scratch network gets the same classification steps (--steps) and, as a
 second row, those steps plus the G updates the checkpoint's pre-training made ("equal
 updates": pre-training steps are counted as updates; a G update moves the encoder and the
 decoder, so this favours the scratch network in FLOPs).  Several checkpoints (e.g. one per
 pre-training seed) and --seeds give mean and 95% interval (Student t) over every pair.
+
+Recognition across poses (the extended GASCA paper's experiment: emotion recognition on
+faces at up to +-60 degrees):
+
+- --per-yaw adds a table (and, with --plot, a chart) of test accuracy per yaw of the test
+  image, for every row.
+- --frontalized adds, per checkpoint, the "frontalize first" pipeline: G (the checkpoint's
+  full generator, frozen) maps every training and test image to its frontal face, and the
+  same network, from scratch with the same steps, is trained and tested on those.  Its
+  rival is the "raw faces" row: that network on the posed images themselves.
+- Checkpoints of several methods (e.g. GANGGLW and joint, one per seed each) give one
+  pre-trained row per method; the rows that do not depend on the checkpoint (the networks
+  from scratch on raw faces) run once per data split and classifier seed, not once per
+  checkpoint, so that no run is counted twice.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -79,13 +96,7 @@ def train_classifier(model: EncoderClassifier, x: np.ndarray, y: np.ndarray, ste
 
 
 def accuracy(model: EncoderClassifier, x: np.ndarray, y: np.ndarray) -> float:
-    model.eval()
-    preds = []
-    with no_grad():
-        for i in range(0, len(x), 256):
-            preds.append(model(Tensor(x[i:i + 256])).numpy().argmax(axis=1))
-    model.train()
-    return float((np.concatenate(preds) == y).mean())
+    return float((predictions(model, x) == y).mean())
 
 
 def _classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +107,12 @@ def _classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def leak_free_split(train, test, label: str, seed: int):
     """(x_train, y_train, x_test, y_test, classes) for the classifier, none of whose test
     images G's pre-training saw (see the module docstring)."""
+    return leak_free_split_labelled(train, test, label, seed)[:5]
+
+
+def leak_free_split_labelled(train, test, label: str, seed: int):
+    """leak_free_split's five arrays, then the test images' labels (a dict of arrays, every
+    label the test split has, in the order of x_test): for per-yaw accuracy."""
     if label in ("identity", "subject"):
         ids = np.asarray(test.labels[label])
         held = np.zeros(len(ids), dtype=bool)
@@ -104,11 +121,65 @@ def leak_free_split(train, test, label: str, seed: int):
             where = np.flatnonzero(ids == person)
             held[rng.permutation(where)[:len(where) // 2]] = True
         classes, y = _classes(ids)
-        return test.inputs[~held], y[~held], test.inputs[held], y[held], classes
+        te_labels = {k: np.asarray(v)[held] for k, v in test.labels.items()}
+        return test.inputs[~held], y[~held], test.inputs[held], y[held], classes, te_labels
     classes, ytr = _classes(np.asarray(train.labels[label]))
     te_vals = np.asarray(test.labels[label])
     known = np.isin(te_vals, classes)
-    return train.inputs, ytr, test.inputs[known], np.searchsorted(classes, te_vals[known]), classes
+    te_labels = {k: np.asarray(v)[known] for k, v in test.labels.items()}
+    return (train.inputs, ytr, test.inputs[known], np.searchsorted(classes, te_vals[known]),
+            classes, te_labels)
+
+
+def predictions(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The predicted class of every image (batches of 256, no graph)."""
+    model.eval()
+    preds = []
+    with no_grad():
+        for i in range(0, len(x), 256):
+            preds.append(model(Tensor(x[i:i + 256])).numpy().argmax(axis=1))
+    model.train()
+    return np.concatenate(preds) if preds else np.zeros(0, np.int64)
+
+
+def frontalize(g: Generator, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """G's output for every image (frozen: eval mode, no graph), as float32 like the inputs."""
+    g.eval()
+    out = []
+    with no_grad():
+        for i in range(0, len(x), batch):
+            out.append(np.asarray(g(Tensor(x[i:i + batch])).numpy(), dtype=np.float32))
+    g.train()
+    return np.concatenate(out)
+
+
+def per_group_accuracy(correct: np.ndarray, groups: np.ndarray) -> dict:
+    """{group value: accuracy of the images with that value} (e.g. per yaw)."""
+    return {float(v): float(correct[groups == v].mean()) for v in np.unique(groups)}
+
+
+def per_yaw_chart(rows: dict, path: str, label: str, chance: float) -> bool:
+    """Test accuracy against yaw, one line per row (mean over runs, min-max band); False
+    where matplotlib is missing."""
+    from .compare import _pyplot
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, runs in rows.items():
+        yaws = sorted(runs[0])
+        acc = np.array([[r[y] for y in yaws] for r in runs])
+        ax.plot(yaws, acc.mean(axis=0), marker="o", label=f"{name} ({len(runs)} runs)")
+        if len(runs) > 1:
+            ax.fill_between(yaws, acc.min(axis=0), acc.max(axis=0), alpha=0.15)
+    ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel("yaw of the test face (degrees)")
+    ax.set_ylabel(f"{label} accuracy (test people)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -116,9 +187,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="GASCA checkpoints from python -m gasca_core.train (one per pre-training "
-                        "seed, all of one architecture and dataset)")
+                        "seed and method, all of one architecture and dataset)")
     add_data_args(p, image_size=False)
-    p.add_argument("--label", default="yaw", help="which label to predict: yaw or identity")
+    p.add_argument("--label", default="yaw",
+                   help="which label to predict: yaw, identity, or expression (synthetic-expressions)")
     p.add_argument("--steps", type=positive_int, default=300, help="Adam updates for each network")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -127,7 +199,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-equal-updates", action="store_true",
                    help="skip the scratch network trained for --steps plus the checkpoint's "
                         "pre-training G updates")
+    p.add_argument("--per-yaw", action="store_true",
+                   help="also report test accuracy per yaw of the test image (needs a yaw label)")
+    p.add_argument("--frontalized", action="store_true",
+                   help="add the frontalize-first pipeline: the same network from scratch, "
+                        "trained and tested on G's outputs instead of the posed faces")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --per-yaw: write a chart of accuracy against yaw (needs matplotlib)")
     args = p.parse_args(argv)
+    if args.plot and not args.per_yaw:
+        fail("--plot draws the per-yaw accuracies: add --per-yaw")
     resolve_dataset(args)
     loaded = []
     for path in args.checkpoints:
@@ -137,29 +218,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             fail(str(e))
     split_seeds = {meta["train_config"]["seed"] for _, _, _, meta in loaded}
     rows: dict[str, list[float]] = {}
+    yaw_rows: dict[str, list[dict]] = {}
+    shared_done: set = set()   # (split seed, classifier seed) whose scratch-on-raw run is done
     for path, g, mc, meta in loaded:
-        train, val, test = load_splits(args.dataset, args.data, seed=meta["train_config"]["seed"],
+        split_seed = meta["train_config"]["seed"]
+        method = meta["train_config"].get("method", "?")
+        train, val, test = load_splits(args.dataset, args.data, seed=split_seed,
                                        image_size=mc.image_size, max_train=args.max_train,
                                        max_eval=args.max_eval)
         if args.label not in train.labels:
             fail(f"--label {args.label}: this dataset's labels are {sorted(train.labels)}")
+        if args.per_yaw and "yaw" not in test.labels:
+            fail(f"--per-yaw: this dataset has no yaw label (its labels: {sorted(test.labels)})")
         pre = int(meta["counters"]["g_updates"])
+        if args.frontalized:
+            print(f"{os.path.basename(path)}: frontalizing {len(train)} training and {len(test)} "
+                  f"test images with its G ({method})", flush=True)
+            front_train = SimpleNamespace(inputs=frontalize(g, train.inputs), labels=train.labels)
+            front_test = SimpleNamespace(inputs=frontalize(g, test.inputs), labels=test.labels)
         for seed in args.seeds:
-            xtr, ytr, xte, yte, classes = leak_free_split(train, test, args.label, seed)
+            xtr, ytr, xte, yte, classes, te_labels = leak_free_split_labelled(train, test, args.label, seed)
             if len(xtr) == 0 or len(xte) == 0:
                 fail(f"--label {args.label}: no images to train or test the classifier on")
             g.train()
-            nets = [("GASCA encoder (pre-trained)", g, args.steps),
-                    ("same network from scratch, equal classification steps",
-                     _fresh_generator(g, seed), args.steps)]
+            # (row, network, steps, training images, test images)
+            nets = [(f"GASCA encoder pre-trained by {method}, fine-tuned", g, args.steps, xtr, xte)]
+            if (split_seed, seed) not in shared_done:
+                shared_done.add((split_seed, seed))
+                nets.append(("raw faces: same network from scratch, equal classification steps",
+                             _fresh_generator(g, seed), args.steps, xtr, xte))
             if not args.no_equal_updates:
-                nets.append(("same network from scratch, equal updates (+ pre-training's)",
-                             _fresh_generator(g, seed), args.steps + pre))
-            for name, gen, steps in nets:
+                nets.append((f"raw faces: same network from scratch, equal updates (+ {method}'s "
+                             f"pre-training)", _fresh_generator(g, seed), args.steps + pre, xtr, xte))
+            if args.frontalized:
+                ftr, _, fte, _, _, _ = leak_free_split_labelled(front_train, front_test, args.label, seed)
+                nets.append((f"{method}'s frontalized faces: same network from scratch, equal "
+                             f"classification steps", _fresh_generator(g, seed), args.steps, ftr, fte))
+            for name, gen, steps, x_fit, x_eval in nets:
                 model = EncoderClassifier(gen, len(classes), stream("classifier-head", seed))
-                losses = train_classifier(model, xtr, ytr, steps, args.batch_size, args.lr, seed)
-                acc = accuracy(model, xte, yte)
+                losses = train_classifier(model, x_fit, ytr, steps, args.batch_size, args.lr, seed)
+                correct = predictions(model, x_eval) == yte
+                acc = float(correct.mean())
                 rows.setdefault(name, []).append(acc)
+                if args.per_yaw:
+                    yaw_rows.setdefault(name, []).append(per_group_accuracy(correct, te_labels["yaw"]))
                 print(f"{os.path.basename(path)} seed {seed}: {name} ({steps} steps): final train "
                       f"loss {losses[-1]:.4f}, test accuracy {acc:.3f}", flush=True)
     who = ("the test split's people (never seen by G), half of each person's images held out"
@@ -174,6 +276,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         table.append([name, len(accs), mean, "-" if half is None else
                       f"{mean - half:.3f}-{mean + half:.3f}", f"{min(accs):.3f}-{max(accs):.3f}"])
     print(format_table(["network", "runs", "test accuracy", "95% CI (t)", "min-max"], table))
+    if args.per_yaw:
+        yaws = sorted({y for runs in yaw_rows.values() for r in runs for y in r})
+        print(f"\ntest accuracy per yaw of the test face (mean over runs; {args.label})")
+        body = [[name] + [float(np.mean([r[y] for r in runs if y in r])) for y in yaws]
+                for name, runs in yaw_rows.items()]
+        print(format_table(["network"] + [f"{y:+.0f}" for y in yaws], body))
+        if args.plot:
+            if per_yaw_chart(yaw_rows, args.plot, args.label, 1 / len(classes)):
+                print(f"chart: {args.plot}")
+            else:
+                print("--plot: matplotlib is not installed (pip install '.[plot]'): no chart written")
     return 0
 
 
