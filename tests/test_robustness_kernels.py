@@ -989,7 +989,7 @@ def test_huge_geometry_with_tiny_arrays_is_computed(case: str, fn: str) -> None:
 
 def test_versions_lists_every_family_with_names() -> None:
     v = _C.versions()
-    assert set(v) == {"gemm", "conv2d", "optim"}
+    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d"}
     for family, names in v.items():
         assert len(names) >= 1 and all(isinstance(s, str) and s for s in names), (family, names)
 

@@ -1,0 +1,312 @@
+"""The symmetry convolution (cpp/symconv2d.h; issue 14 part 3): kernels mirror-symmetric left
+to right, stored as their left half w_half (Co, Ci, KH, HW), HW = ceil(KW/2), standing for
+the full kernel
+
+    w[..., j] = w_half[..., min(j, KW-1-j)]
+
+Every version of the three passes is checked against two things on random geometries
+(odd and even KW, KW = 1, stride 1-3, padding 0-2, dilation 1-2, batch 1-3, float32 and
+float64):
+
+* the oracle, the "parameterised form": conv2d (its own reference, version 0) with the
+  mirrored full kernel; the weight gradient folded back onto the half,
+  dw_half[..., j] = dw[..., j] + dw[..., KW-1-j] (the centre column of an odd KW once);
+* a direct float64 NumPy reference written here from the same definition.
+
+The autograd op and the layers are checked against float64 finite differences, against
+the parameterised form in our own autograd, and against PyTorch with a mirrored weight
+when torch is importable.  Bad arguments raise errors that name them.
+"""
+import numpy as np
+import pytest
+
+from gasca_core import _C, backend
+from gasca_core.testing import call_version, version_id
+
+SYM_VERSIONS = backend.kernel_versions("symconv2d")
+DTYPES = [np.float32, np.float64]
+
+
+# ----------------------------------------------------------------------------- references
+def mirror(w_half, kw):
+    """The full kernel (..., KW) that w_half (..., ceil(KW/2)) stands for."""
+    return np.ascontiguousarray(w_half[..., [min(j, kw - 1 - j) for j in range(kw)]])
+
+
+def fold(w_full):
+    """The gradient of the half from the full kernel's: mirrored columns added."""
+    kw = w_full.shape[-1]
+    out = np.zeros(w_full.shape[:-1] + ((kw + 1) // 2,))
+    for j in range(kw):
+        out[..., min(j, kw - 1 - j)] += w_full[..., j]
+    return out
+
+
+def out_size(h, k, s, p, d):
+    return (h + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _taps(x_pad, i, j, oh, ow, s, d):
+    return x_pad[:, :, i * d[0]: i * d[0] + s[0] * (oh - 1) + 1: s[0],
+                 j * d[1]: j * d[1] + s[1] * (ow - 1) + 1: s[1]]
+
+
+def ref_forward(x, w_half, b, kw, s, p, d):
+    """float64, from the definition: for each stored column j, add the mirrored taps first
+    (x_j + x_{KW-1-j}, the centre once), then multiply by w_half[..., j]."""
+    x, w_half = x.astype(np.float64), w_half.astype(np.float64)
+    n, _, h, wd = x.shape
+    co, _, kh, hw = w_half.shape
+    oh, ow = out_size(h, kh, s[0], p[0], d[0]), out_size(wd, kw, s[1], p[1], d[1])
+    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
+    y = np.zeros((n, co, oh, ow))
+    for i in range(kh):
+        for j in range(hw):
+            pair = _taps(xp, i, j, oh, ow, s, d)
+            if kw - 1 - j != j:
+                pair = pair + _taps(xp, i, kw - 1 - j, oh, ow, s, d)
+            y += np.einsum("nchw,oc->nohw", pair, w_half[:, :, i, j])
+    if b is not None:
+        y += b.astype(np.float64)[None, :, None, None]
+    return y
+
+
+def oracle(x, w_half, b, dy, kw, s, p, d, dtype):
+    """The parameterised form: conv2d's reference kernels with the mirrored full kernel."""
+    w_full = mirror(w_half, kw)
+    y = np.empty(dy.shape, dtype)
+    _C.conv2d_forward(x, w_full, b, y, s, p, d, version=0)
+    dx = np.empty(x.shape, dtype)
+    _C.conv2d_backward_input(dy, w_full, dx, s, p, d, version=0)
+    dw = np.empty(w_full.shape, dtype)
+    _C.conv2d_backward_weight(x, dy, dw, s, p, d, version=0)
+    return y, dx, fold(dw)
+
+
+def _tol(dtype, ref):
+    scale = max(1.0, float(np.abs(ref).max()))
+    return dict(rtol=1e-4, atol=2e-5 * scale) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11 * scale)
+
+
+def random_geometries(count, seed):
+    """(n, ci, co, h, w, kh, kw, stride, padding, dilation): every KW of 1..6 and every
+    stride and padding appear; sizes are redrawn until the output is not empty."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        k = len(out)
+        kw = 1 + k % 6
+        kh = int(rng.integers(1, 5))
+        s = (int(rng.integers(1, 4)), 1 + (k // 6) % 3)
+        p = (int(rng.integers(0, 3)), k % 3)
+        d = (int(rng.integers(1, 3)), 1 + (k // 18) % 2)
+        n, ci, co = int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
+        h, w = int(rng.integers(1, 10)), int(rng.integers(1, 12))
+        if out_size(h, kh, s[0], p[0], d[0]) > 0 and out_size(w, kw, s[1], p[1], d[1]) > 0:
+            out.append((n, ci, co, h, w, kh, kw, s, p, d))
+    return out
+
+
+GEOMETRIES = random_geometries(36, seed=14)
+
+
+def _gid(g):
+    n, ci, co, h, w, kh, kw, s, p, d = g
+    return f"n{n}c{ci}-{co}_{h}x{w}_k{kh}x{kw}_s{s[0]}{s[1]}_p{p[0]}{p[1]}_d{d[0]}{d[1]}"
+
+
+# ----------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_gid)
+@pytest.mark.parametrize("version", SYM_VERSIONS, ids=version_id)
+def test_every_version_matches_the_mirrored_full_kernel_and_the_reference(version, geometry, dtype):
+    n, ci, co, h, w, kh, kw, s, p, d = geometry
+    rng = np.random.default_rng(hash(_gid(geometry)) % 2**32)
+    x = rng.standard_normal((n, ci, h, w)).astype(dtype)
+    wh = rng.standard_normal((co, ci, kh, (kw + 1) // 2)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    oh, ow = out_size(h, kh, s[0], p[0], d[0]), out_size(w, kw, s[1], p[1], d[1])
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    y_o, dx_o, dw_o = oracle(x, wh, b, dy, kw, s, p, d, dtype)
+    y_ref = ref_forward(x, wh, b, kw, s, p, d)
+
+    y = np.full((n, co, oh, ow), np.nan, dtype)
+    call_version("symconv2d_forward", version, x, wh, b, y, kw, s, p, d)
+    np.testing.assert_allclose(y, y_ref, **_tol(dtype, y_ref), err_msg="forward vs reference")
+    np.testing.assert_allclose(y, y_o, **_tol(dtype, y_o), err_msg="forward vs mirrored conv2d")
+    y_nb = np.full_like(y, np.nan)
+    call_version("symconv2d_forward", version, x, wh, None, y_nb, kw, s, p, d)
+    np.testing.assert_allclose(y_nb, y_ref - b.astype(np.float64)[None, :, None, None],
+                               **_tol(dtype, y_ref), err_msg="forward, no bias")
+
+    dx = np.full(x.shape, np.nan, dtype)
+    call_version("symconv2d_backward_input", version, dy, wh, dx, kw, s, p, d)
+    np.testing.assert_allclose(dx, dx_o, **_tol(dtype, dx_o), err_msg="backward_input")
+
+    dw = np.full(wh.shape, np.nan, dtype)
+    call_version("symconv2d_backward_weight", version, x, dy, dw, kw, s, p, d)
+    np.testing.assert_allclose(dw, dw_o, **_tol(dtype, dw_o), err_msg="backward_weight")
+
+
+@pytest.mark.parametrize("version", SYM_VERSIONS, ids=version_id)
+def test_gradients_are_the_adjoints_of_the_forward_map(version):
+    """<dy, J x> = <J^T dy, x> in float64, for x and for w_half (bias-free forward)."""
+    rng = np.random.default_rng(5)
+    for kw in (3, 4):
+        x = rng.standard_normal((2, 3, 9, 10))
+        wh = rng.standard_normal((4, 3, 3, (kw + 1) // 2))
+        y = np.empty((2, 4, 5, 5))
+        call_version("symconv2d_forward", version, x, wh, None, y, kw, 2, 1, 1)
+        dy = rng.standard_normal(y.shape)
+        dx = np.empty_like(x)
+        call_version("symconv2d_backward_input", version, dy, wh, dx, kw, 2, 1, 1)
+        dw = np.empty_like(wh)
+        call_version("symconv2d_backward_weight", version, x, dy, dw, kw, 2, 1, 1)
+        np.testing.assert_allclose(np.vdot(dy, y), np.vdot(dx, x), rtol=1e-10)
+        np.testing.assert_allclose(np.vdot(dy, y), np.vdot(dw, wh), rtol=1e-10)
+
+
+def test_batches_larger_than_one_block_of_images():
+    """Version 1 works on blocks of images (cpp/symconv2d.cpp, kBlockElements): a batch that
+    spans several blocks, the last one partial, gives the reference's answers."""
+    rng = np.random.default_rng(3)
+    # (3*5*3 + 8) * 32*32 = 56 320 elements per image: 74 images per 2**22-element block.
+    x = rng.standard_normal((80, 3, 32, 32)).astype(np.float32)
+    wh = rng.standard_normal((8, 3, 5, 3)).astype(np.float32)
+    dy = rng.standard_normal((80, 8, 32, 32)).astype(np.float32)
+    outs = {}
+    for v in (0, 1):
+        y = np.empty((80, 8, 32, 32), np.float32)
+        _C.symconv2d_forward(x, wh, None, y, 5, 1, 2, 1, version=v)
+        dw = np.empty_like(wh)
+        _C.symconv2d_backward_weight(x, dy, dw, 5, 1, 2, 1, version=v)
+        dx = np.empty_like(x)
+        _C.symconv2d_backward_input(dy, wh, dx, 5, 1, 2, 1, version=v)
+        outs[v] = (y, dw, dx)
+    for a, b in zip(outs[0], outs[1]):
+        np.testing.assert_allclose(b, a, **_tol(np.float32, a))
+
+
+def test_versions_are_listed_and_the_fastest_is_version_1():
+    names = _C.versions()["symconv2d"]
+    assert len(names) == 2 and names[0].startswith("reference")
+    assert _C.fastest_versions()["symconv2d"] == 1
+
+
+# ----------------------------------------------------------------------------- bad arguments
+def _valid(dtype=np.float64, kw=5):
+    x = np.zeros((2, 3, 8, 8), dtype)
+    wh = np.zeros((4, 3, 3, (kw + 1) // 2), dtype)
+    out = np.zeros((2, 4, 8, 8), dtype)
+    return x, wh, out
+
+
+@pytest.mark.parametrize("kw, hw", [(5, 2), (4, 3), (1, 2), (2, 2), (3, 3)])
+def test_a_half_width_that_does_not_fit_kernel_width_is_refused(kw, hw):
+    x = np.zeros((1, 3, 8, 8))
+    wh = np.zeros((4, 3, 3, hw))
+    out = np.zeros((1, 4, 8, 8))
+    with pytest.raises(ValueError, match=rf"weight has shape \(4, 3, 3, {hw}\).*kernel_width {kw}"
+                                         rf" stores ceil\({kw}/2\) = {(kw + 1) // 2}"):
+        _C.symconv2d_forward(x, wh, None, out, kw, 1, (1, kw // 2), 1)
+    dw = np.zeros((4, 3, 3, hw))
+    with pytest.raises(ValueError, match=r"grad_weight has shape"):
+        _C.symconv2d_backward_weight(x, out, dw, kw, 1, (1, kw // 2), 1)
+    with pytest.raises(ValueError, match=r"weight has shape"):
+        _C.symconv2d_backward_input(out, wh, x.copy(), kw, 1, (1, kw // 2), 1)
+
+
+@pytest.mark.parametrize("kw, exc, message", [
+    (0, ValueError, "kernel_width = 0 must be a full kernel width"),
+    (-3, ValueError, "kernel_width = -3"),
+    (2**40, ValueError, "kernel_width"),
+    (True, TypeError, "kernel_width must be an int"),
+    (5.0, TypeError, "kernel_width must be an int"),
+    ("5", TypeError, "kernel_width must be an int"),
+    (None, TypeError, "kernel_width must be an int"),
+])
+def test_a_bad_kernel_width_is_refused(kw, exc, message):
+    x, wh, out = _valid()
+    with pytest.raises(exc, match=message):
+        _C.symconv2d_forward(x, wh, None, out, kw, 1, 2, 1)
+
+
+def test_wrong_dtypes_layouts_and_shapes_are_refused_with_the_argument_named():
+    x, wh, out = _valid()
+    with pytest.raises(ValueError, match="x has dtype int32"):
+        _C.symconv2d_forward(x.astype(np.int32), wh, None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="dtype mismatch: x is float64 but weight is float32"):
+        _C.symconv2d_forward(x, wh.astype(np.float32), None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match=r"weight \(shape \(4, 3, 3, 3\)\) is not C-contiguous"):
+        _C.symconv2d_forward(x, np.asfortranarray(wh), None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match=r"x \(shape .*\) is not C-contiguous"):
+        _C.symconv2d_forward(x[:, :, :, ::-1], wh, None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="channel mismatch: x has shape \\(2, 2, 8, 8\\)"):
+        _C.symconv2d_forward(x[:, :2].copy(), wh, None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match=r"out has shape \(2, 4, 8, 8\) but \(2, 4, 4, 4\) was expected"):
+        _C.symconv2d_forward(x, wh, None, out, 5, 2, (1, 2), 1)
+    with pytest.raises(ValueError, match=r"bias has shape \(3,\)"):
+        _C.symconv2d_forward(x, wh, np.zeros(3), out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="out .* is read-only"):
+        ro = out.copy()
+        ro.flags.writeable = False
+        _C.symconv2d_forward(x, wh, None, ro, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="out .* shares memory with x"):
+        big = np.zeros((2, 4, 8, 8))
+        _C.symconv2d_forward(big.reshape(-1)[:2 * 3 * 64].reshape(2, 3, 8, 8), wh, None, big, 5, 1, (1, 2), 1)
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        _C.symconv2d_forward(x.tolist(), wh, None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="weight must be 4-D"):
+        _C.symconv2d_forward(x, wh[0], None, out, 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="output size would be empty"):
+        _C.symconv2d_forward(x, np.zeros((4, 3, 3, 6)), None, out, 11, 1, 0, 1)
+    with pytest.raises(ValueError, match="version = 2 is not a symconv2d version"):
+        _C.symconv2d_forward(x, wh, None, out, 5, 1, (1, 2), 1, version=2)
+    with pytest.raises(ValueError, match="gemm_version = 7 is not a gemm version"):
+        _C.symconv2d_forward(x, wh, None, out, 5, 1, (1, 2), 1, gemm_version=7)
+    with pytest.raises(ValueError, match="stride = \\(0, 0\\) must be >= 1"):
+        _C.symconv2d_forward(x, wh, None, out, 5, 0, 2, 1)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(2, 4, 8, 8\) but \(2, 4, 4, 4\)"):
+        _C.symconv2d_backward_input(out, wh, x.copy(), 5, 2, (1, 2), 1)
+    with pytest.raises(ValueError, match=r"grad_in .* shares memory with grad_out"):
+        _C.symconv2d_backward_input(out, wh, out.reshape(-1)[:2 * 3 * 64].reshape(2, 3, 8, 8), 5, 1, (1, 2), 1)
+    with pytest.raises(ValueError, match="grad_weight .* is read-only"):
+        dw = np.zeros_like(wh)
+        dw.flags.writeable = False
+        _C.symconv2d_backward_weight(x, out, dw, 5, 1, (1, 2), 1)
+
+
+# ----------------------------------------------------------------------------- backend
+def test_the_family_is_chosen_tallied_and_counted_in_multiplications_of_the_half():
+    import gasca_core as gc
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6))
+    wh = rng.standard_normal((4, 3, 3, 2))  # KW = 3 (or 4): 2 stored columns
+    backend.kernel_calls(reset=True)
+    with gc.kernels(symconv2d=0):
+        assert backend.chosen_version("symconv2d_backward_input") == 0
+        y0 = backend.symconv2d_forward(x, wh, None, 3, (1, 1), (1, 1), (1, 1))
+    y1 = backend.symconv2d_forward(x, wh, None, 3, (1, 1), (1, 1), (1, 1))
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-12)
+    calls = backend.kernel_calls(reset=True)
+    flops = 2 * 2 * 4 * 3 * 3 * 2 * 6 * 6  # 2 N Co Ci KH HW OH OW
+    assert calls[("symconv2d_forward", "0")] == (1, flops)
+    fast = [k for k in calls if k[0] == "symconv2d_forward" and k[1].startswith("1+gemm")]
+    assert fast and calls[fast[0]] == (1, flops), calls
+    assert "symconv2d v1" in backend.describe_kernels()
+    with pytest.raises(ValueError, match="symconv2d=5: symconv2d has versions -1"):
+        backend.parse_kernels("symconv2d=5")
+
+
+def test_a_registered_python_gemm_cannot_serve_version_1():
+    import gasca_core as gc
+    backend.register_kernel("gemm", lambda a, b, ta, tb: (a.T if ta else a) @ (b.T if tb else b),
+                            name="numpy_sym")
+    try:
+        x, wh = np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 2))
+        with gc.kernels(gemm="numpy_sym"):
+            backend.symconv2d_forward(x, wh, None, 3, (1, 1), (0, 0), (1, 1), version=0)
+            with pytest.raises(ValueError, match="symconv2d version 1 .* registered Python gemm"):
+                backend.symconv2d_forward(x, wh, None, 3, (1, 1), (0, 0), (1, 1), version=1)
+    finally:
+        backend.unregister_kernel("gemm", "numpy_sym")
