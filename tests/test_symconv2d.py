@@ -310,3 +310,149 @@ def test_a_registered_python_gemm_cannot_serve_version_1():
                 backend.symconv2d_forward(x, wh, None, 3, (1, 1), (0, 0), (1, 1), version=1)
     finally:
         backend.unregister_kernel("gemm", "numpy_sym")
+
+
+# ----------------------------------------------------------------------------- autograd, layers
+import gasca_core as gc  # noqa: E402
+import gasca_core.functional as F  # noqa: E402
+from gasca_core.testing import gradcheck  # noqa: E402
+
+# (x shape, Co, KH, KW, stride, padding, dilation): odd and even widths, KW = 1, strides and
+# paddings on both axes, a dilation.
+GRAD_CASES = [
+    ((2, 2, 5, 6), 3, 3, 3, 1, 1, 1),
+    ((1, 2, 5, 7), 2, 2, 4, (1, 2), (0, 1), 1),
+    ((2, 1, 6, 6), 2, 3, 5, 2, 2, 1),
+    ((1, 3, 4, 5), 2, 1, 1, 1, 0, 1),
+    ((1, 2, 6, 8), 2, 2, 2, 3, (1, 0), 1),
+    ((1, 2, 7, 9), 2, 3, 3, 1, 1, (1, 2)),
+]
+
+
+def _case_id(c):
+    return f"x{'x'.join(map(str, c[0]))}_k{c[2]}x{c[3]}_s{c[4]}_p{c[5]}_d{c[6]}"
+
+
+def _tensors(case, seed=0, requires_grad=True):
+    shape, co, kh, kw, *_ = case
+    rng = np.random.default_rng(seed)
+    x = gc.Tensor(rng.standard_normal(shape), requires_grad=requires_grad)
+    wh = gc.Tensor(rng.standard_normal((co, shape[1], kh, (kw + 1) // 2)), requires_grad=requires_grad)
+    b = gc.Tensor(rng.standard_normal(co), requires_grad=requires_grad)
+    return x, wh, b
+
+
+@pytest.mark.parametrize("version", SYM_VERSIONS, ids=version_id)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_case_id)
+def test_symmetric_conv2d_gradients_match_float64_finite_differences(case, version):
+    _, _, _, kw, s, p, d = case
+    x, wh, b = _tensors(case)
+    with gc.kernels(symconv2d=version):
+        gradcheck(lambda x, wh, b: F.symmetric_conv2d(x, wh, b, kw, s, p, d), [x, wh, b])
+
+
+@pytest.mark.parametrize("case", GRAD_CASES, ids=_case_id)
+def test_symmetric_conv2d_equals_conv2d_with_the_mirrored_kernel_values_and_gradients(case):
+    """The parameterised form (mirror the half in autograd, then conv2d) is the oracle."""
+    _, _, _, kw, s, p, d = case
+    x, wh, b = _tensors(case, seed=1)
+    x2, wh2, b2 = (gc.Tensor(t.data.copy(), requires_grad=True) for t in (x, wh, b))
+    y = F.symmetric_conv2d(x, wh, b, kw, s, p, d)
+    y2 = F.conv2d(x2, F.mirror_kernel(wh2, kw), b2, s, p, d)
+    np.testing.assert_allclose(y.data, y2.data, rtol=1e-12, atol=1e-12)
+    g = np.random.default_rng(2).standard_normal(y.shape)
+    y.backward(g)
+    y2.backward(g)
+    for a, o in ((x, x2), (wh, wh2), (b, b2)):
+        np.testing.assert_allclose(a.grad, o.grad, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("kw", [1, 2, 3, 4, 5])
+def test_mirror_kernel_and_its_fold_are_adjoint(kw):
+    rng = np.random.default_rng(kw)
+    wh = gc.Tensor(rng.standard_normal((2, 3, 2, (kw + 1) // 2)), requires_grad=True)
+    full = F.mirror_kernel(wh, kw)
+    assert full.shape == (2, 3, 2, kw)
+    np.testing.assert_array_equal(full.data, full.data[..., ::-1])  # symmetric left to right
+    np.testing.assert_array_equal(full.data, mirror(wh.data, kw))
+    gradcheck(lambda w: F.mirror_kernel(w, kw), [wh])
+    g = rng.standard_normal(full.shape)
+    np.testing.assert_allclose(F.fold_kernel_array(g, kw), fold(g), rtol=1e-14)
+
+
+@pytest.mark.parametrize("kw, s, p, op", [(3, 2, 1, 1), (4, 2, 1, 0), (5, 1, 2, 0), (2, 3, 0, 2)])
+def test_symmetric_conv_transpose2d_gradients_and_its_oracle(kw, s, p, op):
+    rng = np.random.default_rng(kw)
+    x = gc.Tensor(rng.standard_normal((2, 2, 3, 4)), requires_grad=True)
+    wh = gc.Tensor(rng.standard_normal((2, 3, 3, (kw + 1) // 2)), requires_grad=True)
+    b = gc.Tensor(rng.standard_normal(3), requires_grad=True)
+    fn = lambda x, wh, b: F.symmetric_conv_transpose2d(x, wh, b, kw, s, p, op)  # noqa: E731
+    gradcheck(fn, [x, wh, b])
+    full = gc.Tensor(mirror(wh.data, kw))
+    np.testing.assert_allclose(fn(x, wh, b).data, F.conv_transpose2d(x, full, b, s, p, op).data,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_layers_have_half_width_weights_and_the_plain_layers_initial_scale():
+    conv = gc.nn.SymmetricConv2d(32, 64, 5, stride=2, padding=2, rng=np.random.default_rng(0))
+    plain = gc.nn.Conv2d(32, 64, 5, stride=2, padding=2)
+    assert conv.weight.shape == (64, 32, 5, 3) and conv.kernel_size == (5, 5)
+    assert conv.num_parameters() == 64 * 32 * 15 + 64 and plain.num_parameters() == 64 * 32 * 25 + 64
+    bound = 1 / np.sqrt(32 * 25)
+    assert np.abs(conv.weight.data).max() <= bound and np.abs(conv.weight.data).max() > 0.9 * bound
+    assert np.abs(conv.bias.data).max() <= bound
+    assert "symmetric" in repr(conv)
+    up = gc.nn.SymmetricConvTranspose2d(64, 32, 4, stride=2, padding=1, bias=False)
+    assert up.weight.shape == (64, 32, 4, 2) and up.bias is None
+    x = gc.Tensor(np.random.default_rng(1).standard_normal((2, 32, 16, 16)).astype(np.float32))
+    y = conv(x)
+    assert y.shape == (2, 64, 8, 8) and y.dtype == np.float32
+    assert up(y).shape == (2, 32, 16, 16)
+    # The layer is exactly Conv2d with the mirrored weight.
+    plain.weight.data[...] = mirror(conv.weight.data, 5)
+    plain.bias.data[...] = conv.bias.data
+    np.testing.assert_allclose(y.data, plain(x).data, rtol=1e-4, atol=1e-5)
+    # A state dict round-trips into a fresh layer.
+    fresh = gc.nn.SymmetricConv2d(32, 64, 5, stride=2, padding=2)
+    fresh.load_state_dict(conv.state_dict())
+    np.testing.assert_array_equal(fresh(x).data, y.data)
+
+
+def test_bad_operands_are_refused_with_clear_messages():
+    x = gc.Tensor(np.zeros((1, 3, 8, 8)))
+    wh = gc.Tensor(np.zeros((4, 3, 3, 2)))
+    with pytest.raises(ValueError, match="kernel_width .* is required"):
+        F.symmetric_conv2d(x, wh)
+    with pytest.raises(ValueError, match=r"weight_half \(4, 3, 3, 2\) must have ceil\(5/2\) = 3 columns"):
+        F.symmetric_conv2d(x, wh, None, 5)
+    with pytest.raises(ValueError, match="kernel_width must be a positive int"):
+        F.symmetric_conv2d(x, wh, None, 0)
+    with pytest.raises(ValueError, match="input has 2 channels"):
+        F.symmetric_conv2d(gc.Tensor(np.zeros((1, 2, 8, 8))), wh, None, 3)
+    with pytest.raises(ValueError, match="must share one dtype"):
+        F.symmetric_conv2d(x, gc.Tensor(np.zeros((4, 3, 3, 2), np.float32)), None, 3)
+    with pytest.raises(ValueError, match="output size"):
+        F.symmetric_conv2d(x, gc.Tensor(np.zeros((4, 3, 3, 6))), None, 11)
+    with pytest.raises(ValueError, match="weight_half .* columns"):
+        F.symmetric_conv_transpose2d(x, gc.Tensor(np.zeros((3, 4, 3, 2))), None, 5)
+
+
+def test_against_pytorch_with_the_mirrored_weight():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    for kw, s, p in ((3, 1, 1), (4, 2, (1, 2)), (5, 2, 2)):
+        x = rng.standard_normal((2, 3, 9, 10))
+        wh = rng.standard_normal((4, 3, 3, (kw + 1) // 2))
+        b = rng.standard_normal(4)
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(wh, requires_grad=True)
+        full_t = torch.cat([wt, wt[..., : kw // 2].flip(-1)], dim=-1)
+        yt = torch.nn.functional.conv2d(xt, full_t, torch.tensor(b), stride=s, padding=p)
+        g = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(g))
+        xg, wg = gc.Tensor(x, requires_grad=True), gc.Tensor(wh, requires_grad=True)
+        y = F.symmetric_conv2d(xg, wg, gc.Tensor(b), kw, s, p)
+        y.backward(g)
+        np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(xg.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(wg.grad, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
