@@ -456,3 +456,60 @@ def test_against_pytorch_with_the_mirrored_weight():
         np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(xg.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(wg.grad, wt.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- model option
+def test_symmetric_levels_make_those_levels_symmetric_and_cut_their_weights():
+    from gasca_core.models import GascaConfig, architecture, build_full, parameter_counts
+    plain, sym = GascaConfig(), GascaConfig(symmetric_levels=[3, 1])
+    assert sym.symmetric_levels == [1, 3]
+    assert GascaConfig.from_dict(sym.to_dict()).symmetric_levels == [1, 3]
+    g, d = build_full(sym, seed=0)
+    kinds = [(type(ae.encoder[0]).__name__, type(ae.decoder[0]).__name__) for ae in g.levels]
+    assert kinds == [("SymmetricConv2d", "SymmetricConvTranspose2d"),
+                     ("Conv2d", "ConvTranspose2d"),
+                     ("SymmetricConv2d", "SymmetricConvTranspose2d")]
+    (gp, dp), (gs, ds) = parameter_counts(plain), parameter_counts(sym)
+    # Level 1: 1*32*5*(5-3) weights saved twice (encoder, decoder); level 3: 64*128*3*(3-2) twice.
+    assert gp - gs == 2 * (32 * 5 * 2) + 2 * (64 * 128 * 3 * 1) and dp == ds
+    # Kernels of width 4 keep exactly half their weights.
+    deep = architecture("gasca-64-deep")
+    deep_sym = architecture("gasca-64-deep", symmetric_levels=[1, 2, 3, 4, 5])
+    biases = sum(deep.channels) + 1 + sum(deep.channels[:-1])  # encoders', decoders' (1 = image)
+    assert parameter_counts(deep_sym)[0] - biases == (parameter_counts(deep)[0] - biases) // 2
+    for bad in ([0], [4], [1, 1]):
+        with pytest.raises(ValueError, match="symmetric_levels"):
+            GascaConfig(symmetric_levels=bad)
+
+
+def test_train_with_symmetric_levels_reports_fewer_parameters_and_checkpoints(tmp_path, shifted_pairs):
+    import os
+    import subprocess
+    import sys
+    from gasca_core.training import load_checkpoint
+    data = shifted_pairs(tmp_path / "pairs.npz")
+    tiny = ["--image-size", "16", "--channels", "4,6", "--kernel-sizes", "3,4", "--batch-size", "8",
+            "--no-progress", "--dataset", "npz", "--data", data, "--steps", "6"]
+    out = str(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "gasca_core.train", "--out", out,
+                        "--symmetric-levels", "1,2"] + tiny, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    from gasca_core.models import GascaConfig, parameter_counts
+    plain = GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 4])
+    sym = GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 4], symmetric_levels=[1, 2])
+    assert parameter_counts(sym)[0] < parameter_counts(plain)[0]
+    assert f"G {parameter_counts(sym)[0]:,} parameters" in r.stdout
+    assert "symmetric levels 1,2" in r.stdout
+    meta, states = load_checkpoint(os.path.join(out, "latest.npz"))
+    assert meta["model_config"]["symmetric_levels"] == [1, 2]
+    # The evaluate tool rebuilds the symmetric model from the checkpoint and loads it.
+    ev = subprocess.run([sys.executable, "-m", "gasca_core.evaluate", os.path.join(out, "latest.npz"),
+                         "--dataset", "npz", "--data", data], capture_output=True, text=True,
+                        timeout=600)
+    assert ev.returncode == 0, ev.stderr
+    assert "MSE" in ev.stdout
+    bad = subprocess.run([sys.executable, "-m", "gasca_core.train", "--out", str(tmp_path / "b"),
+                          "--symmetric-levels", "3"] + tiny, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0 and "symmetric_levels [3] must name distinct levels in 1..2" in bad.stderr

@@ -122,6 +122,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="how each level's decoder doubles the map: a transposed convolution, or "
                         "resize (nearest upsampling, then a stride-1 convolution) "
                         "(default: the architecture's)")
+    a.add_argument("--symmetric-levels", type=int_list, default=None, metavar="K1,K2,...",
+                   help="levels of G (1-based) whose encoder convolution and decoder "
+                        "convolution use kernels mirror-symmetric left to right: about half "
+                        "the weights (issue 14's symmetry convolution; D stays plain) "
+                        "(default: none)")
 
 
 def add_kernel_args(p: argparse.ArgumentParser) -> None:
@@ -169,7 +174,8 @@ def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
     fields = dict(image_size=getattr(args, "image_size", base.image_size), channels=channels,
                   kernel_sizes=ks,
                   hidden_activation=getattr(args, "hidden_activation", None) or base.hidden_activation,
-                  decoder=getattr(args, "decoder", None) or base.decoder)
+                  decoder=getattr(args, "decoder", None) or base.decoder,
+                  symmetric_levels=getattr(args, "symmetric_levels", None) or base.symmetric_levels)
     same = all(getattr(base, k) == v for k, v in fields.items())
     try:
         return GascaConfig(**{**base.to_dict(), **fields, "paddings": None,
