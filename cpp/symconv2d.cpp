@@ -16,14 +16,27 @@
 //                           taps it was summed from (the adjoint of the pair sum)
 //          backward-weight  dw_half += dY colh^T
 //      The gemm does Co * Ci*KH*HW * P multiply-adds, HW/KW of conv2d's (3/5 for a 5-wide
-//      kernel, 1/2 for an even one).  Building and scattering the column matrices is split
-//      over the OpenMP threads by (image, input channel): no two threads write the same
-//      place.  gemm itself is threaded.  A block holds as many images as keep the two
-//      scratch matrices near kBlockElements elements.
+//      kernel, 1/2 for an even one).  To build colh, each (image, channel) is first copied
+//      into a zero-padded, phase-split image (split_phases: one row per stride phase), from
+//      which every row of colh is the sum of two contiguous runs, with no bounds tests.
+//      Building and scattering the column matrices is split over the OpenMP threads by
+//      (image, input channel): no two threads write the same place; gemm itself is
+//      threaded.  A block holds as many images as keep the two scratch matrices near
+//      kBlockElements elements (2 MiB of floats: they stay in the L3 cache for the gemm).
 //
-// Measured (gasca-64's layer 2: 32 -> 64 channels, 5x5, stride 2, padding 2, 32x32 input,
-// batch 64, float32, 2 shared cores, median of interleaved rounds; tools: see the report
-// of issue 14 part 3): see the figure recorded below kSymFastest.
+// Measured (tools/bench_symconv2d.py: gasca-64's layer 2, 32 -> 64 channels, 5x5, stride 2,
+// padding 2, 32x32 input, batch 64, float32, median of interleaved rounds, on the 2-core AMD
+// EPYC development machine while another job shared it): 30,720 weights instead of 51,200
+// (0.6x), 0.6x the multiplications, but about the same time as conv2d version 2:
+//                        2 threads                      1 thread
+//   forward           23.2 ms vs 18.3 ms (0.79x)      27.2 ms vs 28.0 ms (1.03x)
+//   backward-input    17.0 ms vs 20.0 ms (1.18x)      27.1 ms vs 35.3 ms (1.30x)
+//   backward-weight   18.6 ms vs 19.0 ms (1.02x)      31.9 ms vs 31.5 ms (0.99x)
+//   all three         58.7 ms vs 57.2 ms (0.97x)      86.2 ms vs 94.8 ms (1.10x)
+// (symconv2d v1 vs conv2d v2; the ratio is conv2d's time over ours.)  What the smaller gemm
+// saves, building the column matrix spends: conv2d version 2 never materialises one (its
+// forward is an implicit gemm).  An implicit-gemm version that sums the pairs while packing
+// the gemm's B panels is the way to turn the saved multiplications into time.
 //
 // Every version is checked against version 0 and against conv2d with the mirrored full
 // kernel (the oracle) by tests/test_symconv2d.py.
@@ -34,6 +47,10 @@
 
 #include "gemm.h"
 #include "workspace.h"
+
+#ifdef GASCA_OPENMP
+#include <omp.h>
+#endif
 
 namespace gasca {
 
@@ -117,7 +134,7 @@ void backward_weight_reference(const ConvGeometry& g, const T* x, const T* dy, T
 
 // ============================================================ version 1: pair sums + gemm
 // A block of images handled by one gemm: images [n0, n0 + nb), P = nb * OH*OW columns.
-constexpr int64_t kBlockElements = int64_t(1) << 22;  // 16 MiB of float scratch per block
+constexpr int64_t kBlockElements = int64_t(1) << 19;  // 2 MiB of float scratch per block
 
 // The outputs o in [lo, hi) (within 0 .. out-1) whose tap o*stride + offset lies inside the
 // input, 0 .. in-1: the loops below then run without a bounds test per element.
@@ -129,38 +146,83 @@ inline void tap_range(int64_t in, int64_t out, int64_t stride, int64_t offset, i
   lo = std::min(lo, hi);
 }
 
+// This thread's number in the enclosing parallel region (0 outside one, or without OpenMP).
+inline int thread_id() {
+#ifdef GASCA_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 inline int threads_for(int64_t items) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), items)));
 }
 
+// The zero-padded, phase-split copy of one input channel c (in_h x in_w), so that the pair
+// sums below read every kernel tap as a contiguous run with no bounds tests.  Padded row
+// ihp = ih + pad_h (0 .. ph_rows-1) and padded column iwp = iw + pad_w are zero outside the
+// image; each padded row is split into sw phase rows of length len, phase ph holding padded
+// columns ph, ph + sw, ph + 2 sw, ...  Tap j of output column ow reads padded column
+// ow*sw + j*dw, which is element ow + (j*dw)/sw of phase (j*dw) % sw: a run along ow.
+inline int64_t phase_rows(const ConvGeometry& g) {
+  return (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1;
+}
+inline int64_t phase_len(const ConvGeometry& g) {
+  // every padded column a tap reads: (out_w - 1)*sw + (kw - 1)*dw, at most
+  return ((g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w) / g.stride_w + 1;
+}
+
+template <typename T>
+void split_phases(const ConvGeometry& g, const T* c, T* phase) {
+  const int64_t rows = phase_rows(g), len = phase_len(g), sw = g.stride_w;
+  std::fill(phase, phase + rows * sw * len, T(0));
+  for (int64_t ihp = 0; ihp < rows; ++ihp) {
+    const int64_t ih = ihp - g.pad_h;
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t ph = 0; ph < sw; ++ph) {
+      // q*sw + ph - pad_w is an image column for q in [lo, hi); the rest stays zero
+      int64_t lo, hi;
+      tap_range(g.in_w, len, sw, ph - g.pad_w, lo, hi);
+      T* dst = phase + (ihp * sw + ph) * len;
+      const T* src = c + ih * g.in_w + ph - g.pad_w;
+      for (int64_t q = lo; q < hi; ++q) dst[q] = src[q * sw];
+    }
+  }
+}
+
 // colh for images [n0, n0 + nb): row (ci*KH + i)*HW + j, column nl*OHW + oh*OW + ow holds
 // x_j + x_{KW-1-j} at output pixel (oh, ow) of image n0 + nl (x_j once for a centre column).
+// Each (image, channel) is first copied into a padded phase image (split_phases) in the
+// thread's own slice of scratch memory; then every row of colh is one vectorisable loop.
 template <typename T>
 void pair_sum_columns(const ConvGeometry& g, const T* x, int64_t n0, int64_t nb, T* colh) {
   const int64_t hw = symconv_half_width(g.kernel_w), ohw = g.out_h * g.out_w;
-  const int64_t cols = nb * ohw;
+  const int64_t cols = nb * ohw, sw = g.stride_w, len = phase_len(g);
+  const int64_t per_thread = detail::round_up_64b(phase_rows(g) * sw * len, sizeof(T));
   const int nt = threads_for(nb * g.in_channels);
+  T* phases = detail::scratch<T>(detail::kSlotSpare, nt * per_thread);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t nl = 0; nl < nb; ++nl)
     for (int64_t ci = 0; ci < g.in_channels; ++ci) {
-      const T* xc = x + ((n0 + nl) * g.in_channels + ci) * g.in_h * g.in_w;
+      T* phase = phases + thread_id() * per_thread;
+      split_phases(g, x + ((n0 + nl) * g.in_channels + ci) * g.in_h * g.in_w, phase);
       for (int64_t i = 0; i < g.kernel_h; ++i)
         for (int64_t j = 0; j < hw; ++j) {
           const int64_t jm = g.kernel_w - 1 - j;  // the mirrored tap (== j at the centre)
-          const int64_t off_a = j * g.dilation_w - g.pad_w, off_b = jm * g.dilation_w - g.pad_w;
-          int64_t lo_a, hi_a, lo_b, hi_b;
-          tap_range(g.in_w, g.out_w, g.stride_w, off_a, lo_a, hi_a);
-          tap_range(g.in_w, g.out_w, g.stride_w, off_b, lo_b, hi_b);
+          const int64_t ta = j * g.dilation_w, tb = jm * g.dilation_w;  // padded column offsets
           T* row = colh + ((ci * g.kernel_h + i) * hw + j) * cols + nl * ohw;
           for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            const int64_t ihp = oh * g.stride_h + i * g.dilation_h;
+            const T* xa = phase + (ihp * sw + ta % sw) * len + ta / sw;  // xa[ow] = x_j
+            const T* xb = phase + (ihp * sw + tb % sw) * len + tb / sw;  // xb[ow] = x_{KW-1-j}
             T* r = row + oh * g.out_w;
-            std::fill(r, r + g.out_w, T(0));
-            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-            if (ih < 0 || ih >= g.in_h) continue;
-            const T* xr = xc + ih * g.in_w;
-            for (int64_t ow = lo_a; ow < hi_a; ++ow) r[ow] = xr[ow * g.stride_w + off_a];
-            if (jm != j)
-              for (int64_t ow = lo_b; ow < hi_b; ++ow) r[ow] += xr[ow * g.stride_w + off_b];
+            if (jm != j) {
+#pragma omp simd
+              for (int64_t ow = 0; ow < g.out_w; ++ow) r[ow] = xa[ow] + xb[ow];
+            } else {
+              std::copy(xa, xa + g.out_w, r);
+            }
           }
         }
     }

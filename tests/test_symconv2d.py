@@ -170,7 +170,8 @@ def test_batches_larger_than_one_block_of_images():
     """Version 1 works on blocks of images (cpp/symconv2d.cpp, kBlockElements): a batch that
     spans several blocks, the last one partial, gives the reference's answers."""
     rng = np.random.default_rng(3)
-    # (3*5*3 + 8) * 32*32 = 56 320 elements per image: 74 images per 2**22-element block.
+    # (3*5*3 + 8) * 32*32 = 54 272 elements per image: 9 images per 2**19-element block, so
+    # 80 images make 8 full blocks and a partial one.
     x = rng.standard_normal((80, 3, 32, 32)).astype(np.float32)
     wh = rng.standard_normal((8, 3, 5, 3)).astype(np.float32)
     dy = rng.standard_normal((80, 8, 32, 32)).astype(np.float32)
