@@ -191,12 +191,59 @@ void split_phases(const ConvGeometry& g, const T* c, T* phase) {
   }
 }
 
+// Whether the padded phase image of one channel is small enough to build: not when huge
+// strides, paddings or dilations would make it mostly (or astronomically much) padding.
+// Each factor is checked before the product, which could otherwise overflow.
+inline bool phase_image_fits(const ConvGeometry& g) {
+  const int64_t budget = 4 * g.in_h * g.in_w + 4096;
+  const int64_t rows = phase_rows(g), row_elems = g.stride_w * phase_len(g);
+  return rows <= budget && row_elems <= budget && rows * row_elems <= budget;
+}
+
 // colh for images [n0, n0 + nb): row (ci*KH + i)*HW + j, column nl*OHW + oh*OW + ow holds
 // x_j + x_{KW-1-j} at output pixel (oh, ow) of image n0 + nl (x_j once for a centre column).
-// Each (image, channel) is first copied into a padded phase image (split_phases) in the
+// This one reads the image directly: for each tap, the range of outputs whose input column
+// lies inside the image (tap_range), at stride sw.  For geometries whose phase image would
+// not fit (phase_image_fits); pair_sum_columns below is the fast path.
+template <typename T>
+void pair_sum_columns_direct(const ConvGeometry& g, const T* x, int64_t n0, int64_t nb, T* colh) {
+  const int64_t hw = symconv_half_width(g.kernel_w), ohw = g.out_h * g.out_w;
+  const int64_t cols = nb * ohw;
+  const int nt = threads_for(nb * g.in_channels);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t nl = 0; nl < nb; ++nl)
+    for (int64_t ci = 0; ci < g.in_channels; ++ci) {
+      const T* xc = x + ((n0 + nl) * g.in_channels + ci) * g.in_h * g.in_w;
+      for (int64_t i = 0; i < g.kernel_h; ++i)
+        for (int64_t j = 0; j < hw; ++j) {
+          const int64_t jm = g.kernel_w - 1 - j;
+          const int64_t off_a = j * g.dilation_w - g.pad_w, off_b = jm * g.dilation_w - g.pad_w;
+          int64_t lo_a, hi_a, lo_b, hi_b;
+          tap_range(g.in_w, g.out_w, g.stride_w, off_a, lo_a, hi_a);
+          tap_range(g.in_w, g.out_w, g.stride_w, off_b, lo_b, hi_b);
+          T* row = colh + ((ci * g.kernel_h + i) * hw + j) * cols + nl * ohw;
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            T* r = row + oh * g.out_w;
+            std::fill(r, r + g.out_w, T(0));
+            const int64_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+            if (ih < 0 || ih >= g.in_h) continue;
+            const T* xr = xc + ih * g.in_w;
+            for (int64_t ow = lo_a; ow < hi_a; ++ow) r[ow] = xr[ow * g.stride_w + off_a];
+            if (jm != j)
+              for (int64_t ow = lo_b; ow < hi_b; ++ow) r[ow] += xr[ow * g.stride_w + off_b];
+          }
+        }
+    }
+}
+
+// The same colh, the fast way.  Each (image, channel) is first copied into a padded phase image (split_phases) in the
 // thread's own slice of scratch memory; then every row of colh is one vectorisable loop.
 template <typename T>
 void pair_sum_columns(const ConvGeometry& g, const T* x, int64_t n0, int64_t nb, T* colh) {
+  if (!phase_image_fits(g)) {
+    pair_sum_columns_direct(g, x, n0, nb, colh);
+    return;
+  }
   const int64_t hw = symconv_half_width(g.kernel_w), ohw = g.out_h * g.out_w;
   const int64_t cols = nb * ohw, sw = g.stride_w, len = phase_len(g);
   const int64_t per_thread = detail::round_up_64b(phase_rows(g) * sw * len, sizeof(T));

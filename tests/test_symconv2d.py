@@ -514,3 +514,32 @@ def test_train_with_symmetric_levels_reports_fewer_parameters_and_checkpoints(tm
                           "--symmetric-levels", "3"] + tiny, capture_output=True, text=True,
                          timeout=600)
     assert bad.returncode != 0 and "symmetric_levels [3] must name distinct levels in 1..2" in bad.stderr
+
+
+@pytest.mark.parametrize("version", SYM_VERSIONS, ids=version_id)
+@pytest.mark.parametrize("x_shape, kw, stride, padding, dilation", [
+    ((1, 1, 1, 1), 1, (2**30, 1), (2**30, 0), 1),            # 3 output rows 2**30 apart
+    ((1, 2, 2, 1), 3, (1, 1), (0, 2**30), (1, 2**30)),        # taps 2**30 apart in a row
+    ((2, 1, 3, 2), 4, (1, 2**30), (1, 2**29), (1, 2**28)),
+])
+def test_huge_strides_paddings_and_dilations_with_tiny_arrays(version, x_shape, kw, stride,
+                                                             padding, dilation):
+    """Geometries whose zero-padded image would be astronomically large while every array is
+    tiny: version 1 must not size scratch memory from the padded extent (it reads the image
+    directly then) and must agree with the mirrored conv2d."""
+    rng = np.random.default_rng(0)
+    n, ci, h, w = x_shape
+    x = rng.standard_normal(x_shape)
+    wh = rng.standard_normal((2, ci, 1, (kw + 1) // 2))
+    oh, ow = out_size(h, 1, stride[0], padding[0], dilation[0] if isinstance(dilation, tuple) else 1), \
+        out_size(w, kw, stride[1], padding[1], dilation[1] if isinstance(dilation, tuple) else 1)
+    dy = rng.standard_normal((n, 2, oh, ow))
+    y_o, dx_o, dw_o = oracle(x, wh, None, dy, kw, stride, padding, dilation, np.float64)
+    y = np.empty((n, 2, oh, ow))
+    call_version("symconv2d_forward", version, x, wh, None, y, kw, stride, padding, dilation)
+    dx = np.empty_like(x)
+    call_version("symconv2d_backward_input", version, dy, wh, dx, kw, stride, padding, dilation)
+    dw = np.empty_like(wh)
+    call_version("symconv2d_backward_weight", version, x, dy, dw, kw, stride, padding, dilation)
+    for got, want in ((y, y_o), (dx, dx_o), (dw, dw_o)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
