@@ -234,7 +234,8 @@ _tally: Dict[Tuple[str, str], List[float]] = {}  # (kernel, version that ran) ->
 
 
 def fastest_versions() -> Dict[str, int]:
-    """The built-in version each family's -1 picks: {"gemm": 2, "conv2d": 2, "optim": 1}."""
+    """The built-in version each family's -1 picks: {"gemm": 2, "conv2d": 2, "optim": 1,
+    "symconv2d": 1}."""
     return dict(_cpu_module().fastest_versions())
 
 

@@ -136,7 +136,7 @@ def add_kernel_args(p: argparse.ArgumentParser) -> None:
     k = p.add_argument_group("kernel versions (docs/COURSE.md)")
     k.add_argument("--kernels", default=None, metavar="NAME=V,...",
                    help="run on these kernel versions, e.g. conv2d=1,gemm=0: NAME is a family "
-                        "(conv2d, gemm, optim) or one kernel (conv2d_forward, "
+                        "(conv2d, gemm, optim, symconv2d) or one kernel (conv2d_forward, "
                         "conv_transpose2d_backward_weight, adam_step, ...), V a built-in version "
                         "number (python -c 'import gasca_core; print(gasca_core.backend.versions())') "
                         "or the name of one registered by --kernel-file (default: the fastest "
