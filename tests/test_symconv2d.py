@@ -543,3 +543,48 @@ def test_huge_strides_paddings_and_dilations_with_tiny_arrays(version, x_shape, 
     call_version("symconv2d_backward_weight", version, x, dy, dw, kw, stride, padding, dilation)
     for got, want in ((y, y_o), (dx, dx_o), (dw, dw_o)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _why_no_gpu():
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA GPU is visible"
+        from gasca_core import _C_cuda  # noqa: F401
+    except Exception as e:  # not installed, no driver or device, no CUDA extension
+        return f"no CUDA path ({type(e).__name__}: {e})"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_why_no_gpu() is not None, reason=str(_why_no_gpu()))
+@pytest.mark.parametrize("kw", [3, 4])
+def test_on_cuda_the_parameterised_form_matches_the_cpu_kernel(kw):
+    """On CUDA the layers mirror the half and run conv2d's / conv_transpose2d's CUDA kernels;
+    values and gradients match the CPU's own symmetric kernel."""
+    rng = np.random.default_rng(kw)
+    x = rng.standard_normal((2, 3, 9, 10))
+    wh = rng.standard_normal((4, 3, 3, (kw + 1) // 2))
+    b = rng.standard_normal(4)
+    results = {}
+    for device in ("cpu", "cuda"):
+        ts = [gc.Tensor(backend.to_device(a, device), requires_grad=True) for a in (x, wh, b)]
+        y = F.symmetric_conv2d(*ts, kw, 2, 1)
+        y.backward(backend.to_device(np.ones(y.shape), device))
+        results[device] = [backend.to_numpy(y.data)] + [backend.to_numpy(t.grad) for t in ts]
+    for got, want in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="CPU only"):
+        backend.symconv2d_forward(backend.to_device(x, "cuda"), backend.to_device(wh, "cuda"),
+                                  None, kw, (1, 1), (1, 1), (1, 1))
+
+
+def test_the_resize_decoder_of_a_symmetric_level_is_symmetric_too():
+    from gasca_core.models import GascaConfig, build_full
+    cfg = GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 5], decoder="resize",
+                      symmetric_levels=[2])
+    g, _ = build_full(cfg, seed=0)
+    assert type(g.levels[1].decoder[1]).__name__ == "SymmetricConv2d"
+    assert type(g.levels[0].decoder[1]).__name__ == "Conv2d"
+    x = gc.Tensor(np.random.default_rng(0).random((2, 1, 16, 16)).astype(np.float32))
+    assert g(x).shape == (2, 1, 16, 16)
