@@ -161,7 +161,7 @@ inline int threads_for(int64_t items) {
 
 // The zero-padded, phase-split copy of one input channel c (in_h x in_w), so that the pair
 // sums below read every kernel tap as a contiguous run with no bounds tests.  Padded row
-// ihp = ih + pad_h (0 .. ph_rows-1) and padded column iwp = iw + pad_w are zero outside the
+// ihp = ih + pad_h (0 .. phase_rows-1) and padded column iwp = iw + pad_w are zero outside the
 // image; each padded row is split into sw phase rows of length len, phase ph holding padded
 // columns ph, ph + sw, ph + 2 sw, ...  Tap j of output column ow reads padded column
 // ow*sw + j*dw, which is element ow + (j*dw)/sw of phase (j*dw) % sw: a run along ow.
@@ -185,8 +185,8 @@ void split_phases(const ConvGeometry& g, const T* c, T* phase) {
       int64_t lo, hi;
       tap_range(g.in_w, len, sw, ph - g.pad_w, lo, hi);
       T* dst = phase + (ihp * sw + ph) * len;
-      const T* src = c + ih * g.in_w + ph - g.pad_w;
-      for (int64_t q = lo; q < hi; ++q) dst[q] = src[q * sw];
+      const T* src = c + ih * g.in_w;
+      for (int64_t q = lo; q < hi; ++q) dst[q] = src[q * sw + ph - g.pad_w];
     }
   }
 }
@@ -236,8 +236,9 @@ void pair_sum_columns_direct(const ConvGeometry& g, const T* x, int64_t n0, int6
     }
 }
 
-// The same colh, the fast way.  Each (image, channel) is first copied into a padded phase image (split_phases) in the
-// thread's own slice of scratch memory; then every row of colh is one vectorisable loop.
+// The same colh, the fast way.  Each (image, channel) is first copied into a padded phase
+// image (split_phases) in the thread's own slice of scratch memory; then every row of colh
+// is one vectorisable loop.
 template <typename T>
 void pair_sum_columns(const ConvGeometry& g, const T* x, int64_t n0, int64_t nb, T* colh) {
   if (!phase_image_fits(g)) {
