@@ -26,17 +26,21 @@
 //
 // Measured (tools/bench_symconv2d.py: gasca-64's layer 2, 32 -> 64 channels, 5x5, stride 2,
 // padding 2, 32x32 input, batch 64, float32, median of interleaved rounds, on the 2-core AMD
-// EPYC development machine while another job shared it): 30,720 weights instead of 51,200
-// (0.6x), 0.6x the multiplications, but about the same time as conv2d version 2:
+// EPYC (AVX2) development machine while other jobs shared it): 30,720 weights instead of
+// 51,200 (0.6x) and 0.6x the multiplications.  Symconv2d v1 vs conv2d v2, first run:
 //                        2 threads                      1 thread
 //   forward           23.2 ms vs 18.3 ms (0.79x)      27.2 ms vs 28.0 ms (1.03x)
 //   backward-input    17.0 ms vs 20.0 ms (1.18x)      27.1 ms vs 35.3 ms (1.30x)
 //   backward-weight   18.6 ms vs 19.0 ms (1.02x)      31.9 ms vs 31.5 ms (0.99x)
 //   all three         58.7 ms vs 57.2 ms (0.97x)      86.2 ms vs 94.8 ms (1.10x)
-// (symconv2d v1 vs conv2d v2; the ratio is conv2d's time over ours.)  What the smaller gemm
-// saves, building the column matrix spends: conv2d version 2 never materialises one (its
-// forward is an implicit gemm).  An implicit-gemm version that sums the pairs while packing
-// the gemm's B panels is the way to turn the saved multiplications into time.
+// (the ratio is conv2d's time over ours).  A second run, under heavier load: 1 thread
+// 81.1 vs 96.8 ms (1.19x), but 2 threads 94.0 vs 52.9 ms (0.56x).  One thread: the
+// half-width product wins a little, the column matrix it needs (conv2d version 2 builds
+// none: its forward is an implicit gemm) eats the rest.  Two threads on a shared machine:
+// each call opens several parallel regions per block of images (the pair sums, the copies,
+// gemm's own), and every region's barrier waits whenever another process holds a core;
+// conv2d version 2 opens one per pass.  An implicit-gemm version that sums the pairs while
+// packing the gemm's B panels, in one parallel region, is the way to the full 1/0.6.
 //
 // Every version is checked against version 0 and against conv2d with the mirrored full
 // kernel (the oracle) by tests/test_symconv2d.py.
