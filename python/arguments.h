@@ -517,6 +517,132 @@ inline ConvBackwardBias check_conv_backward_bias(ReadArray read, const py::objec
   return c;
 }
 
+// ------------------------------------------------------------------ symmetry convolution
+// symconv2d (cpp/symconv2d.h): the weight is the left half w_half (Co, Ci, KH, HW) of a
+// mirror-symmetric kernel of full width kernel_width = KW, HW = ceil(KW/2).  KW is passed
+// explicitly (HW = 2 stands for KW = 3 and 4) and must agree with the weight's last
+// dimension.  Only the CPU module binds it (on the GPU, gasca_core mirrors w_half into a
+// full kernel and calls conv2d), but the checks live here with the others.
+
+// kernel_width: a Python int (not a bool), 1 .. kMaxParam.
+inline int64_t parse_kernel_width(const py::handle& obj) {
+  if (!is_int(obj))
+    throw py::type_error("kernel_width must be an int (the full kernel width KW), got " +
+                         py::repr(obj).cast<std::string>());
+  py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(obj.ptr()));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow != 0 || v < 1 || v > kMaxParam)
+    value_error("kernel_width = " + py::repr(obj).cast<std::string>() +
+                " must be a full kernel width in 1.." + std::to_string(kMaxParam));
+  return static_cast<int64_t>(v);
+}
+
+// The shared start of the three passes: one dtype, no empty dimension, known versions, the
+// parameters, and a half-width weight (named `weight_name`) that fits kernel_width.
+inline ConvParams check_symconv_start(const std::vector<const Array*>& all, const Array& weight,
+                                      int64_t kernel_width, const ConvArgs& args,
+                                      const Versions& v) {
+  check_same_dtype(all);
+  for (const Array* a : all) check_positive_dims(*a);
+  check_version(v.version, v.num_versions, "symconv2d");
+  check_version(v.gemm_version, v.gemm_num_versions, "gemm", "gemm_version");
+  const int64_t hw = (kernel_width + 1) / 2;
+  if (weight.dim(3) != hw)
+    value_error(weight.name + " has shape " + weight.shape_s() + " but a symmetric kernel of " +
+                "kernel_width " + std::to_string(kernel_width) + " stores ceil(" +
+                std::to_string(kernel_width) + "/2) = " + std::to_string(hw) +
+                " columns (its last dimension)");
+  return parse_conv_params(Conv::plain, args);
+}
+
+// The geometry of the full (mirrored) convolution of `in` (N, Ci, H, W) with the half
+// weight (Co, Ci, KH, HW) of full width kernel_width; rejects an empty output.
+inline ConvGeometry symconv_geometry(const Array& in, const Array& weight, int64_t kernel_width,
+                                     const ConvParams& p) {
+  if (weight.dim(1) != in.dim(1))
+    value_error("channel mismatch: " + in.name + " has shape " + in.shape_s() + " (" +
+                std::to_string(in.dim(1)) + " input channels) but " + weight.name +
+                " has shape " + weight.shape_s() + " (expects " + std::to_string(weight.dim(1)) +
+                " input channels)");
+  ConvGeometry g = make_geometry(in.dim(0), in.dim(1), in.dim(2), in.dim(3), weight.dim(0),
+                                 weight.dim(2), kernel_width, p);
+  if (g.out_h <= 0 || g.out_w <= 0)
+    value_error("output size would be empty: input " + in.name + " " + in.shape_s() +
+                " with kernel " + tuple_str(g.kernel_h, g.kernel_w) + ", stride " +
+                tuple_str(g.stride_h, g.stride_w) + ", padding " + tuple_str(g.pad_h, g.pad_w) +
+                ", dilation " + tuple_str(g.dilation_h, g.dilation_w) +
+                " gives output (H, W) <= 0; the padded input is smaller than the dilated kernel");
+  return g;
+}
+
+inline ConvForward check_symconv_forward(ReadArray read, const py::object& x,
+                                         const py::object& weight, const py::object& bias,
+                                         const py::object& out, const py::object& kernel_width,
+                                         const ConvArgs& args, const Versions& v) {
+  ConvForward c;
+  c.x = read(x, "x", 4, false);
+  c.weight = read(weight, "weight", 4, false);
+  c.out = read(out, "out", 4, true);
+  std::vector<const Array*> all{&c.x, &c.weight, &c.out};
+  std::vector<const Array*> inputs{&c.x, &c.weight};
+  c.has_bias = !bias.is_none();
+  if (c.has_bias) {
+    c.bias = read(bias, "bias", 1, false);
+    all.push_back(&c.bias);
+    inputs.push_back(&c.bias);
+  }
+  const int64_t kw = parse_kernel_width(kernel_width);
+  const ConvParams p = check_symconv_start(all, c.weight, kw, args, v);
+  c.g = symconv_geometry(c.x, c.weight, kw, p);
+  const std::vector<int64_t> out_shape{c.g.batch, c.g.out_channels, c.g.out_h, c.g.out_w};
+  if (c.has_bias)
+    check_shape(c.bias, {out_shape[1]},
+                "(one bias per output channel of weight " + c.weight.shape_s() + ")");
+  check_output_side(c.out, out_shape, c.x, c.weight);
+  check_no_overlap(c.out, inputs);
+  return c;
+}
+
+inline ConvBackwardInput check_symconv_backward_input(ReadArray read, const py::object& grad_out,
+                                                      const py::object& weight,
+                                                      const py::object& grad_in,
+                                                      const py::object& kernel_width,
+                                                      const ConvArgs& args, const Versions& v) {
+  ConvBackwardInput c;
+  c.grad_out = read(grad_out, "grad_out", 4, false);
+  c.weight = read(weight, "weight", 4, false);
+  c.grad_in = read(grad_in, "grad_in", 4, true);
+  const int64_t kw = parse_kernel_width(kernel_width);
+  const ConvParams p =
+      check_symconv_start({&c.grad_out, &c.weight, &c.grad_in}, c.weight, kw, args, v);
+  c.g = symconv_geometry(c.grad_in, c.weight, kw, p);  // grad_in has the image's shape
+  check_output_side(c.grad_out, {c.g.batch, c.g.out_channels, c.g.out_h, c.g.out_w}, c.grad_in,
+                    c.weight);
+  check_no_overlap(c.grad_in, {&c.grad_out, &c.weight});
+  return c;
+}
+
+inline ConvBackwardWeight check_symconv_backward_weight(ReadArray read, const py::object& x,
+                                                        const py::object& grad_out,
+                                                        const py::object& grad_weight,
+                                                        const py::object& kernel_width,
+                                                        const ConvArgs& args, const Versions& v) {
+  ConvBackwardWeight c;
+  c.x = read(x, "x", 4, false);
+  c.grad_out = read(grad_out, "grad_out", 4, false);
+  c.grad_weight = read(grad_weight, "grad_weight", 4, true);
+  const int64_t kw = parse_kernel_width(kernel_width);
+  const ConvParams p =
+      check_symconv_start({&c.x, &c.grad_out, &c.grad_weight}, c.grad_weight, kw, args, v);
+  c.g = symconv_geometry(c.x, c.grad_weight, kw, p);  // grad_weight has w_half's shape
+  check_output_side(c.grad_out, {c.g.batch, c.g.out_channels, c.g.out_h, c.g.out_w}, c.x,
+                    c.grad_weight);
+  check_no_overlap(c.grad_weight, {&c.x, &c.grad_out});
+  return c;
+}
+
 // ------------------------------------------------------------------ gemm
 // c (m, n) = alpha op(a) (m, k) op(b) (k, n) + beta c, op = transpose or not.
 struct Gemm {

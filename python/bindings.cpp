@@ -24,6 +24,7 @@
 #include "conv_transpose2d.h"
 #include "gemm.h"
 #include "optim.h"
+#include "symconv2d.h"
 
 namespace py = pybind11;
 using namespace gasca::bind;
@@ -176,6 +177,59 @@ void conv_transpose2d_backward_weight(const py::object& x, const py::object& gra
   });
 }
 
+// ------------------------------------------------------------------ symconv2d
+// The symmetry convolution (cpp/symconv2d.h): weight is the half-width w_half
+// (Co, Ci, KH, ceil(KW/2)) and kernel_width the full width KW.
+Versions sym_versions(int version, int gemm_version) {
+  return {version, gasca::symconv2d_num_versions(), gemm_version, gasca::gemm_num_versions()};
+}
+
+void symconv2d_forward(const py::object& x, const py::object& weight, const py::object& bias,
+                       const py::object& out, const py::object& kernel_width,
+                       const py::object& stride, const py::object& padding,
+                       const py::object& dilation, int version, int gemm_version) {
+  const ConvForward c = check_symconv_forward(read_array, x, weight, bias, out, kernel_width,
+                                              plain_conv_args(stride, padding, dilation),
+                                              sym_versions(version, gemm_version));
+  dispatch(c.x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* b = c.has_bias ? c.bias.cptr<T>() : nullptr;
+    py::gil_scoped_release release;
+    gasca::symconv2d_forward<T>(c.g, c.x.cptr<T>(), c.weight.cptr<T>(), b, c.out.mptr<T>(),
+                                version, gemm_version);
+  });
+}
+
+void symconv2d_backward_input(const py::object& grad_out, const py::object& weight,
+                              const py::object& grad_in, const py::object& kernel_width,
+                              const py::object& stride, const py::object& padding,
+                              const py::object& dilation, int version, int gemm_version) {
+  const ConvBackwardInput c = check_symconv_backward_input(
+      read_array, grad_out, weight, grad_in, kernel_width,
+      plain_conv_args(stride, padding, dilation), sym_versions(version, gemm_version));
+  dispatch(c.grad_out.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release release;
+    gasca::symconv2d_backward_input<T>(c.g, c.grad_out.cptr<T>(), c.weight.cptr<T>(),
+                                       c.grad_in.mptr<T>(), version, gemm_version);
+  });
+}
+
+void symconv2d_backward_weight(const py::object& x, const py::object& grad_out,
+                               const py::object& grad_weight, const py::object& kernel_width,
+                               const py::object& stride, const py::object& padding,
+                               const py::object& dilation, int version, int gemm_version) {
+  const ConvBackwardWeight c = check_symconv_backward_weight(
+      read_array, x, grad_out, grad_weight, kernel_width,
+      plain_conv_args(stride, padding, dilation), sym_versions(version, gemm_version));
+  dispatch(c.x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release release;
+    gasca::symconv2d_backward_weight<T>(c.g, c.x.cptr<T>(), c.grad_out.cptr<T>(),
+                                        c.grad_weight.mptr<T>(), version, gemm_version);
+  });
+}
+
 // ------------------------------------------------------------------ gemm
 void gemm(const py::object& a, const py::object& b, const py::object& c, bool trans_a,
           bool trans_b, double alpha, double beta, int version) {
@@ -227,6 +281,7 @@ py::dict versions() {
   d["gemm"] = version_names(gasca::gemm_num_versions(), gasca::gemm_version_name);
   d["conv2d"] = version_names(gasca::conv2d_num_versions(), gasca::conv2d_version_name);
   d["optim"] = version_names(gasca::optim_num_versions(), gasca::optim_version_name);
+  d["symconv2d"] = version_names(gasca::symconv2d_num_versions(), gasca::symconv2d_version_name);
   return d;
 }
 
@@ -237,6 +292,7 @@ py::dict fastest_versions() {
   d["gemm"] = gasca::gemm_fastest_version();
   d["conv2d"] = gasca::conv2d_fastest_version();
   d["optim"] = gasca::optim_fastest_version();
+  d["symconv2d"] = gasca::symconv2d_fastest_version();
   return d;
 }
 
@@ -280,6 +336,20 @@ PYBIND11_MODULE(_C, m) {
         arg("grad_out"), arg("grad_weight"), arg("stride") = 1, arg("padding") = 0,
         arg("output_padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
         "grad_weight (Ci,Co,KH,KW) of a transposed convolution");
+  m.def("symconv2d_forward", &symconv2d_forward, arg("x"), arg("weight"),
+        arg("bias").none(true), arg("out"), arg("kernel_width"), arg("stride") = 1,
+        arg("padding") = 0, arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
+        "out (N,Co,OH,OW) = symmetric conv2d(x (N,Ci,H,W), weight (Co,Ci,KH,ceil(KW/2)) mirrored "
+        "to width kernel_width = KW) + bias (Co) or None");
+  m.def("symconv2d_backward_input", &symconv2d_backward_input, arg("grad_out"), arg("weight"),
+        arg("grad_in"), arg("kernel_width"), arg("stride") = 1, arg("padding") = 0,
+        arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
+        "grad_in (N,Ci,H,W) of the symmetric convolution");
+  m.def("symconv2d_backward_weight", &symconv2d_backward_weight, arg("x"), arg("grad_out"),
+        arg("grad_weight"), arg("kernel_width"), arg("stride") = 1, arg("padding") = 0,
+        arg("dilation") = 1, arg("version") = -1, arg("gemm_version") = -1,
+        "grad_weight (Co,Ci,KH,ceil(KW/2)) of the symmetric convolution: the full kernel's "
+        "gradient folded onto its stored half");
   m.def("gemm", &gemm, arg("a"), arg("b"), arg("c"), arg("trans_a") = false,
         arg("trans_b") = false, arg("alpha") = 1.0, arg("beta") = 0.0, arg("version") = -1,
         "c = alpha * op(a) @ op(b) + beta * c (c is not read when beta == 0)");
@@ -291,7 +361,7 @@ PYBIND11_MODULE(_C, m) {
         arg("step"), arg("lr") = 1e-3, arg("beta1") = 0.9, arg("beta2") = 0.999,
         arg("eps") = 1e-8, arg("weight_decay") = 0.0, arg("decoupled") = false,
         arg("version") = -1, "in-place Adam (decoupled=False) / AdamW (decoupled=True) step");
-  m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...]}: version names");
+  m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...], 'symconv2d': [...]}: version names");
   m.def("fastest_versions", &fastest_versions,
         "{'gemm': v, 'conv2d': v, 'optim': v}: the version -1 picks in each family");
   m.def("get_num_threads", &gasca::get_num_threads, "threads the CPU kernels use");

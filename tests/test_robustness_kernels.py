@@ -73,7 +73,9 @@ EXPECT_NAMES = {VALID: "VALID", EITHER: "EITHER", ANY: "ANY", INVALID: "INVALID"
 CONV_FUNCTIONS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
                   "conv_transpose2d_forward", "conv_transpose2d_backward_input",
                   "conv_transpose2d_backward_weight")
-ALL_FUZZED = CONV_FUNCTIONS + ("conv2d_backward_bias", "gemm", "sgd_step", "adam_step")
+SYMCONV_FUNCTIONS = ("symconv2d_forward", "symconv2d_backward_input", "symconv2d_backward_weight")
+ALL_FUZZED = CONV_FUNCTIONS + SYMCONV_FUNCTIONS + ("conv2d_backward_bias", "gemm", "sgd_step",
+                                                  "adam_step")
 
 # Every output we compute a reference for stays at most this many elements; a geometry
 # asking for more gets a small (hence wrong-shaped) output array and must be rejected.
@@ -418,6 +420,67 @@ def conv_call(draw, fn: str) -> Call:
     return call
 
 
+def mirror(w_half: np.ndarray, kw: int) -> np.ndarray:
+    """The full symmetric kernel (..., KW) that w_half (..., ceil(KW/2)) stands for."""
+    return w_half[..., [min(j, kw - 1 - j) for j in range(kw)]]
+
+
+def fold(w_full: np.ndarray) -> np.ndarray:
+    """The adjoint of mirror: mirrored columns of a full kernel's gradient added."""
+    kw = w_full.shape[-1]
+    out = np.zeros(w_full.shape[:-1] + ((kw + 1) // 2,))
+    for j in range(kw):
+        out[..., min(j, kw - 1 - j)] += w_full[..., j]
+    return out
+
+
+@st.composite
+def symconv_call(draw, fn: str) -> Call:
+    """A call of one of the symmetry convolution's functions (cpp/symconv2d.h): a plain
+    convolution call (conv_call) whose weight becomes the half (..., ceil(KW/2)) and which
+    gains kernel_width = KW; the references are conv2d's with the mirrored kernel, the
+    weight gradient folded.  The half width is determined by kernel_width (a rigid axis)."""
+    plain = draw(conv_call(fn.replace("symconv2d", "conv2d")))
+    k = plain.kwargs
+    weight_key = "grad_weight" if fn.endswith("backward_weight") else "weight"
+    full = k[weight_key]
+    kw = full.shape[3]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    half = random_array(rng, full.shape[:3] + ((kw + 1) // 2,), full.dtype)
+    stride, padding, dilation = k["stride"], k["padding"], k["dilation"]
+    call = Call(fn, {}, plain.outputs, terms=plain.terms, expect=plain.expect,
+                notes=list(plain.notes), optional=plain.optional, params=plain.params,
+                version_family="symconv2d")
+    call.rigid = {name: tuple(axes) + ((3,) if name == weight_key else ())
+                  for name, axes in plain.rigid.items()}
+    if fn == "symconv2d_forward":
+        call.kwargs = dict(x=k["x"], weight=half, bias=k["bias"], out=k["out"], kernel_width=kw)
+        if "out" in plain.expected:
+            call.expected["out"] = with_bound(
+                lambda x_, w_, b_: conv2d_ref(x_, mirror(w_, kw), b_, stride, padding, dilation),
+                k["x"], half, k["bias"])
+    elif fn == "symconv2d_backward_input":
+        call.kwargs = dict(grad_out=k["grad_out"], weight=half, grad_in=k["grad_in"],
+                           kernel_width=kw)
+        in_hw = k["grad_in"].shape[2:]
+        if "grad_in" in plain.expected:
+            call.expected["grad_in"] = with_bound(
+                lambda d_, w_: conv2d_input_grad_ref(d_, mirror(w_, kw), in_hw, stride, padding,
+                                                     dilation), k["grad_out"], half)
+    else:
+        call.kwargs = dict(x=k["x"], grad_out=k["grad_out"],
+                           grad_weight=nan_array(half.shape, half.dtype), kernel_width=kw)
+        call.terms = 2 * plain.terms  # each stored column sums two taps
+        if "grad_weight" in plain.expected:
+            call.expected["grad_weight"] = with_bound(
+                lambda x_, d_: fold(conv2d_weight_grad_ref(x_, d_, full.shape[2:], stride,
+                                                           padding, dilation)),
+                k["x"], k["grad_out"])
+    call.kwargs.update(stride=stride, padding=padding, dilation=dilation,
+                       version=draw(st.integers(-1, len(_C.versions()["symconv2d"]) - 1)))
+    return call
+
+
 @st.composite
 def bias_call(draw) -> Call:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -535,6 +598,7 @@ def adam_call(draw) -> Call:
 
 
 BASE = {fn: (lambda fn=fn: conv_call(fn)) for fn in CONV_FUNCTIONS}
+BASE.update({fn: (lambda fn=fn: symconv_call(fn)) for fn in SYMCONV_FUNCTIONS})
 BASE.update({"conv2d_backward_bias": bias_call, "gemm": gemm_call, "sgd_step": sgd_call,
              "adam_step": adam_call})
 
@@ -763,7 +827,7 @@ def mutate_version(draw, call: Call) -> None:
         return
     call.touched.add("version")
     arg, family = "version", call.version_family
-    if family == "conv2d" and draw(st.booleans()):
+    if family in ("conv2d", "symconv2d") and draw(st.booleans()):
         arg, family = "gemm_version", "gemm"
     count = len(_C.versions()[family])
     value = draw(st.sampled_from([-2, count, count + 7, -(2**31) - 1, 2**31, 2**63, 1.5, None,
@@ -989,7 +1053,7 @@ def test_huge_geometry_with_tiny_arrays_is_computed(case: str, fn: str) -> None:
 
 def test_versions_lists_every_family_with_names() -> None:
     v = _C.versions()
-    assert set(v) == {"gemm", "conv2d", "optim"}
+    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d"}
     for family, names in v.items():
         assert len(names) >= 1 and all(isinstance(s, str) and s for s in names), (family, names)
 

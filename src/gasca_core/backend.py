@@ -184,7 +184,7 @@ def _canonical(array: Any) -> Any:
 
 def versions() -> dict:
     """Version names of the built-in CPU kernels: {"gemm": [...], "conv2d": [...],
-    "optim": [...]}, index = version number.  (Versions registered from Python are listed by
+    "optim": [...], "symconv2d": [...]}, index = version number.  (Versions registered from Python are listed by
     `kernel_versions`.)"""
     return _cpu_module().versions()
 
@@ -211,11 +211,17 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
                "conv_transpose2d_backward_weight"),
     "gemm": ("gemm",),
     "optim": ("sgd_step", "adam_step"),
+    # The symmetry convolution (cpp/symconv2d.h: mirror-symmetric kernels stored as their left
+    # half), CPU only: on CUDA, gasca_core.functional mirrors the half into a full kernel and
+    # runs conv2d's CUDA kernels instead.
+    "symconv2d": ("symconv2d_forward", "symconv2d_backward_input", "symconv2d_backward_weight"),
 }
 KERNELS: Dict[str, str] = {k: fam for fam, ks in FAMILIES.items() for k in ks}  # kernel -> family
 # The conv2d versions built on gemm, whose products run on the chosen gemm version
 # (cpp/conv2d.h: version 2 too where it takes version 1's path).
 CONV_VERSIONS_ON_GEMM = (1,)
+# The same for every convolution family: which of its versions hand their products to gemm.
+VERSIONS_ON_GEMM: Dict[str, Tuple[int, ...]] = {"conv2d": CONV_VERSIONS_ON_GEMM, "symconv2d": (1,)}
 ENV_KERNELS = "GASCA_KERNELS"            # e.g. "conv2d=1,gemm=0"
 ENV_KERNEL_FILES = "GASCA_KERNEL_FILES"  # Python files that register versions, os.pathsep-separated
 
@@ -228,7 +234,8 @@ _tally: Dict[Tuple[str, str], List[float]] = {}  # (kernel, version that ran) ->
 
 
 def fastest_versions() -> Dict[str, int]:
-    """The built-in version each family's -1 picks: {"gemm": 2, "conv2d": 2, "optim": 1}."""
+    """The built-in version each family's -1 picks: {"gemm": 2, "conv2d": 2, "optim": 1,
+    "symconv2d": 1}."""
     return dict(_cpu_module().fastest_versions())
 
 
@@ -357,7 +364,7 @@ def set_kernels(choices: Union[str, Dict[str, Version]]) -> None:
 @contextlib.contextmanager
 def kernels(spec: Union[str, Dict[str, Version], None] = None, **choices: Version) -> Iterator[None]:
     """Run a block on chosen kernel versions: `with kernels(conv2d=1, gemm=0):` (or
-    `kernels("conv2d=1,gemm=0")`).  Names are families (conv2d, gemm, optim: all their
+    `kernels("conv2d=1,gemm=0")`).  Names are families (conv2d, gemm, optim, symconv2d: all their
     kernels) or kernels (conv2d_forward, adam_step, ...: one of them, over its family);
     versions are numbers (versions(); -1 = the fastest) or registered names.  Blocks nest,
     the inner choice winning; what is not chosen keeps the outer choice (by default the
@@ -472,10 +479,12 @@ def _conv_gemm(kernel: str, version: int, array: Any) -> int:
     g = _choice("gemm")
     if isinstance(g, int):
         return g
-    if not is_cupy_array(array) and _resolve("conv2d", version) in CONV_VERSIONS_ON_GEMM:
-        raise ValueError(f"{kernel}: conv2d version 1 (im2col + gemm) calls gemm from C++, "
-                         f"which cannot run the registered Python gemm {g!r}: choose a "
-                         f"built-in gemm, or another conv2d version")
+    family = KERNELS[kernel]
+    if not is_cupy_array(array) and _resolve(family, version) in VERSIONS_ON_GEMM[family]:
+        raise ValueError(f"{kernel}: {family} version {_resolve(family, version)} "
+                         f"({versions()[family][_resolve(family, version)]}) calls gemm from "
+                         f"C++, which cannot run the registered Python gemm {g!r}: choose a "
+                         f"built-in gemm, or another {family} version")
     return -1
 
 
@@ -505,7 +514,7 @@ def _count(kernel: str, version: Version, array: Any, gemm: Optional[int] = None
     else:
         family = KERNELS[kernel]
         label = str(_resolve(family, version))
-        if gemm is not None and _resolve(family, version) in CONV_VERSIONS_ON_GEMM:
+        if gemm is not None and _resolve(family, version) in VERSIONS_ON_GEMM.get(family, ()):
             label += f"+gemm{_resolve('gemm', gemm)}"
     entry = _tally.setdefault((kernel, label), [0, 0.0])
     entry[0] += 1
@@ -516,11 +525,15 @@ def _conv_flops(kernel: str, args: tuple, out: Any) -> float:
     """2 x the multiply-adds of a convolution pass, from the wrapper's arguments and output:
     every pass of a convolution does the same work, 2 N (weight elements) P, P the pixels
     of the side where the convolution (for a transposed one, the convolution it is the
-    adjoint of) has its outputs: y, grad_out, or the transposed convolution's x."""
+    adjoint of) has its outputs: y, grad_out, or the transposed convolution's x.  For the
+    symmetry convolution the weight elements are the stored half's: the multiplications its
+    fast version does (the mirrored pairs' additions are not counted)."""
     side = {"conv2d_forward": out.shape, "conv2d_backward_input": args[0].shape,
             "conv2d_backward_weight": args[1].shape, "conv_transpose2d_forward": args[0].shape,
             "conv_transpose2d_backward_input": out.shape,
-            "conv_transpose2d_backward_weight": args[0].shape}[kernel]
+            "conv_transpose2d_backward_weight": args[0].shape,
+            "symconv2d_forward": out.shape, "symconv2d_backward_input": args[0].shape,
+            "symconv2d_backward_weight": args[1].shape}[kernel]
     weight = out.shape if kernel.endswith("backward_weight") else args[1].shape
     n_weight = 1
     for d in weight:
@@ -568,17 +581,18 @@ def check_output_padding(who: str, output_padding: Pair, stride: Pair, dilation:
 # as `gemm_version` (conv2d version 1 is built on gemm).
 
 def _conv(kernel: str, version: Optional[Version], out: Any, args: tuple, arrays: tuple,
-          geometry: tuple) -> Any:
+          geometry: tuple, before_geometry: tuple = ()) -> Any:
     """Run conv pass `kernel` into `out`: the registered Python version with `args` (the
-    wrapper's own arguments), or the binding with `arrays` then `geometry`."""
+    wrapper's own arguments), or the binding with `arrays`, `before_geometry` (the symmetry
+    convolution's kernel_width) then `geometry`."""
     v = _pick(kernel, version)
     if isinstance(v, str):
         out = _python_version(kernel, v, out, *args)
     else:
         module, extra = _kernels_for(out)
         gemm_v = _conv_gemm(kernel, v, out)
-        getattr(module, kernel)(*arrays, *(tuple(g) for g in geometry), version=v,
-                                gemm_version=gemm_v, **extra)
+        getattr(module, kernel)(*arrays, *before_geometry, *(tuple(g) for g in geometry),
+                                version=v, gemm_version=gemm_v, **extra)
     _count(kernel, v, out, None if isinstance(v, str) else gemm_v, _conv_flops(kernel, args, out))
     return out
 
@@ -665,6 +679,57 @@ def conv_transpose2d_backward_weight(x, grad_out, weight_shape, stride: Pair, pa
                  (x, grad_out, tuple(weight_shape), stride, padding, output_padding, dilation),
                  (_c(x), _c(grad_out), _canonical(grad_weight)),
                  (stride, padding, output_padding, dilation))
+
+
+# The symmetry convolution (cpp/symconv2d.h).  weight_half (Co,Ci,KH,ceil(KW/2)) is the left
+# half of a kernel mirror-symmetric left to right, kernel_width its full width KW (which
+# weight_half cannot tell: ceil(3/2) = ceil(4/2)).  CPU only; on CUDA arrays the autograd
+# layer (functional.symmetric_conv2d) runs conv2d with the mirrored full kernel instead.
+
+def _cpu_only(kernel: str, array: Any) -> None:
+    if is_cupy_array(array):
+        raise ValueError(f"{kernel}: the symmetry convolution's kernels run on the CPU only; on "
+                         f"CUDA use gasca_core.functional.symmetric_conv2d, which mirrors the "
+                         f"half kernel and runs conv2d")
+
+
+def symconv2d_forward(x, weight_half, bias, kernel_width: int, stride: Pair, padding: Pair,
+                      dilation: Pair, version: Optional[Version] = None):
+    """y = symconv2d(x, weight_half) + bias.  x (N,Ci,H,W), weight_half (Co,Ci,KH,ceil(KW/2)),
+    bias (Co) or None -> y (N,Co,OH,OW), as conv2d with the mirrored full kernel."""
+    _cpu_only("symconv2d_forward", x)
+    n, _, h, w = x.shape
+    co, _, kh, _ = weight_half.shape
+    oh, ow = conv2d_output_size((h, w), (kh, int(kernel_width)), stride, padding, dilation)
+    out = np.empty((n, co, oh, ow), dtype=x.dtype)
+    return _conv("symconv2d_forward", version, out,
+                 (x, weight_half, bias, kernel_width, stride, padding, dilation),
+                 (_c(x), _c(weight_half), None if bias is None else _c(bias), _canonical(out)),
+                 (stride, padding, dilation), (int(kernel_width),))
+
+
+def symconv2d_backward_input(grad_out, weight_half, input_shape, kernel_width: int, stride: Pair,
+                             padding: Pair, dilation: Pair, version: Optional[Version] = None):
+    """dL/dx of symconv2d.  grad_out (N,Co,OH,OW), weight_half -> (N,Ci,H,W) = input_shape."""
+    _cpu_only("symconv2d_backward_input", grad_out)
+    grad_in = np.empty(tuple(input_shape), dtype=grad_out.dtype)
+    return _conv("symconv2d_backward_input", version, grad_in,
+                 (grad_out, weight_half, tuple(input_shape), kernel_width, stride, padding,
+                  dilation),
+                 (_c(grad_out), _c(weight_half), _canonical(grad_in)), (stride, padding, dilation),
+                 (int(kernel_width),))
+
+
+def symconv2d_backward_weight(x, grad_out, weight_half_shape, kernel_width: int, stride: Pair,
+                              padding: Pair, dilation: Pair, version: Optional[Version] = None):
+    """dL/dweight_half of symconv2d: the full kernel's gradient folded onto its stored half.
+    x (N,Ci,H,W), grad_out (N,Co,OH,OW) -> (Co,Ci,KH,ceil(KW/2)) = weight_half_shape."""
+    _cpu_only("symconv2d_backward_weight", x)
+    grad_weight = np.empty(tuple(weight_half_shape), dtype=x.dtype)
+    return _conv("symconv2d_backward_weight", version, grad_weight,
+                 (x, grad_out, tuple(weight_half_shape), kernel_width, stride, padding, dilation),
+                 (_c(x), _c(grad_out), _canonical(grad_weight)), (stride, padding, dilation),
+                 (int(kernel_width),))
 
 
 def gemm(a, b, trans_a: bool = False, trans_b: bool = False, version: Optional[Version] = None):

@@ -1266,6 +1266,149 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     return ConvTranspose2d.apply(input, weight, bias, stride, padding, output_padding, dilation)
 
 
+# ----------------------------------------------------------------------------- symmetry convolution
+# Kernels mirror-symmetric left to right (issue 14 part 3; the extended GASCA paper's
+# "convolutional layer with a reduced number of parameters that exploits facial symmetry",
+# which gives no formula: this is our interpretation).  Only the left half of each kernel
+# is a parameter:
+#
+#   weight_half (..., KH, HW), HW = ceil(KW/2);   full kernel w[..., j] = weight_half[..., min(j, KW-1-j)]
+#
+# (for an odd KW the centre column is its own mirror).  The full width KW cannot be read off
+# weight_half (HW = 2 stands for KW = 3 and 4), so every function takes it as kernel_width.
+# On the CPU, symmetric_conv2d runs the symmetry convolution's own kernels (cpp/symconv2d.h:
+# the mirrored inputs are added first, then multiplied once by the half); on CUDA, and for
+# the transposed convolution everywhere, it takes the "parameterised form": the full kernel
+# is made by mirroring (mirror_kernel) and the plain convolution runs; the full kernel's
+# gradient folds back onto the half (fold_kernel).
+
+
+def half_width(kernel_width: int) -> int:
+    """HW = ceil(KW/2): the stored columns of a symmetric kernel of full width KW."""
+    return (int(kernel_width) + 1) // 2
+
+
+def mirror_kernel_array(weight_half: Any, kernel_width: int) -> Any:
+    """The full kernel (..., KW) that weight_half (..., ceil(KW/2)) stands for (raw arrays)."""
+    kw = int(kernel_width)
+    idx = [min(j, kw - 1 - j) for j in range(kw)]
+    return _xp(weight_half).ascontiguousarray(weight_half[..., idx])
+
+
+def fold_kernel_array(grad_full: Any, kernel_width: int) -> Any:
+    """The adjoint of mirror_kernel_array: a full kernel's gradient (..., KW) summed onto the
+    half (..., ceil(KW/2)), grad[..., j] + grad[..., KW-1-j] (the centre column once)."""
+    kw = int(kernel_width)
+    out = grad_full[..., :half_width(kw)].copy()
+    out[..., :kw // 2] += grad_full[..., ::-1][..., :kw // 2]
+    return out
+
+
+class MirrorKernel(Function):
+    """weight_half (..., HW) -> the full mirrored kernel (..., KW); backward folds."""
+
+    @staticmethod
+    def forward(ctx: Context, weight_half: Any, kernel_width: int) -> Any:
+        ctx.kernel_width = kernel_width
+        return mirror_kernel_array(weight_half, kernel_width)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
+        return fold_kernel_array(grad, ctx.kernel_width), None
+
+
+def mirror_kernel(weight_half: Tensor, kernel_width: int) -> Tensor:
+    """The full mirror-symmetric kernel (..., KW) made from its left half weight_half
+    (..., ceil(KW/2)), differentiably: the parameterised form of a symmetric kernel."""
+    weight_half = _tensor(weight_half, "weight_half")
+    kernel_width = _check_kernel_width("mirror_kernel", weight_half, kernel_width)
+    return MirrorKernel.apply(weight_half, kernel_width)
+
+
+def _check_kernel_width(name: str, weight_half: Tensor, kernel_width: Any) -> int:
+    if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, np.integer)) \
+            or kernel_width < 1:
+        raise ValueError(f"{name}: kernel_width must be a positive int (the full kernel width "
+                         f"KW), got {kernel_width!r}")
+    kernel_width = int(kernel_width)
+    if weight_half.ndim < 1 or weight_half.shape[-1] != half_width(kernel_width):
+        raise ValueError(f"{name}: weight_half {weight_half.shape} must have ceil({kernel_width}/2)"
+                         f" = {half_width(kernel_width)} columns (its last dimension) for "
+                         f"kernel_width {kernel_width}")
+    return kernel_width
+
+
+class SymmetricConv2d(Function):
+    """The symmetry convolution on the CPU kernels (backend.symconv2d_*)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: Any, weight_half: Any, bias: Any, kernel_width: int,
+                stride: Tuple[int, int], padding: Tuple[int, int],
+                dilation: Tuple[int, int]) -> Any:
+        ctx.save_for_backward(x, weight_half)
+        ctx.geometry = (kernel_width, stride, padding, dilation)
+        return backend.symconv2d_forward(x, weight_half, bias, *ctx.geometry)
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> Tuple[Any, ...]:
+        x, weight_half = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g = ctx.geometry
+        gx = backend.symconv2d_backward_input(grad, weight_half, x.shape, *g) if need_x else None
+        gw = backend.symconv2d_backward_weight(x, grad, weight_half.shape, *g) if need_w else None
+        gb = backend.conv2d_backward_bias(grad) if need_b else None
+        return gx, gw, gb, None, None, None, None
+
+
+def symmetric_conv2d(input: Tensor, weight_half: Tensor, bias: Optional[Tensor] = None,
+                     kernel_width: int = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1) -> Tensor:
+    """The symmetry convolution: conv2d with a kernel mirror-symmetric left to right, given
+    by its left half.
+
+    input (N, C_in, H, W), weight_half (C_out, C_in, KH, ceil(KW/2)), bias (C_out) or None,
+    kernel_width = KW (required: ceil(KW/2) does not determine KW) -> (N, C_out, OH, OW),
+    equal to conv2d(input, mirror_kernel(weight_half, KW), bias, stride, padding, dilation).
+    On the CPU it runs the symmetry convolution's own kernels (half the multiplications);
+    on CUDA, conv2d with the mirrored kernel (the parameterised form).
+    """
+    if kernel_width is None:
+        raise ValueError("symmetric_conv2d: kernel_width (the full kernel width KW) is required")
+    input, weight_half, bias = _check_conv_operands("symmetric_conv2d", input, weight_half, bias,
+                                                    1, 1)
+    kernel_width = _check_kernel_width("symmetric_conv2d", weight_half, kernel_width)
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    kernel = (weight_half.shape[2], kernel_width)
+    out = backend.conv2d_output_size(input.shape[2:], kernel, stride, padding, dilation)
+    if min(out) <= 0:
+        raise ValueError(f"symmetric_conv2d: output size {out} is not positive for input "
+                         f"{input.shape}, kernel {kernel}, stride {stride}, padding {padding}, "
+                         f"dilation {dilation}")
+    if input.device == "cuda":
+        return conv2d(input, mirror_kernel(weight_half, kernel_width), bias, stride, padding,
+                      dilation)
+    return SymmetricConv2d.apply(input, weight_half, bias, kernel_width, stride, padding, dilation)
+
+
+def symmetric_conv_transpose2d(input: Tensor, weight_half: Tensor, bias: Optional[Tensor] = None,
+                               kernel_width: int = None, stride: IntOrPair = 1,
+                               padding: IntOrPair = 0, output_padding: IntOrPair = 0,
+                               dilation: IntOrPair = 1) -> Tensor:
+    """The transposed convolution with a mirror-symmetric kernel given by its left half:
+    weight_half (C_in, C_out, KH, ceil(KW/2)) -> conv_transpose2d(input,
+    mirror_kernel(weight_half, KW), ...).  Always the parameterised form (the full kernel
+    made by mirroring, then the existing transposed convolution; its gradient folded back):
+    the same parameter saving, no saving in multiplications."""
+    if kernel_width is None:
+        raise ValueError("symmetric_conv_transpose2d: kernel_width (the full kernel width KW) "
+                         "is required")
+    weight_half = _tensor(weight_half, "weight_half")
+    kernel_width = _check_kernel_width("symmetric_conv_transpose2d", weight_half, kernel_width)
+    return conv_transpose2d(input, mirror_kernel(weight_half, kernel_width), bias, stride,
+                            padding, output_padding, 1, dilation)
+
+
 # ----------------------------------------------------------------------------- resampling
 
 class UpsampleNearest(Function):

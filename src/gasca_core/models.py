@@ -50,6 +50,10 @@ class GascaConfig:
     disc_channels: Optional[list] = None      # default: the generator's channels
     disc_activation: str = "leaky_relu"
     decoder: str = "transposed"               # or "resize": upsample (nearest), then conv
+    # Levels (1-based) of G whose encoder convolution and decoder (transposed) convolution
+    # have mirror-symmetric kernels (nn.SymmetricConv2d / SymmetricConvTranspose2d: about
+    # half the weights; issue 14 part 3).  D stays plain.
+    symmetric_levels: list = field(default_factory=list)
     name: str = "gasca-64"
 
     def __post_init__(self) -> None:
@@ -64,6 +68,7 @@ class GascaConfig:
         if self.disc_channels is None:
             self.disc_channels = list(self.channels)
         self.disc_channels = [int(c) for c in self.disc_channels]
+        self.symmetric_levels = sorted(int(k) for k in self.symmetric_levels)
         self.validate()
 
     @property
@@ -85,6 +90,10 @@ class GascaConfig:
                 raise ValueError(f"unknown activation '{act}', expected one of {ACTIVATIONS}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if len(set(self.symmetric_levels)) != len(self.symmetric_levels) or any(
+                not 1 <= k <= n for k in self.symmetric_levels):
+            raise ValueError(f"GascaConfig.symmetric_levels {self.symmetric_levels} must name "
+                             f"distinct levels in 1..{n}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder '{self.decoder}', expected one of {DECODERS}")
         if self.decoder == "resize" and any(k % 2 == 0 or p != k // 2 for k, p in
@@ -190,14 +199,17 @@ class ShallowAutoencoder(nn.Module):
         c_out = config.channels[level - 1]
         k, p, s = config.kernel_sizes[level - 1], config.paddings[level - 1], config.stride
         out_act = config.output_activation if level == 1 else config.hidden_activation
+        symmetric = level in config.symmetric_levels
+        conv = nn.SymmetricConv2d if symmetric else nn.Conv2d
+        conv_t = nn.SymmetricConvTranspose2d if symmetric else nn.ConvTranspose2d
         self.encoder = nn.Sequential(
-            nn.Conv2d(c_in, c_out, k, stride=s, padding=p, rng=rng),
+            conv(c_in, c_out, k, stride=s, padding=p, rng=rng),
             make_activation(config.hidden_activation, config.leaky_slope))
         if config.decoder == "transposed":
-            up = [nn.ConvTranspose2d(c_out, c_in, k, stride=s, padding=p,
-                                     output_padding=config.output_padding(level), rng=rng)]
+            up = [conv_t(c_out, c_in, k, stride=s, padding=p,
+                         output_padding=config.output_padding(level), rng=rng)]
         else:  # "resize": every code pixel becomes an s x s block, then a stride-1 conv
-            up = [nn.Upsample(scale_factor=s), nn.Conv2d(c_out, c_in, k, padding=p, rng=rng)]
+            up = [nn.Upsample(scale_factor=s), conv(c_out, c_in, k, padding=p, rng=rng)]
         self.decoder = nn.Sequential(*up, make_activation(out_act, config.leaky_slope))
 
     def encode(self, x: Tensor) -> Tensor:
@@ -323,6 +335,12 @@ def grow(g: Generator, d: Optional[Discriminator], depth: int, seed: int,
         g.add_level(ShallowAutoencoder(g.config, k, stream("init-G", seed, k)).to(device))
         if d is not None:
             d.add_level(DiscriminatorLevel(d.config, k, stream("init-D", seed, k)).to(device))
+
+
+def parameter_counts(config: GascaConfig) -> tuple[int, int]:
+    """(G's, D's) number of parameters with every level built (what training reports)."""
+    g, d = build_full(config, seed=0)
+    return g.num_parameters(), d.num_parameters()
 
 
 def build_full(config: GascaConfig, seed: int, depth: Optional[int] = None

@@ -440,6 +440,76 @@ class ConvTranspose2d(_ConvNd):
 
 
 
+class _SymmetricConvNd(_ConvNd):
+    """What the two symmetric convolutions share: _ConvNd's geometry attributes, with
+    `kernel_size` the full (KH, KW), and a weight that holds only the left half of each
+    mirror-symmetric kernel, (..., KH, ceil(KW/2)) (F.symmetric_conv2d's definitions).
+    Initialised as the plain layer would be: U(+-1/sqrt(fan_in)) for weight and bias, fan_in
+    that of the full kernel, so the mirrored full kernel starts with the plain layer's scale."""
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair, padding: IntOrPair, dilation: IntOrPair, transposed: bool,
+                 output_padding: IntOrPair, bias: bool, dtype: Any,
+                 rng: Optional[np.random.Generator]) -> None:
+        super().__init__(name, in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         transposed, output_padding, 1, bias, dtype, rng)
+        full_shape = self.weight.shape
+        dtype = self.weight.dtype
+        kh, kw = self.kernel_size
+        self.weight = Parameter(np.empty(full_shape[:2] + (kh, F.half_width(kw)), dtype=dtype))
+        fan_in, _ = init.calculate_fan_in_and_fan_out(full_shape)
+        bound = 1 / math.sqrt(fan_in)
+        init.uniform_(self.weight, -bound, bound, rng=rng)
+        if self.bias is not None:
+            init.uniform_(self.bias, -bound, bound, rng=rng)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", symmetric"
+
+
+class SymmetricConv2d(_SymmetricConvNd):
+    """2-D convolution whose kernels are mirror-symmetric left to right (issue 14 part 3: our
+    interpretation of the extended GASCA paper's symmetry layer).  x (N, in_channels, H, W)
+    -> (N, out_channels, OH, OW) as Conv2d with kernel_size (KH, KW).  weight
+    (out_channels, in_channels, KH, ceil(KW/2)): the left half (and centre column) of each
+    kernel; the full kernel is F.mirror_kernel(weight, KW).  About half Conv2d's weights
+    (KH*ceil(KW/2) instead of KH*KW per kernel).  On the CPU it runs the symmetry
+    convolution's own kernels (cpp/symconv2d.h); on CUDA, Conv2d's with the mirrored kernel.
+    Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, dilation: IntOrPair = 1,
+                 bias: bool = True, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__("SymmetricConv2d", in_channels, out_channels, kernel_size, stride,
+                         padding, dilation, False, 0, bias, dtype, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.symmetric_conv2d(x, self.weight, self.bias, self.kernel_size[1], self.stride,
+                                  self.padding, self.dilation)
+
+
+class SymmetricConvTranspose2d(_SymmetricConvNd):
+    """2-D transposed convolution whose kernels are mirror-symmetric left to right: as
+    ConvTranspose2d, with weight (in_channels, out_channels, KH, ceil(KW/2)) the left half
+    of each kernel.  It runs in the parameterised form on every device: the full kernel is
+    made by mirroring (F.mirror_kernel) and ConvTranspose2d's kernels run on it, the full
+    kernel's gradient folded back onto the half.  So it saves the parameters, not the
+    multiplications.  Only groups=1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
+                 stride: IntOrPair = 1, padding: IntOrPair = 0, output_padding: IntOrPair = 0,
+                 bias: bool = True, dilation: IntOrPair = 1, dtype: Any = None,
+                 rng: Optional[np.random.Generator] = None) -> None:
+        super().__init__("SymmetricConvTranspose2d", in_channels, out_channels, kernel_size,
+                         stride, padding, dilation, True, output_padding, bias, dtype, rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.symmetric_conv_transpose2d(x, self.weight, self.bias, self.kernel_size[1],
+                                            self.stride, self.padding, self.output_padding,
+                                            self.dilation)
+
+
 class Upsample(Module):
     """Nearest-neighbour upsampling by an integer factor (torch.nn.Upsample with
     mode='nearest'; other modes raise).  No parameters."""

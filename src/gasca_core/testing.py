@@ -75,7 +75,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Tensor], eps: float = 
 # the gradients) or disappears (for the forward passes), in place kernels are the same.
 def _conv_args(kernel: str, args: tuple):
     first, second, third, *geometry = args
-    if kernel in ("conv2d_forward", "conv_transpose2d_forward"):
+    if kernel.endswith("_forward"):  # conv2d, conv_transpose2d, symconv2d
         bias, out, *geometry = third, *geometry
         return (first, second, bias, *geometry), out
     return (first, second, third.shape, *geometry), third

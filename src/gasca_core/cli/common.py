@@ -123,6 +123,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="how each level's decoder doubles the map: a transposed convolution, or "
                         "resize (nearest upsampling, then a stride-1 convolution) "
                         "(default: the architecture's)")
+    a.add_argument("--symmetric-levels", type=int_list, default=None, metavar="K1,K2,...",
+                   help="levels of G (1-based) whose encoder convolution and decoder "
+                        "convolution use kernels mirror-symmetric left to right: about half "
+                        "the weights (issue 14's symmetry convolution; D stays plain) "
+                        "(default: none)")
 
 
 def add_kernel_args(p: argparse.ArgumentParser) -> None:
@@ -132,7 +137,7 @@ def add_kernel_args(p: argparse.ArgumentParser) -> None:
     k = p.add_argument_group("kernel versions (docs/COURSE.md)")
     k.add_argument("--kernels", default=None, metavar="NAME=V,...",
                    help="run on these kernel versions, e.g. conv2d=1,gemm=0: NAME is a family "
-                        "(conv2d, gemm, optim) or one kernel (conv2d_forward, "
+                        "(conv2d, gemm, optim, symconv2d) or one kernel (conv2d_forward, "
                         "conv_transpose2d_backward_weight, adam_step, ...), V a built-in version "
                         "number (python -c 'import gasca_core; print(gasca_core.backend.versions())') "
                         "or the name of one registered by --kernel-file (default: the fastest "
@@ -170,7 +175,8 @@ def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
     fields = dict(image_size=getattr(args, "image_size", base.image_size), channels=channels,
                   kernel_sizes=ks,
                   hidden_activation=getattr(args, "hidden_activation", None) or base.hidden_activation,
-                  decoder=getattr(args, "decoder", None) or base.decoder)
+                  decoder=getattr(args, "decoder", None) or base.decoder,
+                  symmetric_levels=getattr(args, "symmetric_levels", None) or base.symmetric_levels)
     same = all(getattr(base, k) == v for k, v in fields.items())
     try:
         return GascaConfig(**{**base.to_dict(), **fields, "paddings": None,

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from .. import backend
 from ..distributed import DistributedError, World, init_world
 from ..evaluation import phase_end_table, predict, quality_metrics, quality_tables, results_tables
-from ..models import GascaConfig
+from ..models import GascaConfig, parameter_counts
 from ..training import (CODE_MODES, LR_SCHEDULES, METHODS, CheckpointError, NonFiniteLossError, Trainer, TrainConfig,
                         canonical_method, load_checkpoint)
 from ..training.trainer import StopRequested
@@ -229,6 +229,10 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
     say(f"{tc.method}: {len(trainer.phases)} phases: " +
         ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
     say(f"kernels: {backend.describe_kernels()}")
+    g_params, d_params = parameter_counts(mc)
+    say(f"model: {mc.name}, G {g_params:,} parameters, D {d_params:,} (all levels)"
+        + (f"; symmetric levels {','.join(map(str, mc.symmetric_levels))}"
+           if mc.symmetric_levels else ""))
     try:
         trainer.run(resume=args.resume)
     except KeyboardInterrupt as e:
