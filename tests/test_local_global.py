@@ -140,3 +140,29 @@ def test_local_global_rejects_mismatched_channels_and_non_modules():
         nn.LocalGlobal(lambda t: t, 2, 4)
     with pytest.raises(ValueError, match="grid"):
         nn.LocalGlobal(conv, 2, 4, grid=0)
+
+
+# ----------------------------------------------------------------------------- in the model
+def test_local_global_levels_wrap_those_levels_and_start_as_the_plain_model():
+    from gasca_core.models import GascaConfig, build_full
+    plain_cfg = GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 3])
+    lg_cfg = GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 3],
+                         local_global_levels=[2], local_global_grid=2)
+    assert GascaConfig.from_dict(lg_cfg.to_dict()).local_global_levels == [2]
+    plain, _ = build_full(plain_cfg, seed=3)
+    lg, _ = build_full(lg_cfg, seed=3)
+    levels = list(lg.levels)
+    assert not isinstance(levels[0].encoder[0], nn.LocalGlobal)
+    enc, dec = levels[1].encoder[0], levels[1].decoder[0]
+    assert isinstance(enc, nn.LocalGlobal) and isinstance(dec, nn.LocalGlobal)
+    assert enc.global_weight.shape == (6, 4 * 4) and dec.global_weight.shape == (4, 6 * 4)
+    extra = sum(p.data.size for p in lg.parameters()) - sum(p.data.size for p in plain.parameters())
+    assert extra == 6 * 16 + 4 * 24
+    # the same initial convolutions (same streams), and the global paths start at zero
+    x = Tensor(np.random.default_rng(0).random((2, 1, 16, 16)).astype(np.float32))
+    np.testing.assert_array_equal(lg(x).numpy(), plain(x).numpy())
+    for bad in ([3], [1, 1]):
+        with pytest.raises(ValueError, match="local_global_levels"):
+            GascaConfig(image_size=16, channels=[4, 6], kernel_sizes=[3, 3], local_global_levels=bad)
+    with pytest.raises(ValueError, match="local_global_grid"):
+        GascaConfig(local_global_grid=0)

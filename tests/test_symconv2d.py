@@ -1,4 +1,4 @@
-"""The symmetry convolution (cpp/symconv2d.h; issue 14 part 3): kernels mirror-symmetric left
+"""The symmetry convolution (cpp/symconv2d.h): kernels mirror-symmetric left
 to right, stored as their left half w_half (Co, Ci, KH, HW), HW = ceil(KW/2), standing for
 the full kernel
 

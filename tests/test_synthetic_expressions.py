@@ -1,4 +1,4 @@
-"""Expressions in the built-in faces (issue 14, part 1): each expression changes the face in
+"""Expressions in the built-in faces: each expression changes the face in
 its named features (mouth, brows, eyes) and in the right direction, keeps the person, moves
 with the head; the expression-free data set is untouched; labels round-trip."""
 

@@ -1267,7 +1267,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
 
 
 # ----------------------------------------------------------------------------- symmetry convolution
-# Kernels mirror-symmetric left to right (issue 14 part 3; the extended GASCA paper's
+# Kernels mirror-symmetric left to right (the extended GASCA paper's
 # "convolutional layer with a reduced number of parameters that exploits facial symmetry",
 # which gives no formula: this is our interpretation).  Only the left half of each kernel
 # is a parameter:

@@ -52,8 +52,13 @@ class GascaConfig:
     decoder: str = "transposed"               # or "resize": upsample (nearest), then conv
     # Levels (1-based) of G whose encoder convolution and decoder (transposed) convolution
     # have mirror-symmetric kernels (nn.SymmetricConv2d / SymmetricConvTranspose2d: about
-    # half the weights; issue 14 part 3).  D stays plain.
+    # half the weights).  D stays plain.
     symmetric_levels: list = field(default_factory=list)
+    # Levels (1-based) of G whose encoder and decoder convolutions get a global path
+    # (nn.LocalGlobal: the input pooled to a local_global_grid^2 map, one matrix, added at
+    # every output pixel; zero at the start).  D stays plain.
+    local_global_levels: list = field(default_factory=list)
+    local_global_grid: int = 4
     name: str = "gasca-64"
 
     def __post_init__(self) -> None:
@@ -69,6 +74,8 @@ class GascaConfig:
             self.disc_channels = list(self.channels)
         self.disc_channels = [int(c) for c in self.disc_channels]
         self.symmetric_levels = sorted(int(k) for k in self.symmetric_levels)
+        self.local_global_levels = sorted(int(k) for k in self.local_global_levels)
+        self.local_global_grid = int(self.local_global_grid)
         self.validate()
 
     @property
@@ -94,6 +101,12 @@ class GascaConfig:
                 not 1 <= k <= n for k in self.symmetric_levels):
             raise ValueError(f"GascaConfig.symmetric_levels {self.symmetric_levels} must name "
                              f"distinct levels in 1..{n}")
+        if len(set(self.local_global_levels)) != len(self.local_global_levels) or any(
+                not 1 <= k <= n for k in self.local_global_levels):
+            raise ValueError(f"GascaConfig.local_global_levels {self.local_global_levels} must "
+                             f"name distinct levels in 1..{n}")
+        if self.local_global_grid < 1:
+            raise ValueError(f"GascaConfig.local_global_grid must be >= 1, got {self.local_global_grid}")
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder '{self.decoder}', expected one of {DECODERS}")
         if self.decoder == "resize" and any(k % 2 == 0 or p != k // 2 for k, p in
@@ -202,14 +215,22 @@ class ShallowAutoencoder(nn.Module):
         symmetric = level in config.symmetric_levels
         conv = nn.SymmetricConv2d if symmetric else nn.Conv2d
         conv_t = nn.SymmetricConvTranspose2d if symmetric else nn.ConvTranspose2d
+        if level in config.local_global_levels:
+            def with_global(layer, cin, cout):
+                return nn.LocalGlobal(layer, cin, cout, grid=config.local_global_grid)
+        else:
+            def with_global(layer, cin, cout):
+                return layer
         self.encoder = nn.Sequential(
-            conv(c_in, c_out, k, stride=s, padding=p, rng=rng),
+            with_global(conv(c_in, c_out, k, stride=s, padding=p, rng=rng), c_in, c_out),
             make_activation(config.hidden_activation, config.leaky_slope))
         if config.decoder == "transposed":
-            up = [conv_t(c_out, c_in, k, stride=s, padding=p,
-                         output_padding=config.output_padding(level), rng=rng)]
+            up = [with_global(conv_t(c_out, c_in, k, stride=s, padding=p,
+                                     output_padding=config.output_padding(level), rng=rng),
+                              c_out, c_in)]
         else:  # "resize": every code pixel becomes an s x s block, then a stride-1 conv
-            up = [nn.Upsample(scale_factor=s), conv(c_out, c_in, k, padding=p, rng=rng)]
+            up = [nn.Upsample(scale_factor=s),
+                  with_global(conv(c_out, c_in, k, padding=p, rng=rng), c_out, c_in)]
         self.decoder = nn.Sequential(*up, make_activation(out_act, config.leaky_slope))
 
     def encode(self, x: Tensor) -> Tensor:

@@ -468,7 +468,7 @@ class _SymmetricConvNd(_ConvNd):
 
 
 class SymmetricConv2d(_SymmetricConvNd):
-    """2-D convolution whose kernels are mirror-symmetric left to right (issue 14 part 3: our
+    """2-D convolution whose kernels are mirror-symmetric left to right (our
     interpretation of the extended GASCA paper's symmetry layer).  x (N, in_channels, H, W)
     -> (N, out_channels, OH, OW) as Conv2d with kernel_size (KH, KW).  weight
     (out_channels, in_channels, KH, ceil(KW/2)): the left half (and centre column) of each

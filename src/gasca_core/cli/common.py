@@ -126,8 +126,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--symmetric-levels", type=int_list, default=None, metavar="K1,K2,...",
                    help="levels of G (1-based) whose encoder convolution and decoder "
                         "convolution use kernels mirror-symmetric left to right: about half "
-                        "the weights (issue 14's symmetry convolution; D stays plain) "
+                        "the weights (the symmetry convolution; D stays plain) "
                         "(default: none)")
+    a.add_argument("--local-global-levels", type=int_list, default=None, metavar="K1,K2,...",
+                   help="levels of G (1-based) whose encoder and decoder convolutions add a "
+                        "global path: the input pooled to a grid of channel means, one matrix, "
+                        "added at every output pixel (nn.LocalGlobal; starts at zero; D stays "
+                        "plain) (default: none)")
+    a.add_argument("--local-global-grid", type=int, default=None, metavar="G",
+                   help="the pooled grid of --local-global-levels, G x G (default 4; 1 is "
+                        "global average pooling)")
 
 
 def add_kernel_args(p: argparse.ArgumentParser) -> None:
@@ -176,7 +184,9 @@ def model_config_from_args(args: argparse.Namespace) -> GascaConfig:
                   kernel_sizes=ks,
                   hidden_activation=getattr(args, "hidden_activation", None) or base.hidden_activation,
                   decoder=getattr(args, "decoder", None) or base.decoder,
-                  symmetric_levels=getattr(args, "symmetric_levels", None) or base.symmetric_levels)
+                  symmetric_levels=getattr(args, "symmetric_levels", None) or base.symmetric_levels,
+                  local_global_levels=getattr(args, "local_global_levels", None) or base.local_global_levels,
+                  local_global_grid=getattr(args, "local_global_grid", None) or base.local_global_grid)
     same = all(getattr(base, k) == v for k, v in fields.items())
     try:
         return GascaConfig(**{**base.to_dict(), **fields, "paddings": None,

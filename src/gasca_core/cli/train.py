@@ -232,7 +232,9 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
     g_params, d_params = parameter_counts(mc)
     say(f"model: {mc.name}, G {g_params:,} parameters, D {d_params:,} (all levels)"
         + (f"; symmetric levels {','.join(map(str, mc.symmetric_levels))}"
-           if mc.symmetric_levels else ""))
+           if mc.symmetric_levels else "")
+        + (f"; local+global levels {','.join(map(str, mc.local_global_levels))} "
+           f"(grid {mc.local_global_grid})" if mc.local_global_levels else ""))
     try:
         trainer.run(resume=args.resume)
     except KeyboardInterrupt as e:
