@@ -97,14 +97,10 @@ class GascaConfig:
                 raise ValueError(f"unknown activation '{act}', expected one of {ACTIVATIONS}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
-        if len(set(self.symmetric_levels)) != len(self.symmetric_levels) or any(
-                not 1 <= k <= n for k in self.symmetric_levels):
-            raise ValueError(f"GascaConfig.symmetric_levels {self.symmetric_levels} must name "
-                             f"distinct levels in 1..{n}")
-        if len(set(self.local_global_levels)) != len(self.local_global_levels) or any(
-                not 1 <= k <= n for k in self.local_global_levels):
-            raise ValueError(f"GascaConfig.local_global_levels {self.local_global_levels} must "
-                             f"name distinct levels in 1..{n}")
+        for name in ("symmetric_levels", "local_global_levels"):
+            levels = getattr(self, name)
+            if len(set(levels)) != len(levels) or any(not 1 <= k <= n for k in levels):
+                raise ValueError(f"GascaConfig.{name} {levels} must name distinct levels in 1..{n}")
         if self.local_global_grid < 1:
             raise ValueError(f"GascaConfig.local_global_grid must be >= 1, got {self.local_global_grid}")
         if self.decoder not in DECODERS:
@@ -215,12 +211,10 @@ class ShallowAutoencoder(nn.Module):
         symmetric = level in config.symmetric_levels
         conv = nn.SymmetricConv2d if symmetric else nn.Conv2d
         conv_t = nn.SymmetricConvTranspose2d if symmetric else nn.ConvTranspose2d
-        if level in config.local_global_levels:
-            def with_global(layer, cin, cout):
-                return nn.LocalGlobal(layer, cin, cout, grid=config.local_global_grid)
-        else:
-            def with_global(layer, cin, cout):
+        def with_global(layer, cin, cout):
+            if level not in config.local_global_levels:
                 return layer
+            return nn.LocalGlobal(layer, cin, cout, grid=config.local_global_grid)
         self.encoder = nn.Sequential(
             with_global(conv(c_in, c_out, k, stride=s, padding=p, rng=rng), c_in, c_out),
             make_activation(config.hidden_activation, config.leaky_slope))

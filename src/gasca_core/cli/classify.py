@@ -95,10 +95,6 @@ def train_classifier(model: EncoderClassifier, x: np.ndarray, y: np.ndarray, ste
     return losses
 
 
-def accuracy(model: EncoderClassifier, x: np.ndarray, y: np.ndarray) -> float:
-    return float((predictions(model, x) == y).mean())
-
-
 def _classes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     classes, y = np.unique(values, return_inverse=True)
     return classes, y.astype(np.int64)

@@ -133,7 +133,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "global path: the input pooled to a grid of channel means, one matrix, "
                         "added at every output pixel (nn.LocalGlobal; starts at zero; D stays "
                         "plain) (default: none)")
-    a.add_argument("--local-global-grid", type=int, default=None, metavar="G",
+    a.add_argument("--local-global-grid", type=positive_int, default=None, metavar="G",
                    help="the pooled grid of --local-global-levels, G x G (default 4; 1 is "
                         "global average pooling)")
 
