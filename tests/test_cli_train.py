@@ -233,6 +233,34 @@ def test_classify_reports_pretrained_and_scratch_accuracy(tmp_path):
     assert bad.returncode != 0 and "--per-yaw" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_classify_keeps_layer_variants_apart(tmp_path):
+    """A plain and a symmetric+local-global G of one method and seed: each gets its own
+    pre-trained row and its own network from scratch (with its own layers), none pooled."""
+    rng = np.random.default_rng(3)
+    n = 60
+    yaw = np.repeat([-30, 0, 30], n // 3)
+    x = rng.random((n, 16, 16)).astype(np.float32)
+    data = tmp_path / "d.npz"
+    np.savez(data, inputs=x, targets=x, label_yaw=yaw)
+    plain, other = str(tmp_path / "plain"), str(tmp_path / "other")
+    for out, extra in ((plain, []), (other, ["--symmetric-levels", "1",
+                                             "--local-global-levels", "2", "--local-global-grid", "2"])):
+        r = run(["gasca_core.train", "--dataset", "npz", "--data", str(data), "--out", out,
+                 "--steps", "6"] + TINY + extra)
+        assert r.returncode == 0, r.stderr
+    c = run(["gasca_core.classify", os.path.join(plain, "latest.npz"), os.path.join(other, "latest.npz"),
+             "--dataset", "npz", "--data", str(data), "--label", "yaw", "--steps", "3",
+             "--batch-size", "8", "--seeds", "1", "--no-equal-updates"])
+    assert c.returncode == 0, c.stderr
+    names = [line.strip("|").split("|")[0].strip() for line in c.stdout.splitlines()
+             if line.startswith("| GASCA") or line.startswith("| raw")]
+    suffix = " [symmetric levels 1; local+global levels 2 (grid 2)]"
+    method = [k for k in names if k.startswith("GASCA encoder pre-trained by") and "[" not in k]
+    assert len(method) == 1 and method[0].replace(", fine-tuned", suffix + ", fine-tuned") in names
+    raw = "raw faces: same network from scratch, equal classification steps"
+    assert raw in names and raw + suffix in names and len(names) == 4
+
+
 def test_per_group_accuracy_splits_by_the_group_label():
     from gasca_core.cli.classify import per_group_accuracy
     correct = np.array([1, 0, 1, 1, 0, 0], dtype=bool)

@@ -33,6 +33,8 @@ faces at up to +-60 degrees):
   pre-trained row per method; the rows that do not depend on the checkpoint (the networks
   from scratch on raw faces) run once per data split and classifier seed, not once per
   checkpoint, so that no run is counted twice.
+- Checkpoints whose G has other layers (--symmetric-levels, --local-global-levels) get rows
+  of their own, named with their levels; their networks from scratch take the same layers.
 """
 from __future__ import annotations
 
@@ -68,6 +70,20 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.encoders(x))
+
+
+def layer_variant(mc) -> str:
+    """How the checkpoint's G departs from plain convolutions (its symmetric and local+global
+    levels), as a row-name suffix; "" for the plain layers.  Checkpoints of one method but
+    different layers get rows of their own, and their networks from scratch (which take the
+    checkpoint's architecture) are not pooled either."""
+    parts = []
+    if mc.symmetric_levels:
+        parts.append("symmetric levels " + ",".join(map(str, mc.symmetric_levels)))
+    if mc.local_global_levels:
+        parts.append("local+global levels " + ",".join(map(str, mc.local_global_levels))
+                     + f" (grid {mc.local_global_grid})")
+    return f" [{'; '.join(parts)}]" if parts else ""
 
 
 def _fresh_generator(trained: Generator, seed: int) -> Generator:
@@ -183,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=HelpFormatter)
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="GASCA checkpoints from python -m gasca_core.train (one per pre-training "
-                        "seed and method, all of one architecture and dataset)")
+                        "seed, method and layer variant, all of one dataset and image size)")
     add_data_args(p, image_size=False)
     p.add_argument("--label", default="yaw",
                    help="which label to predict: yaw, identity, or expression (synthetic-expressions)")
@@ -215,10 +231,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split_seeds = {meta["train_config"]["seed"] for _, _, _, meta in loaded}
     rows: dict[str, list[float]] = {}
     yaw_rows: dict[str, list[dict]] = {}
-    shared_done: set = set()   # (split seed, classifier seed) whose scratch-on-raw run is done
+    shared_done: set = set()   # (split seed, classifier seed, layers) whose scratch-on-raw run is done
     for path, g, mc, meta in loaded:
         split_seed = meta["train_config"]["seed"]
-        method = meta["train_config"].get("method", "?")
+        variant = layer_variant(mc)
+        method = meta["train_config"].get("method", "?") + variant
         train, val, test = load_splits(args.dataset, args.data, seed=split_seed,
                                        image_size=mc.image_size, max_train=args.max_train,
                                        max_eval=args.max_eval)
@@ -239,9 +256,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             g.train()
             # (row, network, steps, training images, test images)
             nets = [(f"GASCA encoder pre-trained by {method}, fine-tuned", g, args.steps, xtr, xte)]
-            if (split_seed, seed) not in shared_done:
-                shared_done.add((split_seed, seed))
-                nets.append(("raw faces: same network from scratch, equal classification steps",
+            if (split_seed, seed, variant) not in shared_done:
+                shared_done.add((split_seed, seed, variant))
+                nets.append(("raw faces: same network from scratch, equal classification steps"
+                             + variant,
                              _fresh_generator(g, seed), args.steps, xtr, xte))
             if not args.no_equal_updates:
                 nets.append((f"raw faces: same network from scratch, equal updates (+ {method}'s "
