@@ -23,6 +23,16 @@ def test_training_step_bench_reports_steps_per_second():
     assert "steps/s" in r.stdout
 
 
+def test_training_step_bench_times_the_layer_variants():
+    from gasca_core.bench.step import VARIANTS, run
+    import io
+    out = io.StringIO()
+    res = run(batch=2, steps=1, rounds=1, use_torch=False, variants=True, out=out)
+    for name in VARIANTS:
+        assert res[f"ours, {name}"] > 0 and f"ours, {name}" in out.getvalue()
+    assert "/ plain = " in out.getvalue()
+
+
 def test_bench_rejects_bad_flags():
     r = _run(["gasca_core.bench", "--layers", "9"])
     assert r.returncode != 0 and "--layers" in r.stderr

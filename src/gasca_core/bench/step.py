@@ -32,11 +32,18 @@ def _pairs(batch: int, seed: int):
     return PairDataset(x, np.ascontiguousarray(x[:, :, :, ::-1]))
 
 
-def _ours_step_fn(batch: int, seed: int = 0) -> Callable[[], float]:
+# The layer variants --variants times beside the plain step: every level of G's encoder and
+# decoder with mirror-symmetric kernels, or with the local+global layer's global path.
+VARIANTS = {"symmetric levels 1-3": {"symmetric_levels": [1, 2, 3]},
+            "local+global levels 1-3": {"local_global_levels": [1, 2, 3]}}
+
+
+def _ours_step_fn(batch: int, seed: int = 0, layers: Optional[dict] = None) -> Callable[[], float]:
     from ..models import GascaConfig
     from ..training import Trainer, TrainConfig
     data = _pairs(batch, seed)
-    trainer = Trainer(GascaConfig(), TrainConfig(method="joint", batch_size=batch, seed=seed),
+    trainer = Trainer(GascaConfig(**(layers or {})),
+                      TrainConfig(method="joint", batch_size=batch, seed=seed),
                       data, data, progress=False, log=lambda s: None)
     run = trainer.start_phase(0)
     count = [0]
@@ -115,13 +122,17 @@ def _rate(step: Callable[[], float], steps: int) -> float:
 
 
 def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int] = None,
-        use_torch: bool = True, out=sys.stdout) -> dict:
+        use_torch: bool = True, variants: bool = False, out=sys.stdout) -> dict:
     """Median steps per second over `rounds` interleaved rounds of `steps` steps each, for
-    ours and PyTorch (None when PyTorch is not importable or left out)."""
+    ours and PyTorch (None when PyTorch is not importable or left out); with `variants`,
+    also ours with each of VARIANTS' layers (keys "ours, <variant>")."""
     from .. import backend
     if threads:
         backend.set_num_threads(threads)
     fns = {"ours": _ours_step_fn(batch)}
+    if variants:
+        for name, layers in VARIANTS.items():
+            fns[f"ours, {name}"] = _ours_step_fn(batch, layers=layers)
     res: dict = {"batch": batch, "torch": None}
     if use_torch:
         try:
@@ -143,6 +154,10 @@ def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int]
     print(f"\nthe training step (Trainer.step: D update + G update through D), gasca-64, "
           f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps", file=out)
     print(f"  ours     {res['ours']:7.3f} steps/s", file=out)
+    for name in fns:
+        if name.startswith("ours, "):
+            print(f"  {name}: {res[name]:7.3f} steps/s   / plain = "
+                  f"{res[name] / res['ours']:.2f}", file=out)
     if res["torch"] is not None:
         print(f"  PyTorch  {res['torch']:7.3f} steps/s   ours/PyTorch = "
               f"{res['ours'] / res['torch']:.2f}", file=out)
@@ -161,10 +176,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="threads for both libraries")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
+    p.add_argument("--variants", action="store_true",
+                   help="also time our step with G's layers replaced, interleaved with the "
+                        "others: symmetric kernels at every level (--symmetric-levels 1,2,3), "
+                        "and the local+global layer at every level (--local-global-levels 1,2,3)")
     a = p.parse_args(argv)
     if a.batch < 1 or a.steps < 1 or a.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
-    run(a.batch, a.steps, a.rounds, a.threads, use_torch=not a.no_torch)
+    run(a.batch, a.steps, a.rounds, a.threads, use_torch=not a.no_torch, variants=a.variants)
     return 0
 
 
