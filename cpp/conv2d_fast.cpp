@@ -18,7 +18,8 @@
 //                    (forward_implicit: the micro-kernel reads its B operand straight out of
 //                    the phase image, no im2col at all); otherwise im2col writes straight
 //                    into the packed B panels (forward_packed).  The packed weight is
-//                    shared by all threads; the bias is added per block.
+//                    shared by all threads.  The bias starts the implicit gemm's
+//                    accumulators; forward_packed adds it per block.
 //   backward-input   backward_input_blocked: W^T dy in cache-sized column blocks, col2im'd
 //                    into a phase image of dx, merged into dx at the end.
 //   backward-weight  backward_weight_gemm: per-thread dW over its own images, summed at the
@@ -123,19 +124,11 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
           for (int64_t ip = 0; ip < m_panels; ++ip) {
             const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
             const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
+            // The bias starts the accumulators of the first K block: no pass of its own.
             detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off, halves,
                                              yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
-                                             mr, nr);
+                                             mr, nr, kb == 0 && bias ? bias + ip * MR : nullptr);
           }
-        }
-      }
-      if (bias) {
-        const int64_t p0 = t0 * NR, p1 = std::min(P, t1 * NR);
-        for (int64_t co = 0; co < Co; ++co) {
-          T* row = yn + co * P;
-          const T b = bias[co];
-#pragma omp simd
-          for (int64_t q = p0; q < p1; ++q) row[q] += b;
         }
       }
     }

@@ -256,7 +256,7 @@ namespace detail {
 // that as many independent FMA chains are in flight as in the full tile, in half the time.
 template <typename T, class BRow>
 static inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
-                                     T alpha, T beta, int mr, int nr) {
+                                     T alpha, T beta, int mr, int nr, const T* init) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
@@ -266,6 +266,9 @@ static inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, i
   for (int i = 0; i < H; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) even[i][v] = odd[i][v] = S::zero();
+  if (init)
+    for (int i = 0; i < mr; ++i)
+      for (int v = 0; v < NV; ++v) even[i][v] = S::set1(init[i]);
   int64_t p = 0;
   for (; p + 1 < kc; p += 2) {
     V b0[NV], b1[NV];
@@ -297,16 +300,26 @@ static inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, i
 
 template <typename T, class BRow>
 static inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
-                                     T alpha, T beta, int mr, int nr) {
+                                     T alpha, T beta, int mr, int nr, const T* init = nullptr) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
-  if (mr <= MR / 2) return micro_kernel_half<T>(kc, ap, brow, c, ldc, alpha, beta, mr, nr);
+  if (mr <= MR / 2) return micro_kernel_half<T>(kc, ap, brow, c, ldc, alpha, beta, mr, nr, init);
   V acc[MR][NV];
+  if (init && mr == MR) {  // the accumulators start at the row's initial value (a bias)
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i)
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+      for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(init[i]);
+  } else {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
+    if (init)  // an edge panel: only its mr rows have values (the rest are never stored)
+      for (int i = 0; i < mr; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = S::set1(init[i]);
+  }
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NV];
@@ -361,7 +374,7 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alp
 template <typename T>
 void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
                            const int64_t* vec_off, bool halves, T* c, int64_t ldc, T alpha,
-                           T beta, int mr, int nr) {
+                           T beta, int mr, int nr, const T* init) {
   using S = Simd<T>;
   if (halves)  // each vector from two half-vectors at independent offsets
     micro_kernel_impl<T>(kc, ap,
@@ -369,13 +382,13 @@ void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t
                            const T* r = base + row_off[p];
                            return S::load_halves(r + vec_off[2 * v], r + vec_off[2 * v + 1]);
                          },
-                         c, ldc, alpha, beta, mr, nr);
+                         c, ldc, alpha, beta, mr, nr, init);
   else
     micro_kernel_impl<T>(kc, ap,
                          [base, row_off, vec_off](int64_t p, int v) {
                            return S::load(base + row_off[p] + vec_off[v]);
                          },
-                         c, ldc, alpha, beta, mr, nr);
+                         c, ldc, alpha, beta, mr, nr, init);
 }
 #else
 // No SIMD instruction set known at compile time: the portable kernel, at the fast blocking.
@@ -394,9 +407,12 @@ void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alp
 template <typename T>
 void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
                            const int64_t* vec_off, bool /*halves: W = 1 has none*/, T* c,
-                           int64_t ldc, T alpha, T beta, int mr, int nr) {
+                           int64_t ldc, T alpha, T beta, int mr, int nr, const T* init) {
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
   T acc[MR * NR] = {};
+  if (init)
+    for (int i = 0; i < mr; ++i)
+      for (int j = 0; j < NR; ++j) acc[i * NR + j] = init[i];
   for (int64_t p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i * NR + j] += ap[p * MR + i] * base[row_off[p] + vec_off[j]];
@@ -434,7 +450,8 @@ void macro_kernel(int64_t m, int64_t k, int64_t kb, const T* ap, int64_t panel0,
 #define GASCA_INSTANTIATE(T)                                                                   \
   template void micro_kernel<T>(int64_t, const T*, const T*, T*, int64_t, T, T, int, int);     \
   template void micro_kernel_indirect<T>(int64_t, const T*, const T*, const int64_t*,          \
-                                         const int64_t*, bool, T*, int64_t, T, T, int, int);  \
+                                         const int64_t*, bool, T*, int64_t, T, T, int, int,   \
+                                         const T*);                                           \
   template void pack_a<T>(bool, int64_t, int64_t, const T*, int64_t, T*, int64_t, int64_t);    \
   template void pack_b<T>(bool, int64_t, int64_t, int64_t, int64_t, const T*, int64_t, T*);    \
   template void macro_kernel<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t,         \
