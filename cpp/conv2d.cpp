@@ -175,15 +175,34 @@ void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias
   }
 }
 
+namespace detail {
+// y[n, c, :, :] += bias[c]: one streaming pass, split over the threads when it is large.
+template <typename T>
+void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, const T* bias, T* y) {
+  const int64_t planes = batch * channels;
+  const int nt = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>({int64_t(get_num_threads()), planes, planes * plane >> 18})));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t q = 0; q < planes; ++q) {
+    T* p = y + q * plane;
+    const T b = bias[q % channels];
+#pragma omp simd
+    for (int64_t k = 0; k < plane; ++k) p[k] += b;
+  }
+}
+}  // namespace detail
+
 template <typename T>
 void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int version,
-                           int gemm_version) {
+                           int gemm_version, const T* bias) {
   switch (resolve(version, gemm_version)) {
     case 0: backward_input_reference(g, dy, w, dx); break;
-    case 1: conv2d_v1::backward_input(g, dy, w, dx, gemm_version); break;
-    case 2: conv2d_v2::backward_input(g, dy, w, dx, gemm_version); break;
+    // the faster versions add the bias themselves
+    case 1: return conv2d_v1::backward_input(g, dy, w, dx, gemm_version, bias);
+    case 2: return conv2d_v2::backward_input(g, dy, w, dx, gemm_version, bias);
     default: throw std::logic_error("conv2d: a version without its case here");
   }
+  if (bias) detail::add_channel_bias(g.batch, g.in_channels, g.in_h * g.in_w, bias, dx);
 }
 
 template <typename T>
@@ -201,7 +220,8 @@ void conv2d_backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* d
   template void conv2d_forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*, int, \
                                   int);                                                      \
   template void conv2d_backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int,   \
-                                         int);                                               \
+                                         int, const T*);                                     \
+  template void detail::add_channel_bias<T>(int64_t, int64_t, int64_t, const T*, T*);        \
   template void conv2d_backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, int,  \
                                           int);                                              \
   template void conv2d_backward_bias<T>(const ConvGeometry&, const T*, T*);

@@ -114,10 +114,12 @@ template <typename T>
 void conv2d_forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
                     int version = -1, int gemm_version = -1);
 
-// dx = conv^T(dy, w): the adjoint of the forward map with respect to x.
+// dx = conv^T(dy, w): the adjoint of the forward map with respect to x.  With `bias`
+// (in_channels values), dx[n, ci] += bias[ci] as well: the transposed convolution's forward
+// pass, whose bias the fast version adds while each image is still in cache.
 template <typename T>
 void conv2d_backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx,
-                           int version = -1, int gemm_version = -1);
+                           int version = -1, int gemm_version = -1, const T* bias = nullptr);
 
 // dw[co, ci, i, j] = sum_{n, oh, ow} dy[n, co, oh, ow] * x[n, ci, oh*SH - PH + i*DH, ow*SW - PW + j*DW]
 template <typename T>

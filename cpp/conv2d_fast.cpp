@@ -194,7 +194,8 @@ static void forward_packed(const ConvGeometry& g, const T* x, const T* w, const 
 // backward-input: W^T dy in cache-sized column blocks, each added back at once by col2im
 // into a padded phase image of dx, merged into dx at the end.  Threads own whole images.
 template <typename T>
-static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* w, T* dx) {
+static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* w, const T* bias,
+                                   T* dx) {
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
@@ -234,6 +235,15 @@ static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* 
       col2im_block(g, pi, col, 0, kdim, q0, q0 + nc, nc, dxp);
     }
     phase_merge(g, pi, dxp, dx + n * image);
+    if (bias) {  // the transposed convolution's bias, while the image is still in cache
+      const int64_t plane = g.in_h * g.in_w;
+      for (int64_t ci = 0; ci < g.in_channels; ++ci) {
+        T* row = dx + n * image + ci * plane;
+        const T b = bias[ci];
+#pragma omp simd
+        for (int64_t k = 0; k < plane; ++k) row[k] += b;
+      }
+    }
   }
 }
 
@@ -403,9 +413,11 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
 }
 
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version) {
-  if (!phase_image_is_reasonable(g)) return conv2d_v1::backward_input(g, dy, w, dx, gemm_version);
-  backward_input_blocked(g, dy, w, dx);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
+                    const T* bias) {
+  if (!phase_image_is_reasonable(g))
+    return conv2d_v1::backward_input(g, dy, w, dx, gemm_version, bias);
+  backward_input_blocked(g, dy, w, bias, dx);
 }
 
 template <typename T>

@@ -91,7 +91,8 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
 }
 
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version) {
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
+                    const T* bias) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t ohw = g.out_h * g.out_w;
   const int64_t image = g.in_channels * g.in_h * g.in_w;
@@ -103,6 +104,7 @@ void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int g
     std::fill(dx + n * image, dx + (n + 1) * image, T(0));
     col2im(g, col, dx + n * image);
   }
+  if (bias) detail::add_channel_bias(g.batch, g.in_channels, g.in_h * g.in_w, bias, dx);
 }
 
 template <typename T>

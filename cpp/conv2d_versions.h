@@ -20,8 +20,10 @@ namespace gasca {
 namespace conv2d_v1 {
 template <typename T>
 void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, int gemm_version);
+// dx = conv^T(dy, w), plus bias[ci] on channel ci when bias is given (see conv2d.h).
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
+                    const T* bias);
 template <typename T>
 void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version);
 }  // namespace conv2d_v1
@@ -29,16 +31,24 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int 
 namespace conv2d_v2 {
 template <typename T>
 void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, int gemm_version);
+// dx = conv^T(dy, w), plus bias[ci] on channel ci when bias is given (see conv2d.h).
 template <typename T>
-void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version);
+void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
+                    const T* bias);
 template <typename T>
 void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int gemm_version);
 }  // namespace conv2d_v2
 
+namespace detail {
+// y[n, c, :, :] += bias[c] over a (batch, channels, plane) tensor (conv2d.cpp).
+template <typename T>
+void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, const T* bias, T* y);
+}  // namespace detail
+
 // The explicit instantiations each version's file ends with, inside its namespace.
 #define GASCA_CONV2D_INSTANTIATE_VERSION(T)                                                  \
   template void forward<T>(const ConvGeometry&, const T*, const T*, const T*, T*, int);     \
-  template void backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int);        \
+  template void backward_input<T>(const ConvGeometry&, const T*, const T*, T*, int, const T*); \
   template void backward_weight<T>(const ConvGeometry&, const T*, const T*, T*, int);
 
 }  // namespace gasca

@@ -5,35 +5,15 @@
 // version of conv2d (reference, im2col, fast) serves the transposed convolution as well.
 #include "conv_transpose2d.h"
 
-#include <algorithm>
-
-#include "gemm.h"  // get_num_threads
-
 namespace gasca {
-
-// y[n, c, :, :] += bias[c]: one streaming pass, split over the threads when it is large
-// (2M elements for the mirror of gasca layer 2: a few percent of the convolution itself).
-template <typename T>
-static void add_channel_bias(int64_t batch, int64_t channels, int64_t plane, const T* bias, T* y) {
-  const int64_t planes = batch * channels;
-  const int nt = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>({int64_t(get_num_threads()), planes, planes * plane >> 18})));
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t q = 0; q < planes; ++q) {
-    T* p = y + q * plane;
-    const T b = bias[q % channels];
-#pragma omp simd
-    for (int64_t k = 0; k < plane; ++k) p[k] += b;
-  }
-}
 
 template <typename T>
 void conv_transpose2d_forward(const ConvGeometry& adj, const T* x, const T* w, const T* bias, T* y,
                               int version, int gemm_version) {
   // x is the adjoint convolution's output-gradient-shaped tensor (N, adj.out_channels, H, W);
   // y is its input-shaped tensor (N, adj.in_channels, OH, OW).
-  conv2d_backward_input<T>(adj, x, w, y, version, gemm_version);
-  if (bias) add_channel_bias(adj.batch, adj.in_channels, adj.in_h * adj.in_w, bias, y);
+  // the bias rides along: the fast version adds it to each image while it is in cache
+  conv2d_backward_input<T>(adj, x, w, y, version, gemm_version, bias);
 }
 
 template <typename T>
