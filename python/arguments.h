@@ -748,4 +748,49 @@ inline AdamStep check_adam_step(ReadArray read, const py::object& param, const p
   return s;
 }
 
+// ------------------------------------------------------------------ element-wise
+// LeakyReLU's two passes (cpp/eltwise.h): arrays of one dtype and one shape (any rank), the
+// output distinct from the inputs, and 0 < negative_slope <= 1 (the form the kernels compute;
+// the autograd keeps other slopes in NumPy).
+struct LeakyRelu {
+  Array in, grad, out;  // grad: backward only
+};
+
+inline void check_leaky_slope(double slope, DType d) {
+  check_finite(slope, "negative_slope", d);
+  if (!(slope > 0.0 && slope <= 1.0))
+    value_error("negative_slope = " + num_str(slope) +
+                " must be in (0, 1]: the kernels compute max(x * slope, x)");
+}
+
+inline LeakyRelu check_leaky_relu_forward(ReadArray read, const py::object& x,
+                                          const py::object& out, double slope, int version,
+                                          int num_versions) {
+  LeakyRelu c;
+  c.in = read(x, "x", -1, false);
+  c.out = read(out, "out", -1, true);
+  check_same_dtype({&c.in, &c.out});
+  check_same_shape({&c.in, &c.out});
+  check_distinct({&c.in, &c.out});
+  check_version(version, num_versions, "eltwise");
+  check_leaky_slope(slope, c.in.dtype);
+  return c;
+}
+
+inline LeakyRelu check_leaky_relu_backward(ReadArray read, const py::object& y,
+                                           const py::object& grad_out, const py::object& grad_in,
+                                           double slope, int version, int num_versions) {
+  LeakyRelu c;
+  c.in = read(y, "y", -1, false);
+  c.grad = read(grad_out, "grad_out", -1, false);
+  c.out = read(grad_in, "grad_in", -1, true);
+  check_same_dtype({&c.in, &c.grad, &c.out});
+  check_same_shape({&c.in, &c.grad, &c.out});
+  check_distinct({&c.in, &c.out});
+  check_distinct({&c.grad, &c.out});
+  check_version(version, num_versions, "eltwise");
+  check_leaky_slope(slope, c.in.dtype);
+  return c;
+}
+
 }  // namespace gasca::bind

@@ -22,6 +22,7 @@
 #include "arguments.h"
 #include "conv2d.h"
 #include "conv_transpose2d.h"
+#include "eltwise.h"
 #include "gemm.h"
 #include "optim.h"
 #include "symconv2d.h"
@@ -275,6 +276,31 @@ void adam_step(const py::object& param, const py::object& grad, const py::object
   });
 }
 
+// ------------------------------------------------------------------ element-wise
+void leaky_relu_forward(const py::object& x, const py::object& out, double negative_slope,
+                        int version) {
+  const LeakyRelu c = check_leaky_relu_forward(read_array, x, out, negative_slope, version,
+                                               gasca::eltwise_num_versions());
+  dispatch(c.in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release release;
+    gasca::leaky_relu_forward<T>(c.in.numel, c.in.cptr<T>(), T(negative_slope), c.out.mptr<T>(),
+                                 version);
+  });
+}
+
+void leaky_relu_backward(const py::object& y, const py::object& grad_out,
+                         const py::object& grad_in, double negative_slope, int version) {
+  const LeakyRelu c = check_leaky_relu_backward(read_array, y, grad_out, grad_in, negative_slope,
+                                                version, gasca::eltwise_num_versions());
+  dispatch(c.in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release release;
+    gasca::leaky_relu_backward<T>(c.in.numel, c.in.cptr<T>(), c.grad.cptr<T>(), T(negative_slope),
+                                  c.out.mptr<T>(), version);
+  });
+}
+
 // ------------------------------------------------------------------ module
 py::dict versions() {
   py::dict d;
@@ -282,6 +308,7 @@ py::dict versions() {
   d["conv2d"] = version_names(gasca::conv2d_num_versions(), gasca::conv2d_version_name);
   d["optim"] = version_names(gasca::optim_num_versions(), gasca::optim_version_name);
   d["symconv2d"] = version_names(gasca::symconv2d_num_versions(), gasca::symconv2d_version_name);
+  d["eltwise"] = version_names(gasca::eltwise_num_versions(), gasca::eltwise_version_name);
   return d;
 }
 
@@ -293,6 +320,7 @@ py::dict fastest_versions() {
   d["conv2d"] = gasca::conv2d_fastest_version();
   d["optim"] = gasca::optim_fastest_version();
   d["symconv2d"] = gasca::symconv2d_fastest_version();
+  d["eltwise"] = gasca::eltwise_fastest_version();
   return d;
 }
 
@@ -361,9 +389,17 @@ PYBIND11_MODULE(_C, m) {
         arg("step"), arg("lr") = 1e-3, arg("beta1") = 0.9, arg("beta2") = 0.999,
         arg("eps") = 1e-8, arg("weight_decay") = 0.0, arg("decoupled") = false,
         arg("version") = -1, "in-place Adam (decoupled=False) / AdamW (decoupled=True) step");
-  m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...], 'symconv2d': [...]}: version names");
+  m.def("leaky_relu_forward", &leaky_relu_forward, arg("x"), arg("out"), arg("negative_slope"),
+        arg("version") = -1,
+        "out = max(x * negative_slope, x), 0 < negative_slope <= 1 (LeakyReLU)");
+  m.def("leaky_relu_backward", &leaky_relu_backward, arg("y"), arg("grad_out"), arg("grad_in"),
+        arg("negative_slope"), arg("version") = -1,
+        "grad_in = grad_out where y > 0, grad_out * negative_slope elsewhere (y: the forward's "
+        "output)");
+  m.def("versions", &versions, "{'gemm': [...], 'conv2d': [...], 'optim': [...], 'symconv2d': [...], 'eltwise': [...]}: version names");
   m.def("fastest_versions", &fastest_versions,
-        "{'gemm': v, 'conv2d': v, 'optim': v}: the version -1 picks in each family");
+        "{'gemm': v, 'conv2d': v, 'optim': v, 'symconv2d': v, 'eltwise': v}: the version -1 picks "
+        "in each family");
   m.def("get_num_threads", &gasca::get_num_threads, "threads the CPU kernels use");
   m.def("set_num_threads", &set_num_threads, arg("n"),
         "set the threads the CPU kernels use (1 .. 4 per CPU)");

@@ -99,7 +99,7 @@ def test_choices_nest_and_an_explicit_version_wins():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("conv=1", "unknown kernel 'conv': choose a family (conv2d, gemm, optim, symconv2d)"),
+    ("conv=1", "unknown kernel 'conv': choose a family (conv2d, gemm, optim, symconv2d, eltwise)"),
     ("conv2d=9", "conv2d has versions -1 (the fastest) and 0 (reference direct loops)"),
     ("gemm=-2", "gemm has versions"),
     ("conv2d=mine", "no version 'mine' is registered for conv2d"),

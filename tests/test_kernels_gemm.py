@@ -92,6 +92,6 @@ def test_gemm_large_matches_numpy_with_threads(rng):
 
 def test_versions_are_listed_by_name():
     v = _C.versions()
-    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d"}
+    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d", "eltwise"}
     for names in v.values():
         assert len(names) >= 1 and all(isinstance(s, str) and s for s in names)

@@ -74,8 +74,9 @@ CONV_FUNCTIONS = ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_we
                   "conv_transpose2d_forward", "conv_transpose2d_backward_input",
                   "conv_transpose2d_backward_weight")
 SYMCONV_FUNCTIONS = ("symconv2d_forward", "symconv2d_backward_input", "symconv2d_backward_weight")
+ELTWISE_FUNCTIONS = ("leaky_relu_forward", "leaky_relu_backward")
 ALL_FUZZED = CONV_FUNCTIONS + SYMCONV_FUNCTIONS + ("conv2d_backward_bias", "gemm", "sgd_step",
-                                                  "adam_step")
+                                                  "adam_step") + ELTWISE_FUNCTIONS
 
 # Every output we compute a reference for stays at most this many elements; a geometry
 # asking for more gets a small (hence wrong-shaped) output array and must be rejected.
@@ -599,8 +600,37 @@ def adam_call(draw) -> Call:
 
 BASE = {fn: (lambda fn=fn: conv_call(fn)) for fn in CONV_FUNCTIONS}
 BASE.update({fn: (lambda fn=fn: symconv_call(fn)) for fn in SYMCONV_FUNCTIONS})
+@st.composite
+def leaky_relu_call(draw, fn: str) -> Call:
+    """LeakyReLU's forward (x -> out) or backward (y, grad_out -> grad_in), any shape (zero
+    sizes are legal), 0 < negative_slope <= 1."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
+    shape = optim_shape(draw)
+    slope = draw(st.sampled_from([0.2, 0.01, 1.0]))
+    version = draw(st.integers(-1, len(_C.versions()["eltwise"]) - 1))
+    axes = tuple(range(len(shape)))
+    a = random_array(rng, shape, dtype)
+    a64 = a.astype(np.float64)
+    if fn == "leaky_relu_forward":
+        call = Call(fn, dict(x=a, out=nan_array(shape, dtype), negative_slope=slope,
+                             version=version), ("out",), rigid={"x": axes, "out": axes},
+                    terms=1, version_family="eltwise")
+        call.expected["out"] = (np.where(a64 > 0, a64, slope * a64), np.abs(a64))
+        return call
+    g = random_array(rng, shape, dtype)
+    g64 = g.astype(np.float64)
+    call = Call(fn, dict(y=a, grad_out=g, grad_in=nan_array(shape, dtype), negative_slope=slope,
+                         version=version), ("grad_in",),
+                rigid={"y": axes, "grad_out": axes, "grad_in": axes}, terms=1,
+                version_family="eltwise")
+    call.expected["grad_in"] = (np.where(a64 > 0, g64, slope * g64), np.abs(g64))
+    return call
+
+
 BASE.update({"conv2d_backward_bias": bias_call, "gemm": gemm_call, "sgd_step": sgd_call,
              "adam_step": adam_call})
+BASE.update({fn: (lambda fn=fn: leaky_relu_call(fn)) for fn in ELTWISE_FUNCTIONS})
 
 
 # ============================================================================ mutations
@@ -749,7 +779,7 @@ def mutate_shape(draw, call: Call) -> None:
         else:
             new = a.reshape((a.shape[0] * a.shape[1],) + a.shape[2:])
     else:
-        if call.fn in ("gemm", "sgd_step", "adam_step"):
+        if call.fn in ("gemm", "sgd_step", "adam_step") + ELTWISE_FUNCTIONS:
             return  # zero sizes are legal there (and drawn in the base calls)
         axis = draw(st.integers(0, a.ndim - 1))
         shape = list(a.shape)
@@ -851,10 +881,19 @@ def hyper_outcome(call: Call, value: float, nonneg: bool) -> int:
 
 
 def mutate_hyper(draw, call: Call) -> None:
-    """Bad hyper-parameters of gemm and the optimizers (one per call)."""
-    if call.fn not in ("gemm", "sgd_step", "adam_step") or "hyper" in call.touched:
+    """Bad hyper-parameters of gemm, the optimizers and LeakyReLU (one per call)."""
+    if call.fn not in ("gemm", "sgd_step", "adam_step") + ELTWISE_FUNCTIONS \
+            or "hyper" in call.touched:
         return
     call.touched.add("hyper")
+    if call.fn in ELTWISE_FUNCTIONS:  # the slope must be finite and in (0, 1]
+        value = draw(st.sampled_from([0.0, -0.2, 1.5, float("nan"), float("inf"), 1e300, None,
+                                      "0.2", 0.5, 1e-30]))
+        call.kwargs["negative_slope"] = value
+        ok = isinstance(value, float) and 0.0 < value <= 1.0
+        # a valid new slope changes the reference: any result will do
+        call.mark(ANY if ok else INVALID, f"negative_slope = {value!r}")
+        return
     if call.fn == "gemm":
         name = draw(st.sampled_from(["alpha", "beta", "trans_a"]))
         if name == "trans_a":
@@ -1053,7 +1092,7 @@ def test_huge_geometry_with_tiny_arrays_is_computed(case: str, fn: str) -> None:
 
 def test_versions_lists_every_family_with_names() -> None:
     v = _C.versions()
-    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d"}
+    assert set(v) == {"gemm", "conv2d", "optim", "symconv2d", "eltwise"}
     for family, names in v.items():
         assert len(names) >= 1 and all(isinstance(s, str) and s for s in names), (family, names)
 

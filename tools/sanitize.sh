@@ -34,7 +34,8 @@ if [[ $# -gt 0 ]]; then
   SUITES=("$@")
 else
   SUITES=(tests/test_kernels_gemm.py tests/test_kernels_conv.py tests/test_kernels_optim.py
-          tests/test_bindings_errors.py tests/test_robustness_kernels.py)
+          tests/test_kernels_eltwise.py tests/test_bindings_errors.py
+          tests/test_robustness_kernels.py)
 fi
 
 # ------------------------------------------------------------------ 1. build

@@ -184,7 +184,7 @@ def _canonical(array: Any) -> Any:
 
 def versions() -> dict:
     """Version names of the built-in CPU kernels: {"gemm": [...], "conv2d": [...],
-    "optim": [...], "symconv2d": [...]}, index = version number.  (Versions registered from Python are listed by
+    "optim": [...], "symconv2d": [...], "eltwise": [...]}, index = version number.  (Versions registered from Python are listed by
     `kernel_versions`.)"""
     return _cpu_module().versions()
 
@@ -215,6 +215,9 @@ FAMILIES: Dict[str, Tuple[str, ...]] = {
     # half), CPU only: on CUDA, gasca_core.functional mirrors the half into a full kernel and
     # runs conv2d's CUDA kernels instead.
     "symconv2d": ("symconv2d_forward", "symconv2d_backward_input", "symconv2d_backward_weight"),
+    # Element-wise passes of the activations (cpp/eltwise.h), CPU only: on CUDA arrays the
+    # autograd computes them with CuPy's element-wise operations.
+    "eltwise": ("leaky_relu_forward", "leaky_relu_backward"),
 }
 KERNELS: Dict[str, str] = {k: fam for fam, ks in FAMILIES.items() for k in ks}  # kernel -> family
 # The conv2d versions built on gemm, whose products run on the chosen gemm version
@@ -235,7 +238,7 @@ _tally: Dict[Tuple[str, str], List[float]] = {}  # (kernel, version that ran) ->
 
 def fastest_versions() -> Dict[str, int]:
     """The built-in version each family's -1 picks: {"gemm": 2, "conv2d": 2, "optim": 1,
-    "symconv2d": 1}."""
+    "symconv2d": 1, "eltwise": 1}."""
     return dict(_cpu_module().fastest_versions())
 
 
@@ -364,7 +367,7 @@ def set_kernels(choices: Union[str, Dict[str, Version]]) -> None:
 @contextlib.contextmanager
 def kernels(spec: Union[str, Dict[str, Version], None] = None, **choices: Version) -> Iterator[None]:
     """Run a block on chosen kernel versions: `with kernels(conv2d=1, gemm=0):` (or
-    `kernels("conv2d=1,gemm=0")`).  Names are families (conv2d, gemm, optim, symconv2d: all their
+    `kernels("conv2d=1,gemm=0")`).  Names are families (conv2d, gemm, optim, symconv2d, eltwise: all their
     kernels) or kernels (conv2d_forward, adam_step, ...: one of them, over its family);
     versions are numbers (versions(); -1 = the fastest) or registered names.  Blocks nest,
     the inner choice winning; what is not chosen keeps the outer choice (by default the
@@ -748,6 +751,52 @@ def gemm(a, b, trans_a: bool = False, trans_b: bool = False, version: Optional[V
     k = a.shape[0] if trans_a else a.shape[1]
     _count("gemm", v, c, flops=2.0 * m * n * k)
     return c
+
+
+# ----------------------------------------------------------------------------- element-wise
+# LeakyReLU for 0 < negative_slope <= 1 (cpp/eltwise.h): the same floats as NumPy's
+# max(x * s, x), on every thread.  CPU arrays only; the autograd (functional.LeakyReLU)
+# runs other slopes, and CuPy arrays, through the array module instead.
+
+def _eltwise_args(kernel: str, negative_slope: float, *arrays) -> float:
+    for a in arrays:
+        if is_cupy_array(a):
+            raise ValueError(f"{kernel}: the element-wise kernels run on the CPU only; "
+                             f"gasca_core.functional computes CuPy arrays with CuPy")
+    s = float(negative_slope)
+    if not 0.0 < s <= 1.0:
+        raise ValueError(f"{kernel}: negative_slope = {s!r} must be in (0, 1]")
+    return s
+
+
+def leaky_relu_forward(x, negative_slope: float, version: Optional[Version] = None):
+    """max(x * negative_slope, x) as a new C-contiguous array of x's dtype and shape."""
+    s = _eltwise_args("leaky_relu_forward", negative_slope, x)
+    v = _pick("leaky_relu_forward", version)
+    x = _c(x)
+    out = np.empty(x.shape, x.dtype)
+    if isinstance(v, str):
+        out = _python_version("leaky_relu_forward", v, out, x, s)
+    else:
+        _cpu_module().leaky_relu_forward(x, _canonical(out), s, version=v)
+    _count("leaky_relu_forward", v, x)
+    return out
+
+
+def leaky_relu_backward(y, grad_out, negative_slope: float, version: Optional[Version] = None):
+    """grad_out where y > 0, grad_out * negative_slope elsewhere (y: the forward's output,
+    positive exactly where its input was)."""
+    s = _eltwise_args("leaky_relu_backward", negative_slope, y, grad_out)
+    v = _pick("leaky_relu_backward", version)
+    y = _c(y)
+    grad_out = _c(grad_out.astype(y.dtype, copy=False))
+    out = np.empty(y.shape, y.dtype)
+    if isinstance(v, str):
+        out = _python_version("leaky_relu_backward", v, out, y, grad_out, s)
+    else:
+        _cpu_module().leaky_relu_backward(y, grad_out, _canonical(out), s, version=v)
+    _count("leaky_relu_backward", v, y)
+    return out
 
 
 # ----------------------------------------------------------------------------- optimizers

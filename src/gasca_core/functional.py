@@ -783,17 +783,29 @@ class LeakyReLU(Function):
     on a 4 MB activation: 5 ms against 0.35 ms), and they were a sixth of a training step.
     Only the mask x > 0 (a byte an element) is kept for backward, and only when x needs a
     gradient.  Other slopes take the general form (at 0, max(x * 0, x) would turn x = inf
-    into NaN where x * 1 keeps it)."""
+    into NaN where x * 1 keeps it).
+
+    On the CPU, float32/float64 arrays with 0 < negative_slope <= 1 go to our element-wise
+    kernels (backend.leaky_relu_forward / _backward, cpp/eltwise.h): the same floats on
+    every thread, where NumPy's passes use one.  Their backward reads the output y instead
+    of a mask (y > 0 exactly where x > 0), which the next layer keeps alive anyway."""
 
     @staticmethod
     def forward(ctx: Context, x: Any, negative_slope: float) -> Any:
         xp = _xp(x)
         s = x.dtype.type(negative_slope)
         ctx.negative_slope = s
+        ctx.kernel = False
         if not 0 < negative_slope <= 1:
             slope = xp.where(x > 0, x.dtype.type(1), s)
             ctx.save_for_backward(slope)
             return x * slope
+        if xp is np and x.dtype in (np.float32, np.float64):
+            y = backend.leaky_relu_forward(x, float(negative_slope))
+            if ctx.needs_input_grad[0]:
+                ctx.kernel = True
+                ctx.save_for_backward(y)
+            return y
         y = xp.multiply(x, s)
         xp.maximum(y, x, out=y)            # x where x > 0 (x*s <= x), x*s elsewhere (x*s >= x)
         if ctx.needs_input_grad[0]:
@@ -803,6 +815,8 @@ class LeakyReLU(Function):
     @staticmethod
     def backward(ctx: Context, grad: Any) -> Tuple[Any, None]:
         (saved,) = ctx.saved_tensors
+        if ctx.kernel:                     # the kernel's forward saved its output y
+            return backend.leaky_relu_backward(saved, grad, float(ctx.negative_slope)), None
         if saved.dtype != bool:            # the general form saved the slope itself
             return grad * saved, None
         slope = saved.astype(grad.dtype)   # 1 where x > 0, else 0 ...

@@ -113,6 +113,12 @@ def call_version(kernel: str, version: backend.Version, *args, **kwargs) -> None
         c[...] = alpha * prod if beta == 0 else alpha * prod + beta * c
     elif kernel in ("sgd_step", "adam_step"):
         wrapper(*args, version=version, **kwargs)
+    elif kernel == "leaky_relu_forward":      # binding: (x, out, slope); wrapper: (x, slope)
+        x, out, slope = args
+        out[...] = wrapper(x, slope, version=version)
+    elif kernel == "leaky_relu_backward":     # binding: (y, dy, out, slope)
+        y, dy, out, slope = args
+        out[...] = wrapper(y, dy, slope, version=version)
     else:
         wrapper_args, out = _conv_args(kernel, args)
         out[...] = wrapper(*wrapper_args, version=version, **kwargs)

@@ -5,8 +5,8 @@ Times the trainer's own step (`Trainer.step` of a joint gasca-64 run, as
 splits every second of it into exclusive parts, which add up to the step's time:
 
 - **kernels**, by pass: the C++ convolutions (forward, input and weight gradients, the
-  bias gradient), the matrix products (D's linear layer) and the fused Adam, each with
-  the Python of its dispatch in `backend`;
+  bias gradient), the matrix products (D's linear layer), the fused Adam and the
+  element-wise LeakyReLU passes, each with the Python of its dispatch in `backend`;
 - **ops**, by autograd Function: the rest of each op's forward and backward (NumPy's
   element-wise work, reductions and copies, and the op's own Python), the kernels taken
   out;
@@ -59,6 +59,8 @@ KERNELS = {
     "gemm": "gemm (linear layers)",
     "adam_step": "Adam (fused kernel)",
     "sgd_step": "SGD (fused kernel)",
+    "leaky_relu_forward": "LeakyReLU fwd",
+    "leaky_relu_backward": "LeakyReLU bwd",
 }
 
 
@@ -170,6 +172,8 @@ def group(label: str) -> str:
     """The summary line a region belongs to."""
     if label.startswith("kernel: conv"):
         return "convolution kernels (C++)"
+    if label.startswith("kernel: LeakyReLU"):
+        return "element-wise kernels (C++: LeakyReLU)"
     if label.startswith("kernel: "):
         return label[len("kernel: "):].split(" (")[0] + " kernel (C++)"
     if label.startswith("op "):
