@@ -44,6 +44,7 @@
 #include "conv2d_threads.h"
 #include "conv2d_versions.h"
 #include "gemm_internal.h"
+#include "gemm_micro.h"
 #include "workspace.h"
 
 namespace gasca {

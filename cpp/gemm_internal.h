@@ -67,18 +67,8 @@ template <typename T>
 void micro_kernel(int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc, T alpha, T beta,
                   int mr, int nr);
 
-// The same tile with the B panel read in place instead of packed: row p of the panel is
-// NR / W vectors (W = the SIMD width, Simd<T>::W) at base + row_off[p] + vec_off[v].  With
-// `halves`, each vector is two half-vectors at vec_off[2v] and vec_off[2v + 1] (for output
-// rows of W / 2 pixels).  The convolution's implicit gemm reads its column matrix this way
-// straight out of the phase-split image.  (A build without SIMD has W = 1: NR offsets.)
-// `init`, when given, holds mr values: row i's accumulators start at init[i] instead of 0,
-// so C[i, :] = alpha * (init[i] + (Ap * Bp)[i, :]) + beta * C[i, :] (the convolution's bias,
-// added in the first K block without a pass of its own over the output).
-template <typename T>
-void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
-                           const int64_t* vec_off, bool halves, T* c, int64_t ldc, T alpha,
-                           T beta, int mr, int nr, const T* init = nullptr);
+// The same tile reading B in place (the convolution's implicit gemm): micro_kernel_indirect,
+// inline in gemm_micro.h.
 
 // One KC block of the product for a block of C: rows of panels [panel0, panel1) of the
 // packed A, all NR panels of the packed B block (nc columns starting at C's column 0).
