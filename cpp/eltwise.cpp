@@ -65,8 +65,11 @@ template <typename T>
 void leaky_relu_forward(int64_t n, const T* x, T slope, T* y, int version) {
   const bool fast = resolve(version, "leaky_relu_forward") == 1;
   over_chunks(n, fast, [=](int64_t lo, int64_t hi) {
+    const T s = slope;
+    const T* xp = x;
+    T* out = y;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) y[i] = leaky(x[i], slope);
+    for (int64_t i = lo; i < hi; ++i) out[i] = leaky(xp[i], s);
   });
 }
 
@@ -74,8 +77,15 @@ template <typename T>
 void leaky_relu_backward(int64_t n, const T* y, const T* dy, T slope, T* dx, int version) {
   const bool fast = resolve(version, "leaky_relu_backward") == 1;
   over_chunks(n, fast, [=](int64_t lo, int64_t hi) {
+    // dy * max(float(y > 0), slope): 1 where y > 0, slope elsewhere (0 < slope <= 1), as
+    // NumPy computes it.  Written as a select of dy and dy * slope, GCC kept a branch per
+    // element instead of vectorising (30x slower on random signs).
+    const T s = slope;
+    const T* yp = y;
+    const T* gp = dy;
+    T* out = dx;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) dx[i] = y[i] > T(0) ? dy[i] : dy[i] * slope;
+    for (int64_t i = lo; i < hi; ++i) out[i] = gp[i] * std::max(T(yp[i] > T(0)), s);
   });
 }
 
