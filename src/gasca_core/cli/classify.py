@@ -177,7 +177,9 @@ def per_yaw_chart(rows: dict, path: str, label: str, chance: float) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    # The legend goes below the axes, one line per row, so that it never hides the lines
+    # (rows with long names: several methods and layer variants on one chart).
+    fig, ax = plt.subplots(figsize=(8.5, 4.2 + 0.22 * (len(rows) + 1)))
     for name, runs in rows.items():
         yaws = sorted(runs[0])
         acc = np.array([[r[y] for y in yaws] for r in runs])
@@ -187,7 +189,7 @@ def per_yaw_chart(rows: dict, path: str, label: str, chance: float) -> bool:
     ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.set_xlabel("yaw of the test face (degrees)")
     ax.set_ylabel(f"{label} accuracy (test people)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
