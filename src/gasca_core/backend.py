@@ -769,34 +769,32 @@ def _eltwise_args(kernel: str, negative_slope: float, *arrays) -> float:
     return s
 
 
+def _eltwise(kernel: str, version: Optional[Version], arrays: tuple, s: float):
+    """Run element-wise `kernel` on C-contiguous `arrays` (then the slope) into a new array
+    shaped like the first: the registered Python version, or the binding."""
+    v = _pick(kernel, version)
+    like = arrays[0]
+    out = np.empty(like.shape, like.dtype)
+    if isinstance(v, str):
+        out = _python_version(kernel, v, out, *arrays, s)
+    else:
+        getattr(_cpu_module(), kernel)(*arrays, _canonical(out), s, version=v)
+    _count(kernel, v, like)
+    return out
+
+
 def leaky_relu_forward(x, negative_slope: float, version: Optional[Version] = None):
     """max(x * negative_slope, x) as a new C-contiguous array of x's dtype and shape."""
     s = _eltwise_args("leaky_relu_forward", negative_slope, x)
-    v = _pick("leaky_relu_forward", version)
-    x = _c(x)
-    out = np.empty(x.shape, x.dtype)
-    if isinstance(v, str):
-        out = _python_version("leaky_relu_forward", v, out, x, s)
-    else:
-        _cpu_module().leaky_relu_forward(x, _canonical(out), s, version=v)
-    _count("leaky_relu_forward", v, x)
-    return out
+    return _eltwise("leaky_relu_forward", version, (_c(x),), s)
 
 
 def leaky_relu_backward(y, grad_out, negative_slope: float, version: Optional[Version] = None):
     """grad_out where y > 0, grad_out * negative_slope elsewhere (y: the forward's output,
     positive exactly where its input was)."""
     s = _eltwise_args("leaky_relu_backward", negative_slope, y, grad_out)
-    v = _pick("leaky_relu_backward", version)
     y = _c(y)
-    grad_out = _c(grad_out.astype(y.dtype, copy=False))
-    out = np.empty(y.shape, y.dtype)
-    if isinstance(v, str):
-        out = _python_version("leaky_relu_backward", v, out, y, grad_out, s)
-    else:
-        _cpu_module().leaky_relu_backward(y, grad_out, _canonical(out), s, version=v)
-    _count("leaky_relu_backward", v, y)
-    return out
+    return _eltwise("leaky_relu_backward", version, (y, _c(grad_out.astype(y.dtype, copy=False))), s)
 
 
 # ----------------------------------------------------------------------------- optimizers

@@ -61,6 +61,17 @@ class GascaConfig:
     local_global_grid: int = 4
     name: str = "gasca-64"
 
+    def layer_variant(self) -> str:
+        """How G's layers depart from plain convolutions, for logs and table rows:
+        "symmetric levels 1,2; local+global levels 3 (grid 4)", or "" for plain layers."""
+        parts = []
+        if self.symmetric_levels:
+            parts.append("symmetric levels " + ",".join(map(str, self.symmetric_levels)))
+        if self.local_global_levels:
+            parts.append("local+global levels " + ",".join(map(str, self.local_global_levels))
+                         + f" (grid {self.local_global_grid})")
+        return "; ".join(parts)
+
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
         self.kernel_sizes = [int(k) for k in self.kernel_sizes]

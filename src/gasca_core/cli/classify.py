@@ -72,20 +72,6 @@ class EncoderClassifier(nn.Module):
         return self.head(self.encoders(x))
 
 
-def layer_variant(mc) -> str:
-    """How the checkpoint's G departs from plain convolutions (its symmetric and local+global
-    levels), as a row-name suffix; "" for the plain layers.  Checkpoints of one method but
-    different layers get rows of their own, and their networks from scratch (which take the
-    checkpoint's architecture) are not pooled either."""
-    parts = []
-    if mc.symmetric_levels:
-        parts.append("symmetric levels " + ",".join(map(str, mc.symmetric_levels)))
-    if mc.local_global_levels:
-        parts.append("local+global levels " + ",".join(map(str, mc.local_global_levels))
-                     + f" (grid {mc.local_global_grid})")
-    return f" [{'; '.join(parts)}]" if parts else ""
-
-
 def _fresh_generator(trained: Generator, seed: int) -> Generator:
     """A generator of the same architecture and depth, freshly initialised (from the
     init-G streams of seed + 1000, so that it differs from any trained run's start)."""
@@ -236,7 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shared_done: set = set()   # (split seed, classifier seed, layers) whose scratch-on-raw run is done
     for path, g, mc, meta in loaded:
         split_seed = meta["train_config"]["seed"]
-        variant = layer_variant(mc)
+        # Checkpoints of one method but other layers get rows of their own, and their
+        # networks from scratch (the checkpoint's architecture) are not pooled either.
+        variant = f" [{mc.layer_variant()}]" if mc.layer_variant() else ""
         method = meta["train_config"].get("method", "?") + variant
         train, val, test = load_splits(args.dataset, args.data, seed=split_seed,
                                        image_size=mc.image_size, max_train=args.max_train,

@@ -230,11 +230,9 @@ def _train(args: argparse.Namespace, argv: Optional[Sequence[str]], world: World
         ", ".join(f"{p.name} ({p.steps} steps)" for p in trainer.phases))
     say(f"kernels: {backend.describe_kernels()}")
     g_params, d_params = parameter_counts(mc)
+    variant = mc.layer_variant()
     say(f"model: {mc.name}, G {g_params:,} parameters, D {d_params:,} (all levels)"
-        + (f"; symmetric levels {','.join(map(str, mc.symmetric_levels))}"
-           if mc.symmetric_levels else "")
-        + (f"; local+global levels {','.join(map(str, mc.local_global_levels))} "
-           f"(grid {mc.local_global_grid})" if mc.local_global_levels else ""))
+        + (f"; {variant}" if variant else ""))
     try:
         trainer.run(resume=args.resume)
     except KeyboardInterrupt as e:
