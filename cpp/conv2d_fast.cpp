@@ -236,15 +236,8 @@ static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* 
       col2im_block(g, pi, col, 0, kdim, q0, q0 + nc, nc, dxp);
     }
     phase_merge(g, pi, dxp, dx + n * image);
-    if (bias) {  // the transposed convolution's bias, while the image is still in cache
-      const int64_t plane = g.in_h * g.in_w;
-      for (int64_t ci = 0; ci < g.in_channels; ++ci) {
-        T* row = dx + n * image + ci * plane;
-        const T b = bias[ci];
-#pragma omp simd
-        for (int64_t k = 0; k < plane; ++k) row[k] += b;
-      }
-    }
+    if (bias)  // the transposed convolution's bias, while the image is still in cache
+      detail::add_channel_bias<T>(1, g.in_channels, g.in_h * g.in_w, bias, dx + n * image);
   }
 }
 
