@@ -103,7 +103,7 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
       const int64_t t0 = (item % chunks) * tiles_per_chunk, t1 = std::min(tiles, t0 + tiles_per_chunk);
       if (t0 >= t1) continue;
       if (split != n) {
-        phase_split(g, pi, x + n * image, xp);
+        phase_split(g, pi, x + n * image, xp, split >= 0);
         split = n;
       }
       T* yn = y + n * Co * P;
@@ -171,7 +171,7 @@ static void forward_packed(const ConvGeometry& g, const T* x, const T* w, const 
       const int64_t q0 = blk * nc_max, nc = std::min(nc_max, P - q0);
       if (nc <= 0) continue;
       if (split != n) {
-        phase_split(g, pi, x + n * image, xp);
+        phase_split(g, pi, x + n * image, xp, split >= 0);
         split = n;
       }
       T* yn = y + n * Co * P;
@@ -313,7 +313,7 @@ static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy
     }
     const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
     for (int64_t n = n0; n < n1; ++n) {
-      phase_split(g, pi, x + n * image, xp);
+      phase_split(g, pi, x + n * image, xp, n > n0);
       im2col_block(g, pi, xp, 0, kdim, 0, P, col, PV);
       const T* d = dy + n * Co * P;
       if (PV != P) {
@@ -373,7 +373,7 @@ static void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* dy,
     bool first = true;
     for (int64_t n = n0; n < n1; ++n) {
       detail::pack_a<T>(false, Co, P, dy + n * Co * P, P, ap);
-      phase_split(g, pi, x + n * image, xp);
+      phase_split(g, pi, x + n * image, xp, n > n0);
       for (int64_t kb = 0; kb * KC < P; ++kb) {
         const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
         for (int64_t jc = 0; jc < kdim; jc += nc_max) {

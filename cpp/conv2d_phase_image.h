@@ -78,9 +78,19 @@ inline bool phase_image_is_reasonable(const ConvGeometry& g) {
   return size <= budget && size < 9.0e15;
 }
 
+// The padding of a phase image (its rows and columns outside the image) is zero and sits in
+// the same places for every image of one geometry.  So a thread that builds the phase images
+// of several images in the same buffer zeroes it once, for its first image, and afterwards
+// copies only the image's pixels over the last ones (padding_is_zero: xp already holds a
+// phase image of this geometry).  Zeroing the padding row by row instead, a few elements at
+// a time, cost ~10% of gasca layer 2's forward pass.
 template <typename T>
-void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp) {
+void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp,
+                 bool padding_is_zero) {
+  if (!padding_is_zero) std::fill(xp, xp + pi.size, T(0));
   const int64_t sw = g.stride_w;
+  // image row h is phase row h + pad_h (pi.rows >= in_h + pad_h)
+  const int64_t r0 = g.pad_h, r1 = g.pad_h + g.in_h;
   for (int64_t ci = 0; ci < g.in_channels; ++ci)
     for (int64_t ph = 0; ph < sw; ++ph) {
       T* plane = xp + ci * pi.channel + ph * pi.plane;
@@ -88,22 +98,16 @@ void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp)
       const int64_t shift = ph - g.pad_w;
       const int64_t k0 = std::min(pi.cols, shift >= 0 ? int64_t(0) : (-shift + sw - 1) / sw);
       const int64_t k1 = std::max(k0, std::min(pi.cols, (g.in_w - 1 - shift) < 0 ? int64_t(0) : (g.in_w - 1 - shift) / sw + 1));
-      for (int64_t r = 0; r < pi.rows; ++r) {
+      if (k1 == k0) continue;
+      for (int64_t r = r0; r < r1; ++r) {
         T* row = plane + r * pi.cols;
-        const int64_t h = r - g.pad_h;
-        if (h < 0 || h >= g.in_h) {
-          std::fill(row, row + pi.cols, T(0));
-          continue;
-        }
-        const T* src = x + (ci * g.in_h + h) * g.in_w + shift;
-        std::fill(row, row + k0, T(0));
+        const T* src = x + (ci * g.in_h + (r - g.pad_h)) * g.in_w + shift;
         if (sw == 1)
           copy_run(row + k0, src + k0, k1 - k0);
         else if (sw == 2)
-          copy_stride2(row + k0, src + 2 * k0, k1 - k0);
+          copy_stride2(row + k0, src + 2 * k0, k1 - k0, g.in_w - (shift + 2 * k0));
         else
           for (int64_t k = k0; k < k1; ++k) row[k] = src[k * sw];
-        std::fill(row + k1, row + pi.cols, T(0));
       }
     }
 }
