@@ -97,7 +97,7 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
   {
     T* xp = ws + a_size + thread_id() * per_thread;
     int64_t split = -1;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / chunks;
       const int64_t t0 = (item % chunks) * tiles_per_chunk, t1 = std::min(tiles, t0 + tiles_per_chunk);
@@ -164,8 +164,8 @@ static void forward_packed(const ConvGeometry& g, const T* x, const T* w, const 
   {
     T* bp = ws + a_size + thread_id() * per_thread;
     T* xp = bp + b_size;
-    int64_t split = -1;  // the image now in xp (a thread's items are consecutive)
-#pragma omp for schedule(static)
+    int64_t split = -1;  // the image now in xp (split again if the next item is another's)
+#pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t n = item / blocks_per_image, blk = item % blocks_per_image;
       const int64_t q0 = blk * nc_max, nc = std::min(nc_max, P - q0);
@@ -217,8 +217,9 @@ static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* 
   detail::pack_a<T>(true, kdim, Co, w, kdim, ws);  // W^T: (kdim x Co), packed once
   const int64_t m_panels = ceil_div(kdim, MR);
 
-  // Threads own whole images: no two threads ever add into the same gradient.
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  // Threads own whole images: no two threads ever add into the same gradient.  Images are
+  // handed out one at a time (conv2d_threads.h).
+#pragma omp parallel for schedule(dynamic) num_threads(nt) if (nt > 1)
   for (int64_t n = 0; n < g.batch; ++n) {
     T* bp = ws + a_size + thread_id() * per_thread;
     T* col = bp + b_size;
