@@ -54,17 +54,25 @@ inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
       for (int v = 0; v < NV; ++v) even[i][v] = S::set1(init[i]);
   int64_t p = 0;
   for (; p + 1 < kc; p += 2) {
-    V b0[NV], b1[NV];
+    // Step p into the even set, then step p + 1 into the odd one: only one step's B vectors
+    // are live at a time, so that the 2 * H * NV accumulators fit AVX2's 16 registers too
+    // (interleaving the two steps spilled two accumulators to the stack there).
+    V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b0[v] = brow(p, v), b1[v] = brow(p + 1, v);
+    for (int v = 0; v < NV; ++v) bv[v] = brow(p, v);
 #pragma GCC unroll 8
     for (int i = 0; i < H; ++i) {
-      const V a0 = S::set1(ap[p * MR + i]), a1 = S::set1(ap[(p + 1) * MR + i]);
+      const V a = S::set1(ap[p * MR + i]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) {
-        even[i][v] = S::fma(a0, b0[v], even[i][v]);
-        odd[i][v] = S::fma(a1, b1[v], odd[i][v]);
-      }
+      for (int v = 0; v < NV; ++v) even[i][v] = S::fma(a, bv[v], even[i][v]);
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = brow(p + 1, v);
+#pragma GCC unroll 8
+    for (int i = 0; i < H; ++i) {
+      const V a = S::set1(ap[(p + 1) * MR + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) odd[i][v] = S::fma(a, bv[v], odd[i][v]);
     }
   }
   if (p < kc) {
