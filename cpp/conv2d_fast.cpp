@@ -243,6 +243,201 @@ static void backward_input_blocked(const ConvGeometry& g, const T* dy, const T* 
 }
 
 
+// backward-input by stride phases (dilation 1): no column matrix, no col2im.  Index the
+// padded input by r = h + pad_h, c = w + pad_w and split it into its sh x sw phases
+// (a, b) = (r mod sh, c mod sw), r = sh*u + a, c = sw*v + b.  A tap (i, j) reaches phase
+// (a, b) only if i = a + sh*i', j = b + sw*j', from output pixel (u - i', v - j'), so
+//
+//   dx[ci, r, c] = sum over co, i', j' of  w[co, ci, a + sh*i', b + sw*j'] * dy[co, u - i', v - j']
+//
+// For each phase this is a stride-1 correlation of dy (zero-padded) with a sub-kernel: the
+// forward's implicit gemm again (micro_kernel_indirect reading dy in place), with
+// M = in_channels, K = out_channels x its taps, N = its pixels.  Each phase's pixels are
+// written to their own compact block and the blocks are interleaved into dx at the end.
+struct InputPhase {
+  int64_t a = 0, b = 0;       // row and column phase
+  int64_t kh = 0, kw = 0;     // its taps: i' < kh, j' < kw
+  int64_t u0 = 0, U = 0;      // its rows u in [u0, u0 + U) (those inside the image)
+  int64_t v0 = 0, V = 0;      // its columns v in [v0, v0 + V)
+  int64_t kdim = 0;           // out_channels * kh * kw
+  int64_t out = 0;            // where its U x V pixels start within one channel of the output
+  int64_t packed = 0;         // where its packed weight starts
+  int64_t taps = 0;           // where its tap offsets start
+  bool halves = false;        // rows of V = W / 2 pixels (two pieces per vector)
+};
+
+struct InputPhases {
+  int64_t count = 0;
+  InputPhase p[64];           // sh * sw <= 64 (else the blocked path)
+  int64_t top = 0, left = 0;  // dy's padding in its padded copy: max kh - 1, max kw - 1
+  int64_t rows = 0, cols = 0, plane = 0;  // the padded copy of one channel of dy
+};
+
+// The range [first, first + count) of q with q*s + phase in [lo, hi).
+inline void phase_range(int64_t lo, int64_t hi, int64_t s, int64_t phase, int64_t& first,
+                        int64_t& count) {
+  first = lo > phase ? ceil_div(lo - phase, s) : 0;
+  const int64_t last = hi - 1 - phase;  // q*s <= last
+  count = last < 0 ? 0 : std::max<int64_t>(0, last / s - first + 1);
+}
+
+template <typename T>
+static bool make_input_phases(const ConvGeometry& g, InputPhases& ph) {
+  constexpr int W = Simd<T>::W, MR = detail::GemmBlocking<T>::MR;
+  const int64_t sh = g.stride_h, sw = g.stride_w;
+  // Worth it with whole register tiles of input channels and no dilation; sh * sw phases.
+  if (g.dilation_h != 1 || g.dilation_w != 1 || g.in_channels < 2 * MR) return false;
+  if (sh > 8 || sw > 8 || sh * sw > 64) return false;
+  ph.count = sh * sw;
+  int64_t out = 0, max_u = 0, max_v = 0;
+  for (int64_t a = 0; a < sh; ++a)
+    for (int64_t b = 0; b < sw; ++b) {
+      InputPhase& q = ph.p[a * sw + b];
+      q.a = a, q.b = b;
+      q.kh = a < g.kernel_h ? ceil_div(g.kernel_h - a, sh) : 0;
+      q.kw = b < g.kernel_w ? ceil_div(g.kernel_w - b, sw) : 0;
+      phase_range(g.pad_h, g.pad_h + g.in_h, sh, a, q.u0, q.U);
+      phase_range(g.pad_w, g.pad_w + g.in_w, sw, b, q.v0, q.V);
+      q.kdim = g.out_channels * q.kh * q.kw;
+      q.out = out;
+      out += q.U * q.V;
+      if (q.U * q.V == 0) continue;
+      // every vector of a tile must lie in one row of the phase
+      if (q.V % W == 0) q.halves = false;
+      else if (W >= 2 && q.V % (W / 2) == 0) q.halves = true;
+      else return false;
+      max_u = std::max(max_u, q.u0 + q.U);
+      max_v = std::max(max_v, q.v0 + q.V);
+    }
+  ph.top = ceil_div(g.kernel_h, sh) - 1;
+  ph.left = ceil_div(g.kernel_w, sw) - 1;
+  ph.rows = max_u + ph.top;
+  ph.cols = max_v + ph.left;
+  ph.plane = ph.rows * ph.cols;
+  // Huge paddings put the image's phases far from dy: the padded copy would be mostly zeros.
+  const double copy = double(g.out_channels) * double(ph.rows) * double(ph.cols);
+  const double budget = 4.0 * (double(g.out_channels) * double(g.out_h) * double(g.out_w) +
+                               double(g.in_channels) * double(g.in_h) * double(g.in_w)) + 65536.0;
+  return copy <= budget;
+}
+
+template <typename T>
+static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, const T* dy,
+                                  const T* w, const T* bias, T* dx) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, W = Simd<T>::W, NV = NR / W;
+  const int64_t Ci = g.in_channels, Co = g.out_channels, KH = g.kernel_h, KW = g.kernel_w;
+  const int64_t image = Ci * g.in_h * g.in_w, P_dy = g.out_h * g.out_w;
+  const int64_t sh = g.stride_h, sw = g.stride_w;
+  InputPhases phases = ph;
+
+  // Each phase's sub-kernel as an (in_channels x kdim) matrix, packed for the micro-kernel,
+  // and the offset of each of its taps (co, i', j') in the padded copy of dy.
+  int64_t a_total = 0, taps_total = 0, kdim_max = 0;
+  for (int64_t f = 0; f < phases.count; ++f) {
+    InputPhase& q = phases.p[f];
+    q.packed = a_total, q.taps = taps_total;
+    a_total += round_up(detail::packed_a_size<T>(Ci, q.kdim), 64);
+    taps_total += q.kdim;
+    kdim_max = std::max(kdim_max, q.kdim);
+  }
+  const int64_t dyp_size = round_up(Co * phases.plane, 64);
+  const int nt = conv_threads(g, g.batch);
+  const int64_t per_thread = dyp_size + round_up(image, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_total + nt * per_thread);
+  T* gathered = detail::scratch<T>(detail::kSlotPartial, std::max<int64_t>(1, Ci * kdim_max));
+  int64_t* tap_off = detail::scratch<int64_t>(detail::kSlotSpare, std::max<int64_t>(1, taps_total));
+  for (int64_t f = 0; f < phases.count; ++f) {
+    const InputPhase& q = phases.p[f];
+    if (q.kdim == 0) continue;
+    for (int64_t ci = 0; ci < Ci; ++ci)
+      for (int64_t co = 0, k = 0; co < Co; ++co)
+        for (int64_t i = 0; i < q.kh; ++i)
+          for (int64_t j = 0; j < q.kw; ++j, ++k)
+            gathered[ci * q.kdim + k] = w[((co * Ci + ci) * KH + q.a + sh * i) * KW + q.b + sw * j];
+    detail::pack_a<T>(false, Ci, q.kdim, gathered, q.kdim, ws + q.packed);
+    for (int64_t co = 0, k = 0; co < Co; ++co)
+      for (int64_t i = 0; i < q.kh; ++i)
+        for (int64_t j = 0; j < q.kw; ++j, ++k)
+          tap_off[q.taps + k] = co * phases.plane + (phases.top - i) * phases.cols + (phases.left - j);
+  }
+  const int64_t m_panels = ceil_div(Ci, MR);
+  const int64_t copy_rows = std::min(g.out_h, phases.rows - phases.top);
+  const int64_t copy_cols = std::min(g.out_w, phases.cols - phases.left);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* dyp = ws + a_total + thread_id() * per_thread;
+    T* outp = dyp + dyp_size;  // the phases' blocks, channel by channel (image elements)
+    bool zeroed = false;       // dyp's padding is zero (it is the same for every image)
+#pragma omp for schedule(dynamic)
+    for (int64_t n = 0; n < g.batch; ++n) {
+      if (!zeroed) std::fill(dyp, dyp + Co * phases.plane, T(0)), zeroed = true;
+      const T* dyn = dy + n * Co * P_dy;
+      for (int64_t co = 0; co < Co; ++co)
+        for (int64_t oh = 0; oh < copy_rows; ++oh)
+          copy_run(dyp + co * phases.plane + (oh + phases.top) * phases.cols + phases.left,
+                   dyn + (co * g.out_h + oh) * g.out_w, copy_cols);
+      for (int64_t f = 0; f < phases.count; ++f) {
+        const InputPhase& q = phases.p[f];
+        const int64_t P = q.U * q.V;
+        if (P == 0) continue;
+        T* c = outp + q.out;  // row ci of this phase's block is at c + ci * (in_h * in_w)
+        const int64_t ldc = g.in_h * g.in_w;
+        if (q.kdim == 0) {  // no tap reaches this phase (kernel smaller than the stride)
+          for (int64_t ci = 0; ci < Ci; ++ci) std::fill(c + ci * ldc, c + ci * ldc + P, T(0));
+          continue;
+        }
+        const int piece = q.halves ? W / 2 : W, pieces = q.halves ? 2 * NV : NV;
+        const int64_t tiles = ceil_div(P, NR);
+        for (int64_t kb = 0; kb * KC < q.kdim; ++kb) {
+          const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, q.kdim - k0);
+          for (int64_t t = 0; t < tiles; ++t) {
+            const int64_t q0 = t * NR;
+            int64_t vec_off[2 * NV];
+            for (int v = 0; v < pieces; ++v) {
+              // piece v: pixels [p, p + piece) of one row of the phase; past the last
+              // pixel, repeat the first piece (loaded, never stored)
+              const int64_t p = q0 + v * piece < P ? q0 + v * piece : q0;
+              vec_off[v] = (q.u0 + p / q.V) * phases.cols + q.v0 + p % q.V;
+            }
+            const int nr = static_cast<int>(std::min<int64_t>(NR, P - q0));
+            for (int64_t ip = 0; ip < m_panels; ++ip) {
+              const T* a_panel = detail::packed_a_panel<T>(ws + q.packed, Ci, kb, ip, q.kdim);
+              const int mr = static_cast<int>(std::min<int64_t>(MR, Ci - ip * MR));
+              detail::micro_kernel_indirect<T>(kc, a_panel, dyp, tap_off + q.taps + k0, vec_off,
+                                               q.halves, c + ip * MR * ldc + q0, ldc, T(1),
+                                               kb == 0 ? T(0) : T(1), mr, nr, nullptr);
+            }
+          }
+        }
+      }
+      // Interleave the phases' blocks into dx: image row h is row u = (h + pad_h - a) / sh
+      // of the phases (a, *), a = (h + pad_h) mod sh; its columns alternate between them.
+      T* dxn = dx + n * image;
+      for (int64_t ci = 0; ci < Ci; ++ci)
+        for (int64_t h = 0; h < g.in_h; ++h) {
+          const int64_t r = h + g.pad_h, a = r % sh;
+          T* row = dxn + (ci * g.in_h + h) * g.in_w;
+          for (int64_t b = 0; b < sw; ++b) {
+            const InputPhase& q = phases.p[a * sw + b];
+            if (q.V == 0) continue;
+            const T* src = outp + ci * g.in_h * g.in_w + q.out + (r / sh - q.u0) * q.V;
+            T* dst = row + sw * q.v0 + b - g.pad_w;
+            if (sw == 1)
+              copy_run(dst, src, q.V);
+            else if (sw == 2)
+              store_stride2(dst, src, q.V);
+            else
+              for (int64_t v = 0; v < q.V; ++v) dst[v * sw] = src[v];
+          }
+        }
+      if (bias)  // the transposed convolution's bias, while the image is still in cache
+        detail::add_channel_bias<T>(1, Ci, g.in_h * g.in_w, bias, dxn);
+    }
+  }
+}
+
 // backward-weight when dW is small (gasca layer 1: 32 x 25): a gemm over the pixels would
 // spend more time packing than multiplying (each packed element feeds only 2 * C_out
 // FLOPs), so instead each dW[co, tap] is a dot product of two contiguous rows, dy[co, :]
@@ -410,6 +605,8 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
 template <typename T>
 void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
                     const T* bias) {
+  InputPhases phases;
+  if (make_input_phases<T>(g, phases)) return backward_input_phased(g, phases, dy, w, bias, dx);
   if (!phase_image_is_reasonable(g))
     return conv2d_v1::backward_input(g, dy, w, dx, gemm_version, bias);
   backward_input_blocked(g, dy, w, bias, dx);

@@ -439,6 +439,54 @@ def test_fast_versions_match_reference_on_gasca_layers(layer, rng):
                                        err_msg=f"version {v} {name}")
 
 
+# Geometries that take version 2's backward-input by stride phases (at least 12 input
+# channels, dilation 1, each phase's row a whole or half SIMD vector: widths of 8, 16 or 32
+# pixels per phase here, so AVX2 and AVX-512 both take it, with and without half-vector
+# rows), and around it: strides 1 to 3, kernels smaller than the stride (phases no tap
+# reaches), paddings beyond the kernel, odd heights, and output sizes below the natural one
+# (the transposed convolution's output_padding).  (N, Ci, H, W, Co, KH, KW, s, p)
+PHASED_CONFIGS = [
+    (2, 12, 16, 16, 5, 3, 3, (2, 2), (1, 1)),
+    (1, 16, 15, 32, 7, 5, 5, (2, 2), (2, 2)),
+    (2, 13, 9, 16, 4, 4, 4, (2, 2), (1, 1)),
+    (1, 12, 8, 8, 3, 3, 3, (1, 1), (1, 1)),
+    (1, 12, 10, 16, 6, 1, 1, (2, 2), (0, 0)),
+    (1, 14, 12, 24, 5, 2, 2, (3, 3), (1, 1)),
+    (2, 12, 16, 32, 9, 5, 3, (2, 1), (3, 0)),
+    (1, 20, 7, 64, 3, 3, 5, (1, 2), (0, 4)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", PHASED_CONFIGS, ids=[f"cfg{i}" for i in range(len(PHASED_CONFIGS))])
+def test_backward_input_by_stride_phases_matches_reference(cfg, dtype, rng):
+    """conv2d backward-input and the transposed convolution's forward (with a bias) against
+    the NumPy reference, for the geometries of version 2's stride-phase path, at the
+    natural size and one row and column smaller."""
+    n, ci, h, wd, co, kh, kw, s, p = cfg
+    d = (1, 1)
+    w = rng.standard_normal((co, ci, kh, kw)).astype(dtype)
+    b = rng.standard_normal(ci).astype(dtype)
+    oh, ow = out_size(h, kh, s[0], p[0], 1), out_size(wd, kw, s[1], p[1], 1)
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for v in CONV_VERSIONS:
+        dx = np.full((n, ci, h, wd), np.nan, dtype)
+        run("conv2d_backward_input", v, dy, w, dx, s, p, d)
+        np.testing.assert_allclose(dx, ref_conv2d_backward_input(dy, w, dx.shape, s, p, d),
+                                   err_msg=f"version {v}", **tol)
+        # the transposed convolution: w as its (Ci_t, Co_t, KH, KW) = (co, ci, kh, kw)
+        for op in {(0, 0), (min(1, s[0] - 1), min(1, s[1] - 1))}:
+            th, tw = (oh - 1) * s[0] - 2 * p[0] + kh + op[0], (ow - 1) * s[1] - 2 * p[1] + kw + op[1]
+            if th > h or tw > wd or th < 1 or tw < 1:
+                continue
+            y = np.full((n, ci, th, tw), np.nan, dtype)
+            run("conv_transpose2d_forward", v, dy, w, b, y, s, p, op, d)
+            np.testing.assert_allclose(y, ref_conv_transpose2d(dy, w, b, s, p, op, d),
+                                       err_msg=f"version {v} transposed, output_padding {op}",
+                                       **tol)
+
+
 @pytest.mark.parametrize("ow_vectors", [False, True], ids=["packed", "implicit"])
 def test_threads_give_the_same_result(rng, ow_vectors):
     """Splitting work over threads must not change what is computed (beyond rounding).
