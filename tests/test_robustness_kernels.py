@@ -298,7 +298,9 @@ def conv_call(draw, fn: str) -> Call:
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64])))
     huge = draw(st.integers(0, 5)) == 0
-    n, ci, co = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # 12 input channels (one draw in four): enough for version 2's backward-input by stride
+    # phases (see below).
+    n, ci, co = draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 3, 12])), draw(st.integers(1, 3))
     kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     stride = draw(pair(st.integers(1, 3), huge))
     padding = draw(pair(st.integers(0, 2), huge))
@@ -310,6 +312,11 @@ def conv_call(draw, fn: str) -> Call:
     version = draw(st.integers(-1, len(_C.versions()["conv2d"]) - 1))
     if not transposed:
         h, w = min(h, 5), min(w, 5)
+        if ci == 12 and not huge:
+            # Aim at version 2's backward-input by stride phases: dilation 1 and phase rows
+            # of 2, 4 or 8 pixels (whole or half vectors in float or double, or neither).
+            dilation = (1, 1)
+            w = stride[1] * draw(st.sampled_from([2, 4, 8]))
     if not huge and draw(st.integers(0, 4)):
         # Mostly geometries with a non-empty output (the rest test the empty-output check).
         if transposed:
