@@ -593,6 +593,79 @@ static void backward_weight_gemm(const ConvGeometry& g, const T* x, const T* dy,
   }
 }
 
+// backward-weight as an implicit gemm, transposed: dW^T (kdim x C_out) = col_n (kdim x P)
+// dy_n^T (P x C_out), summed over the images.  The micro-kernel reads its A operand, the
+// column matrix, straight out of the phase image (micro_kernel_gather_a: row i of a panel is
+// a kernel tap, element p its value at output pixel p), so nothing is gathered but dy_n^T,
+// packed once per image (C_out x P: a tenth to a thirtieth of the column matrix in gasca).
+// Each thread sums its own images into a private dW^T; the sums are added in thread order
+// and transposed into dw at the end.  Taken when C_out is a whole number of NR-wide panels
+// (gasca: 32, 64, 128); otherwise backward_weight_gemm, whose panels run along C_out.
+template <typename T>
+static bool backward_weight_implicit_applies(const ConvGeometry& g) {
+  return g.out_channels % detail::GemmBlocking<T>::NR == 0;
+}
+
+template <typename T>
+static void backward_weight_implicit(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const int nt = conv_threads(g, g.batch);
+  const PhaseImage pi = make_phase_image(g);
+
+  // Per thread: the packed block of dy_n^T (B), a private dW^T and the phase image.
+  const int64_t b_size = round_up(std::min<int64_t>(KC, P) * Co, 64);
+  const int64_t acc_size = round_up(kdim * Co, 64);
+  const int64_t per_thread = b_size + acc_size + round_up(pi.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, nt * per_thread);
+  int64_t* tap = detail::scratch<int64_t>(detail::kSlotSpare, kdim + P);
+  int64_t* pix = tap + kdim;  // offset of output pixel q's window in the phase image
+  tap_offsets(g, pi, tap);
+  for (int64_t q = 0; q < P; ++q) pix[q] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
+  const int64_t m_panels = ceil_div(kdim, MR), n_panels = Co / NR;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), nth = thread_count();
+    T* bp = ws + tid * per_thread;
+    T* acc = bp + b_size;  // dW^T: kdim x Co
+    T* xp = acc + acc_size;
+    const int64_t n0 = g.batch * tid / nth, n1 = g.batch * (tid + 1) / nth;
+    bool first = true;
+    for (int64_t n = n0; n < n1; ++n) {
+      phase_split(g, pi, x + n * image, xp, n > n0);
+      const T* dyn = dy + n * Co * P;
+      for (int64_t kb = 0; kb * KC < P; ++kb) {
+        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, P - k0);
+        detail::pack_b<T>(true, k0, kc, 0, Co, dyn, P, bp);  // rows k0.. of dy_n^T
+        for (int64_t ip = 0; ip < m_panels; ++ip) {
+          const int mr = static_cast<int>(std::min<int64_t>(MR, kdim - ip * MR));
+          const T* rows[MR];  // the panel's taps; rows past mr repeat its last one
+          for (int i = 0; i < MR; ++i) rows[i] = xp + tap[ip * MR + std::min(i, mr - 1)];
+          for (int64_t jp = 0; jp < n_panels; ++jp)
+            detail::micro_kernel_gather_a<T>(kc, rows, pix + k0, bp + jp * NR * kc,
+                                             acc + ip * MR * Co + jp * NR, Co, T(1),
+                                             first ? T(0) : T(1), mr, NR);
+        }
+        first = false;
+      }
+    }
+    if (first) std::fill(acc, acc + kdim * Co, T(0));  // a thread with no images
+#pragma omp barrier
+    // dw[co, k] = the threads' dW^T[k, co], added in thread order; elements split by thread.
+    const int64_t e0 = kdim * Co * tid / nth, e1 = kdim * Co * (tid + 1) / nth;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t co = e / kdim, k = e % kdim;
+      T sum = ws[b_size + k * Co + co];
+      for (int t = 1; t < nth; ++t) sum += ws[t * per_thread + b_size + k * Co + co];
+      dw[e] = sum;
+    }
+  }
+}
+
 // ============================================================ the entry points
 template <typename T>
 void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
@@ -617,6 +690,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int 
   if (!phase_image_is_reasonable(g))
     return conv2d_v1::backward_weight(g, x, dy, dw, gemm_version);
   if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
+  if (backward_weight_implicit_applies<T>(g)) return backward_weight_implicit(g, x, dy, dw);
   backward_weight_gemm(g, x, dy, dw);
 }
 

@@ -37,8 +37,8 @@ inline void store_tile(const T* acc, T* c, int64_t ldc, T alpha, T beta, int mr,
 // 6 in the last panel) would still cost the full tile's time.  It takes micro_kernel_half:
 // MR / 2 rows with two sets of accumulators, one for even and one for odd steps of k, so
 // that as many independent FMA chains are in flight as in the full tile, in half the time.
-template <typename T, class BRow>
-inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
+template <typename T, class ARow, class BRow>
+inline void micro_kernel_half(int64_t kc, ARow arow, BRow brow, T* c, int64_t ldc,
                                      T alpha, T beta, int mr, int nr, const T* init) {
   using S = Simd<T>;
   using V = typename S::V;
@@ -62,7 +62,7 @@ inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
     for (int v = 0; v < NV; ++v) bv[v] = brow(p, v);
 #pragma GCC unroll 8
     for (int i = 0; i < H; ++i) {
-      const V a = S::set1(ap[p * MR + i]);
+      const V a = S::set1(arow(p, i));
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) even[i][v] = S::fma(a, bv[v], even[i][v]);
     }
@@ -70,7 +70,7 @@ inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
     for (int v = 0; v < NV; ++v) bv[v] = brow(p + 1, v);
 #pragma GCC unroll 8
     for (int i = 0; i < H; ++i) {
-      const V a = S::set1(ap[(p + 1) * MR + i]);
+      const V a = S::set1(arow(p + 1, i));
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) odd[i][v] = S::fma(a, bv[v], odd[i][v]);
     }
@@ -79,7 +79,7 @@ inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
     V b0[NV];
     for (int v = 0; v < NV; ++v) b0[v] = brow(p, v);
     for (int i = 0; i < H; ++i) {
-      const V a0 = S::set1(ap[p * MR + i]);
+      const V a0 = S::set1(arow(p, i));
       for (int v = 0; v < NV; ++v) even[i][v] = S::fma(a0, b0[v], even[i][v]);
     }
   }
@@ -89,13 +89,16 @@ inline void micro_kernel_half(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
   store_tile<T, NR>(tile, c, ldc, alpha, beta, mr, nr);
 }
 
-template <typename T, class BRow>
-inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
-                                     T alpha, T beta, int mr, int nr, const T* init = nullptr) {
+//
+// `arow(p, i)` reads element i of step p of the A panel: from the packed panel for gemm
+// (micro_kernel_impl), or out of the phase image for the weight gradient's implicit gemm.
+template <typename T, class ARow, class BRow>
+inline void micro_kernel_ab(int64_t kc, ARow arow, BRow brow, T* c, int64_t ldc,
+                            T alpha, T beta, int mr, int nr, const T* init = nullptr) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
-  if (mr <= MR / 2) return micro_kernel_half<T>(kc, ap, brow, c, ldc, alpha, beta, mr, nr, init);
+  if (mr <= MR / 2) return micro_kernel_half<T>(kc, arow, brow, c, ldc, alpha, beta, mr, nr, init);
   V acc[MR][NV];
   if (init && mr == MR) {  // the accumulators start at the row's initial value (a bias)
 #pragma GCC unroll 8
@@ -118,7 +121,7 @@ inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
     for (int v = 0; v < NV; ++v) bv[v] = brow(p, v);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const V a = S::set1(ap[p * MR + i]);
+      const V a = S::set1(arow(p, i));
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(a, bv[v], acc[i][v]);
     }
@@ -151,6 +154,30 @@ inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t 
       for (int v = 0; v < NV; ++v) S::store(tile + i * NR + v * W, acc[i][v]);
     store_tile<T, NR>(tile, c, ldc, alpha, beta, mr, nr);
   }
+}
+
+// The tile with a packed A panel ([kc][MR]).
+template <typename T, class BRow>
+inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
+                              T alpha, T beta, int mr, int nr, const T* init = nullptr) {
+  constexpr int MR = GemmBlocking<T>::MR;
+  micro_kernel_ab<T>(kc, [ap](int64_t p, int i) { return ap[p * MR + i]; }, brow, c, ldc, alpha,
+                     beta, mr, nr, init);
+}
+
+// The tile with the A panel read in place and B packed ([kc][NR]): element i of step p of A
+// is rows[i][pix[p]] (MR row pointers; rows past mr repeat a valid one and are never
+// stored).  The weight gradient reads its column matrix this way out of the phase image:
+// row i is a kernel tap, pix[p] the offset of output pixel p.
+template <typename T>
+inline void micro_kernel_gather_a(int64_t kc, const T* const* rows, const int64_t* pix,
+                                  const T* bp, T* c, int64_t ldc, T alpha, T beta, int mr,
+                                  int nr) {
+  using S = Simd<T>;
+  constexpr int NR = GemmBlocking<T>::NR, W = S::W;
+  micro_kernel_ab<T>(kc, [rows, pix](int64_t p, int i) { return rows[i][pix[p]]; },
+                     [bp](int64_t p, int v) { return S::load(bp + p * NR + v * W); }, c, ldc,
+                     alpha, beta, mr, nr);
 }
 
 // The same tile with the B panel read in place instead of packed: row p of the panel is
@@ -193,6 +220,17 @@ inline void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const 
   for (int64_t p = 0; p < kc; ++p)
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i * NR + j] += ap[p * MR + i] * base[row_off[p] + vec_off[j]];
+  store_tile<T, NR>(acc, c, ldc, alpha, beta, mr, nr);
+}
+template <typename T>
+inline void micro_kernel_gather_a(int64_t kc, const T* const* rows, const int64_t* pix,
+                                  const T* bp, T* c, int64_t ldc, T alpha, T beta, int mr,
+                                  int nr) {
+  constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
+  T acc[MR * NR] = {};
+  for (int64_t p = 0; p < kc; ++p)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i * NR + j] += rows[i][pix[p]] * bp[p * NR + j];
   store_tile<T, NR>(acc, c, ldc, alpha, beta, mr, nr);
 }
 #endif

@@ -487,6 +487,43 @@ def test_backward_input_by_stride_phases_matches_reference(cfg, dtype, rng):
                                        **tol)
 
 
+# Geometries that take version 2's implicit weight gradient (C_out a whole number of
+# register-tile panels: 32 covers the AVX2 and AVX-512 widths in float and double; dW too
+# large for the small path): strides 1 to 3, paddings beyond the kernel, odd sizes, more
+# output pixels than one K block (256), a batch of 1 and of 3 (threads with no image or
+# with two).  (N, Ci, H, W, Co, KH, KW, s, p)
+IMPLICIT_DW_CONFIGS = [
+    (3, 12, 16, 16, 32, 5, 5, (2, 2), (2, 2)),
+    (1, 16, 9, 13, 32, 3, 3, (1, 1), (1, 1)),
+    (2, 12, 11, 7, 32, 5, 3, (3, 2), (4, 0)),
+    (2, 40, 20, 36, 64, 3, 3, (1, 1), (0, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", IMPLICIT_DW_CONFIGS, ids=[f"cfg{i}" for i in range(len(IMPLICIT_DW_CONFIGS))])
+def test_implicit_weight_gradient_matches_reference(cfg, dtype, rng):
+    """conv2d backward-weight and the transposed convolution's, on the geometries of
+    version 2's implicit weight gradient, against the NumPy reference."""
+    n, ci, h, wd, co, kh, kw, s, p = cfg
+    d = (1, 1)
+    x = rng.standard_normal((n, ci, h, wd)).astype(dtype)
+    oh, ow = out_size(h, kh, s[0], p[0], 1), out_size(wd, kw, s[1], p[1], 1)
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    ref = ref_conv2d_backward_weight(x, dy, (co, ci, kh, kw), s, p, d)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(ref).max()) if dtype == np.float32 else \
+        dict(rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+    for v in CONV_VERSIONS:
+        dw = np.full((co, ci, kh, kw), np.nan, dtype)
+        run("conv2d_backward_weight", v, x, dy, dw, s, p, d)
+        np.testing.assert_allclose(dw, ref, err_msg=f"version {v}", **tol)
+        # the transposed convolution with x and dy swapped: its weight (co, ci, kh, kw)
+        tw = np.full((co, ci, kh, kw), np.nan, dtype)
+        op = ((h + 2 * p[0] - kh) % s[0], (wd + 2 * p[1] - kw) % s[1])  # its output is x's size
+        run("conv_transpose2d_backward_weight", v, dy, x, tw, s, p, op, d)
+        np.testing.assert_allclose(tw, ref, err_msg=f"version {v} transposed", **tol)
+
+
 @pytest.mark.parametrize("ow_vectors", [False, True], ids=["packed", "implicit"])
 def test_threads_give_the_same_result(rng, ow_vectors):
     """Splitting work over threads must not change what is computed (beyond rounding).
