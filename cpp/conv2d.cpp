@@ -142,7 +142,7 @@ void conv2d_backward_bias(const ConvGeometry& g, const T* dy, T* db) {
 static const char* const kConvVersionNames[] = {
     "reference direct loops",
     "im2col + gemm, one image at a time",
-    "fast: phase-split image, implicit gemm forward, blocked col2im, threads over images",
+    "fast: phase-split image, implicit gemms, stride-phase backward-input, threads over images",
 };
 static constexpr int kConvVersions = sizeof(kConvVersionNames) / sizeof(kConvVersionNames[0]);
 static constexpr int kConvFastest = 2;  // what version -1 picks

@@ -20,11 +20,18 @@
 //                    into the packed B panels (forward_packed).  The packed weight is
 //                    shared by all threads.  The bias starts the implicit gemm's
 //                    accumulators; forward_packed adds it per block.
-//   backward-input   backward_input_blocked: W^T dy in cache-sized column blocks, col2im'd
-//                    into a phase image of dx, merged into dx at the end.
-//   backward-weight  backward_weight_gemm: per-thread dW over its own images, summed at the
-//                    end; backward_weight_small when dW is small (gasca layer 1: 32 x 25):
-//                    dot products of contiguous rows with vector partial sums.
+//   backward-input   backward_input_phased: by stride phases, each a stride-1 correlation
+//                    of the zero-padded dy with a sub-kernel, the forward's implicit gemm
+//                    again; the phases' blocks interleaved into dx at the end.  When its
+//                    conditions fail (dilation, few input channels, phase rows that are not
+//                    whole or half vectors): backward_input_blocked, W^T dy in cache-sized
+//                    column blocks, col2im'd into a phase image of dx, merged at the end.
+//   backward-weight  backward_weight_implicit: dW^T = col dy^T, the column matrix read in
+//                    place out of the phase image (A operand), per-thread sums added at the
+//                    end; backward_weight_gemm (col^T gathered into packed panels) when
+//                    C_out is not a whole number of panels; backward_weight_small when dW is
+//                    small (gasca layer 1: 32 x 25): dot products of contiguous rows with
+//                    vector partial sums.
 // Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose phase
 // image would be mostly padding (strides/paddings far beyond the image) take version 1's
 // path instead (phase_image_is_reasonable), with the caller's gemm version; every other
