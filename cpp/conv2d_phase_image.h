@@ -91,6 +91,22 @@ void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp,
   const int64_t sw = g.stride_w;
   // image row h is phase row h + pad_h (pi.rows >= in_h + pad_h)
   const int64_t r0 = g.pad_h, r1 = g.pad_h + g.in_h;
+  // Stride 2: one pass over each row.  Column c goes to phase (c + pw) % 2 at (c + pw) / 2:
+  // the even columns to phase pw % 2 from pw / 2 on, the odd ones to the other from
+  // (pw + 1) / 2 on, when both fit in the phase rows.  Reading each row once instead of
+  // once per phase made gasca layer 2's forward 4% faster and layer 3's 7% (AVX2, one
+  // thread).  AVX-512 builds keep the per-phase masked copies below (not measured there).
+  if (kSplitRowsInOnePass && sw == 2 && (g.pad_w + g.in_w + 1) / 2 <= pi.cols) {
+    const int64_t pe = g.pad_w % 2, oe = g.pad_w / 2, oo = (g.pad_w + 1) / 2;
+    for (int64_t ci = 0; ci < g.in_channels; ++ci) {
+      T* even = xp + ci * pi.channel + pe * pi.plane + oe;
+      T* odd = xp + ci * pi.channel + (1 - pe) * pi.plane + oo;
+      for (int64_t r = r0; r < r1; ++r)
+        split_stride2(even + r * pi.cols, odd + r * pi.cols, x + (ci * g.in_h + r - r0) * g.in_w,
+                      g.in_w);
+    }
+    return;
+  }
   for (int64_t ci = 0; ci < g.in_channels; ++ci)
     for (int64_t ph = 0; ph < sw; ++ph) {
       T* plane = xp + ci * pi.channel + ph * pi.plane;
