@@ -121,7 +121,7 @@ void phase_split(const ConvGeometry& g, const PhaseImage& pi, const T* x, T* xp,
         if (sw == 1)
           copy_run(row + k0, src + k0, k1 - k0);
         else if (sw == 2)
-          copy_stride2(row + k0, src + 2 * k0, k1 - k0, g.in_w - (shift + 2 * k0));
+          copy_stride2(row + k0, src + 2 * k0, k1 - k0);
         else
           for (int64_t k = k0; k < k1; ++k) row[k] = src[k * sw];
       }

@@ -25,12 +25,12 @@ namespace {  // private to conv2d_fast.cpp, the one file that includes this
 // run is one output row segment: 8 to 32 elements in gasca), a vector at a time with a
 // masked tail under AVX-512.  copy_stride2 / store_stride2 split / merge the even columns of
 // a row (stride 2: every gasca layer): a two-register permute (gather) and an expand
-// (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.  Under AVX2,
-// copy_stride2 is a shuffle and a permute for every whole vector that lies within the
-// `readable` elements from src (the rest of the image row), scalar after that
-// (store_stride2 stays scalar there: AVX2's masked stores are slow).
+// (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.  Builds without
+// AVX-512 split a stride-2 row into both phases in one pass instead (split_stride2: AVX2
+// shuffles for float), so they need no copy_stride2 of their own; store_stride2 stays scalar
+// there (AVX2's masked stores are slow).
 template <typename T>
-inline void copy_stride2(T* out, const T* src, int64_t n, int64_t /*readable*/) {
+inline void copy_stride2(T* out, const T* src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = src[2 * k];
 }
 template <typename T>
@@ -58,7 +58,7 @@ inline __mmask8 low_mask8(int64_t count) {
   return count >= 8 ? __mmask8(0xFF) : count <= 0 ? __mmask8(0) : __mmask8((1u << count) - 1);
 }
 template <>
-inline void copy_stride2<float>(float* out, const float* src, int64_t n, int64_t /*readable*/) {
+inline void copy_stride2<float>(float* out, const float* src, int64_t n) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (; n > 0; n -= 16, out += 16, src += 32) {
     const int64_t span = 2 * std::min<int64_t>(n, 16) - 1;  // elements of src read
@@ -68,7 +68,7 @@ inline void copy_stride2<float>(float* out, const float* src, int64_t n, int64_t
   }
 }
 template <>
-inline void copy_stride2<double>(double* out, const double* src, int64_t n, int64_t /*readable*/) {
+inline void copy_stride2<double>(double* out, const double* src, int64_t n) {
   const __m512i even = _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14);
   for (; n > 0; n -= 8, out += 8, src += 16) {
     const int64_t span = 2 * std::min<int64_t>(n, 8) - 1;
@@ -108,12 +108,6 @@ inline __m256 even_lanes(__m256 a, __m256 b) {
   const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
 }
-inline __m256d even_lanes(__m256d a, __m256d b) {
-  const __m256d s = _mm256_unpacklo_pd(a, b);  // a0 b0 | a2 b2
-  return _mm256_permute4x64_pd(s, _MM_SHUFFLE(3, 1, 2, 0));
-}
-// Whole vectors while the 2W elements a step reads lie within [src, src + readable), then
-// scalar: AVX2's masked loads and stores (vmaskmov) cost more than the few elements left.
 inline __m256 odd_lanes(__m256 a, __m256 b) {
   const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));  // a1 a3 b1 b3 | a5 a7 b5 b7
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
@@ -128,20 +122,6 @@ inline void split_stride2<float>(float* even, float* odd, const float* src, int6
   }
   for (; 2 * k + 1 < n; ++k) even[k] = src[2 * k], odd[k] = src[2 * k + 1];
   if (2 * k < n) even[k] = src[2 * k];
-}
-template <>
-inline void copy_stride2<float>(float* out, const float* src, int64_t n, int64_t readable) {
-  int64_t k = 0;
-  for (; k + 8 <= n && 2 * k + 16 <= readable; k += 8)
-    _mm256_storeu_ps(out + k, even_lanes(_mm256_loadu_ps(src + 2 * k), _mm256_loadu_ps(src + 2 * k + 8)));
-  for (; k < n; ++k) out[k] = src[2 * k];
-}
-template <>
-inline void copy_stride2<double>(double* out, const double* src, int64_t n, int64_t readable) {
-  int64_t k = 0;
-  for (; k + 4 <= n && 2 * k + 8 <= readable; k += 4)
-    _mm256_storeu_pd(out + k, even_lanes(_mm256_loadu_pd(src + 2 * k), _mm256_loadu_pd(src + 2 * k + 4)));
-  for (; k < n; ++k) out[k] = src[2 * k];
 }
 #endif
 
