@@ -74,17 +74,52 @@ static bool forward_implicit_applies(const ConvGeometry& g) {
   return g.out_w % W == 0 || (W >= 2 && g.out_w % (W / 2) == 0);
 }
 
-template <typename T>
-static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+// The implicit gemm of the forward and of the stride-phase backward-input: C (m x P, row
+// stride ldc) = A (m x kdim, packed by pack_a) times B, whose column q is never built:
+// element k of it is base[row_off[k] + pixel(q)].  Every piece of W pixels (or W / 2 with
+// `halves`) of a tile must be a contiguous run of one row.  Tiles [t0, t1) of NR pixels;
+// `init` (m values, or null) starts the accumulators of the first K block (a bias).
+template <typename T, class Pixel>
+static void implicit_gemm(int64_t m, int64_t kdim, const T* ap, const T* base,
+                          const int64_t* row_off, int64_t P, Pixel pixel, bool halves,
+                          int64_t t0, int64_t t1, T* c, int64_t ldc, const T* init) {
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, W = Simd<T>::W, NV = NR / W;
+  const int piece = halves ? W / 2 : W, pieces = halves ? 2 * NV : NV;
+  const int64_t m_panels = ceil_div(m, MR);
+  for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+    const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+    // Tiles outer, weight panels inner: the tile's kc rows of B (scattered over the image)
+    // stay in L1 while every weight panel of the block streams past them in order, which
+    // the hardware prefetcher follows.
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t q0 = t * NR;
+      int64_t vec_off[2 * NV];
+      for (int v = 0; v < pieces; ++v)  // past the last pixel, repeat the first piece
+        vec_off[v] = pixel(q0 + v * piece < P ? q0 + v * piece : q0);  // (loaded, never stored)
+      const int nr = static_cast<int>(std::min<int64_t>(NR, P - q0));
+      for (int64_t ip = 0; ip < m_panels; ++ip) {
+        const T* a_panel = detail::packed_a_panel<T>(ap, m, kb, ip, kdim);
+        const int mr = static_cast<int>(std::min<int64_t>(MR, m - ip * MR));
+        detail::micro_kernel_indirect<T>(kc, a_panel, base, row_off + k0, vec_off, halves,
+                                         c + ip * MR * ldc + q0, ldc, T(1), kb == 0 ? T(0) : T(1),
+                                         mr, nr, kb == 0 && init ? init + ip * MR : nullptr);
+      }
+    }
+  }
+}
+
+template <typename T>
+static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  constexpr int NR = detail::GemmBlocking<T>::NR, W = Simd<T>::W;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
   const int64_t image = g.in_channels * g.in_h * g.in_w;
   const PhaseImage pi = make_phase_image(g);
   const int64_t tiles = ceil_div(P, NR);
   const bool halves = g.out_w % W != 0;  // rows of W / 2 pixels: two pieces per vector
-  const int piece = halves ? W / 2 : W, pieces = halves ? 2 * NV : NV;
+  // output pixel q reads its window from row (q / out_w) * stride_h, column q % out_w
+  const auto pixel = [&g, &pi](int64_t q) { return (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w; };
   // Split an image between threads only when there are fewer images than threads.
   const int nt_all = conv_threads(g, g.batch * tiles);
   const int64_t chunks = g.batch >= nt_all ? 1 : std::min<int64_t>(tiles, ceil_div(nt_all, g.batch));
@@ -98,7 +133,6 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
   int64_t* row_off = detail::scratch<int64_t>(detail::kSlotSpare, kdim);
   detail::pack_a<T>(false, Co, kdim, w, kdim, ws);
   tap_offsets(g, pi, row_off);
-  const int64_t m_panels = ceil_div(Co, MR);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -113,32 +147,9 @@ static void forward_implicit(const ConvGeometry& g, const T* x, const T* w, cons
         phase_split(g, pi, x + n * image, xp, split >= 0);
         split = n;
       }
-      T* yn = y + n * Co * P;
-      for (int64_t kb = 0; kb * KC < kdim; ++kb) {
-        const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
-        // Tiles outer, weight panels inner: the tile's kc rows of B (scattered over the
-        // phase image) stay in L1 while every weight panel of the block streams past them
-        // in order, which the hardware prefetcher follows.
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t q0 = t * NR;
-          int64_t vec_off[2 * NV];
-          for (int v = 0; v < pieces; ++v) {
-            // piece v covers pixels [q, q + piece) of one output row; past the last
-            // pixel, repeat the first piece (loaded, never stored).
-            const int64_t q = q0 + v * piece < P ? q0 + v * piece : q0;
-            vec_off[v] = (q / g.out_w) * g.stride_h * pi.cols + q % g.out_w;
-          }
-          const int nr = static_cast<int>(std::min<int64_t>(NR, P - q0));
-          for (int64_t ip = 0; ip < m_panels; ++ip) {
-            const T* a_panel = detail::packed_a_panel<T>(ws, Co, kb, ip, kdim);
-            const int mr = static_cast<int>(std::min<int64_t>(MR, Co - ip * MR));
-            // The bias starts the accumulators of the first K block: no pass of its own.
-            detail::micro_kernel_indirect<T>(kc, a_panel, xp, row_off + k0, vec_off, halves,
-                                             yn + ip * MR * P + q0, P, T(1), kb == 0 ? T(0) : T(1),
-                                             mr, nr, kb == 0 && bias ? bias + ip * MR : nullptr);
-          }
-        }
-      }
+      // The bias starts the accumulators of the first K block: no pass of its own.
+      implicit_gemm<T>(Co, kdim, ws, xp, row_off, P, pixel, halves, t0, t1, y + n * Co * P, P,
+                       bias);
     }
   }
 }
@@ -332,7 +343,7 @@ template <typename T>
 static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, const T* dy,
                                   const T* w, const T* bias, T* dx) {
   using B = detail::GemmBlocking<T>;
-  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, W = Simd<T>::W, NV = NR / W;
+  constexpr int NR = B::NR;
   const int64_t Ci = g.in_channels, Co = g.out_channels, KH = g.kernel_h, KW = g.kernel_w;
   const int64_t image = Ci * g.in_h * g.in_w, P_dy = g.out_h * g.out_w;
   const int64_t sh = g.stride_h, sw = g.stride_w;
@@ -368,7 +379,6 @@ static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, 
         for (int64_t j = 0; j < q.kw; ++j, ++k)
           tap_off[q.taps + k] = co * phases.plane + (phases.top - i) * phases.cols + (phases.left - j);
   }
-  const int64_t m_panels = ceil_div(Ci, MR);
   const int64_t copy_rows = std::min(g.out_h, phases.rows - phases.top);
   const int64_t copy_cols = std::min(g.out_w, phases.cols - phases.left);
 
@@ -395,29 +405,12 @@ static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, 
           for (int64_t ci = 0; ci < Ci; ++ci) std::fill(c + ci * ldc, c + ci * ldc + P, T(0));
           continue;
         }
-        const int piece = q.halves ? W / 2 : W, pieces = q.halves ? 2 * NV : NV;
-        const int64_t tiles = ceil_div(P, NR);
-        for (int64_t kb = 0; kb * KC < q.kdim; ++kb) {
-          const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, q.kdim - k0);
-          for (int64_t t = 0; t < tiles; ++t) {
-            const int64_t q0 = t * NR;
-            int64_t vec_off[2 * NV];
-            for (int v = 0; v < pieces; ++v) {
-              // piece v: pixels [p, p + piece) of one row of the phase; past the last
-              // pixel, repeat the first piece (loaded, never stored)
-              const int64_t p = q0 + v * piece < P ? q0 + v * piece : q0;
-              vec_off[v] = (q.u0 + p / q.V) * phases.cols + q.v0 + p % q.V;
-            }
-            const int nr = static_cast<int>(std::min<int64_t>(NR, P - q0));
-            for (int64_t ip = 0; ip < m_panels; ++ip) {
-              const T* a_panel = detail::packed_a_panel<T>(ws + q.packed, Ci, kb, ip, q.kdim);
-              const int mr = static_cast<int>(std::min<int64_t>(MR, Ci - ip * MR));
-              detail::micro_kernel_indirect<T>(kc, a_panel, dyp, tap_off + q.taps + k0, vec_off,
-                                               q.halves, c + ip * MR * ldc + q0, ldc, T(1),
-                                               kb == 0 ? T(0) : T(1), mr, nr, nullptr);
-            }
-          }
-        }
+        // phase pixel p is (u0 + p / V, v0 + p % V) in the padded copy of dy
+        const auto pixel = [&q, &phases](int64_t p) {
+          return (q.u0 + p / q.V) * phases.cols + q.v0 + p % q.V;
+        };
+        implicit_gemm<T>(Ci, q.kdim, ws + q.packed, dyp, tap_off + q.taps, P, pixel, q.halves, 0,
+                         ceil_div(P, NR), c, ldc, nullptr);
       }
       // Interleave the phases' blocks into dx: image row h is row u = (h + pad_h - a) / sh
       // of the phases (a, *), a = (h + pad_h) mod sh; its columns alternate between them.

@@ -14,9 +14,9 @@
 // Forward and backward-input hand their images out one at a time (schedule(dynamic)): each
 // image is computed whole by one thread, so the result does not depend on which, and a
 // thread slowed down by another process (or running on a slower core) simply takes fewer
-// images instead of holding the others up at the end of a static split.  Backward-weight keeps a
-// static split: its per-thread partial sums must cover the same images on every run for
-// the summed gradient to be the same to the last bit.
+// images instead of holding the others up at the end of a static split.  Backward-weight
+// keeps a static split: its per-thread partial sums must cover the same images on every run
+// for the summed gradient to be the same to the last bit.
 #pragma once
 
 #include <algorithm>

@@ -89,9 +89,9 @@ inline void micro_kernel_half(int64_t kc, ARow arow, BRow brow, T* c, int64_t ld
   store_tile<T, NR>(tile, c, ldc, alpha, beta, mr, nr);
 }
 
-//
-// `arow(p, i)` reads element i of step p of the A panel: from the packed panel for gemm
-// (micro_kernel_impl), or out of the phase image for the weight gradient's implicit gemm.
+// The full tile.  `arow(p, i)` reads element i of step p of the A panel: from the packed
+// panel for gemm (micro_kernel_impl), or out of the phase image for the weight gradient's
+// implicit gemm (micro_kernel_gather_a).
 template <typename T, class ARow, class BRow>
 inline void micro_kernel_ab(int64_t kc, ARow arow, BRow brow, T* c, int64_t ldc,
                             T alpha, T beta, int mr, int nr, const T* init = nullptr) {
