@@ -2,6 +2,10 @@
 import subprocess
 import sys
 
+import pytest
+
+from gasca_core.models import ARCHITECTURES
+
 
 def _run(args):
     return subprocess.run([sys.executable, "-m"] + args, capture_output=True, text=True, timeout=300)
@@ -31,6 +35,29 @@ def test_training_step_bench_times_the_layer_variants():
     for name in VARIANTS:
         assert res[f"ours, {name}"] > 0 and f"ours, {name}" in out.getvalue()
     assert "/ plain = " in out.getvalue()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_step_bench_pytorch_models_mirror_ours(arch, torch):
+    """The PyTorch G and D the step benchmark times have our models' parameters, shape for
+    shape (ours are stored level by level, PyTorch's G encoders first: compared as sorted
+    lists), and the same output shapes, for every named architecture."""
+    from gasca_core.bench.step import _torch_models
+    from gasca_core.models import architecture, build_full
+    g, d = build_full(architecture(arch), seed=0)
+    tg, td = _torch_models(arch)
+    for ours, theirs in ((g, tg), (d, td)):
+        assert sorted(tuple(p.shape) for p in ours.parameters()) == \
+            sorted(tuple(p.shape) for p in theirs.parameters())
+    x = torch.rand(2, 1, 64, 64)
+    assert tuple(tg(x).shape) == (2, 1, 64, 64) and tuple(td(x).shape) == (2, 1)
+
+
+def test_training_step_bench_steps_another_architecture():
+    r = _run(["gasca_core.bench.step", "--arch", "gasca-64-deep", "--batch", "2", "--steps", "1",
+              "--rounds", "1", "--no-torch"])
+    assert r.returncode == 0, r.stderr
+    assert "gasca-64-deep" in r.stdout and "steps/s" in r.stdout
 
 
 def test_bench_rejects_bad_flags():

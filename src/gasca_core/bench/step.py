@@ -1,7 +1,8 @@
 """Training-step benchmark: the step users run, timed against the same step in PyTorch.
 
 "Ours" is gasca_core.training.Trainer.step itself, in the first phase of a joint run of
-the full gasca-64 G and D with the default TrainConfig (batch 32, Adam, MSE plus the
+the full G and D (--arch: gasca-64 by default, the paper's shapes, which the kernel
+benchmarks measure; gasca-64-deep is the training tools' default) with the default TrainConfig (batch 32, Adam, MSE plus the
 non-saturating adversarial term at its default weight): a batch drawn by the trainer's
 BatchIterator, then
     D update: G forward (no grad), D forward on targets and on G's outputs, backward, the
@@ -11,7 +12,7 @@ BatchIterator, then
 PyTorch's step does the same work on the same batches (when torch is importable). The two
 are timed interleaved, round by round, and the median of the rounds is reported.
 
-    python -m gasca_core.bench.step [--batch 32] [--steps 5] [--rounds 5] [--threads N]
+    python -m gasca_core.bench.step [--batch 32] [--steps 5] [--rounds 5] [--threads N] [--arch A]
 """
 from __future__ import annotations
 
@@ -38,11 +39,12 @@ VARIANTS = {"symmetric levels 1-3": {"symmetric_levels": [1, 2, 3]},
             "local+global levels 1-3": {"local_global_levels": [1, 2, 3]}}
 
 
-def _ours_step_fn(batch: int, seed: int = 0, layers: Optional[dict] = None) -> Callable[[], float]:
-    from ..models import GascaConfig
+def _ours_step_fn(batch: int, seed: int = 0, layers: Optional[dict] = None,
+                  arch: str = "gasca-64") -> Callable[[], float]:
+    from ..models import architecture
     from ..training import Trainer, TrainConfig
     data = _pairs(batch, seed)
-    trainer = Trainer(GascaConfig(**(layers or {})),
+    trainer = Trainer(architecture(arch, **(layers or {})),
                       TrainConfig(method="joint", batch_size=batch, seed=seed),
                       data, data, progress=False, log=lambda s: None)
     run = trainer.start_phase(0)
@@ -56,7 +58,37 @@ def _ours_step_fn(batch: int, seed: int = 0, layers: Optional[dict] = None) -> C
     return step
 
 
-def _torch_step_fn(batch: int, seed: int = 0) -> Callable[[], float]:
+def _torch_models(arch: str):
+    """G and D of the named architecture in PyTorch, layer for layer as models.py builds them
+    (plain layers, the transposed-convolution decoder)."""
+    from torch import nn
+
+    from ..models import architecture
+    c = architecture(arch)
+    if c.decoder != "transposed":
+        raise ValueError(f"the PyTorch step mirrors the transposed-convolution decoder only, "
+                         f"not '{c.decoder}'")
+    act = {"leaky_relu": lambda: nn.LeakyReLU(c.leaky_slope), "relu": nn.ReLU,
+           "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "identity": nn.Identity}
+    chans, s = [c.in_channels] + c.channels, c.stride
+    enc, dec = [], []
+    for i, (k, p) in enumerate(zip(c.kernel_sizes, c.paddings)):
+        enc.append(nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], k, s, p),
+                                 act[c.hidden_activation]()))
+        dec.append(nn.Sequential(
+            nn.ConvTranspose2d(chans[i + 1], chans[i], k, s, p, c.output_padding(i + 1)),
+            act[c.output_activation if i == 0 else c.hidden_activation]()))
+    g = nn.Sequential(*enc, *reversed(dec))
+    dchans = [c.in_channels] + c.disc_channels
+    size = c.image_size // s**c.levels
+    d = nn.Sequential(*[nn.Sequential(nn.Conv2d(dchans[i], dchans[i + 1], k, s, p),
+                                      act[c.disc_activation]())
+                        for i, (k, p) in enumerate(zip(c.kernel_sizes, c.paddings))],
+                      nn.Flatten(), nn.Linear(dchans[-1] * size * size, 1))
+    return g, d
+
+
+def _torch_step_fn(batch: int, seed: int = 0, arch: str = "gasca-64") -> Callable[[], float]:
     import torch
     from torch import nn
 
@@ -64,15 +96,7 @@ def _torch_step_fn(batch: int, seed: int = 0) -> Callable[[], float]:
     from ..training import TrainConfig
     tc = TrainConfig(method="joint", batch_size=batch, seed=seed)
     torch.manual_seed(seed)
-    chans, ks, pads = [1, 32, 64, 128], [5, 5, 3], [2, 2, 1]
-    enc = [nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], ks[i], 2, pads[i]), nn.LeakyReLU(0.2))
-           for i in range(3)]
-    dec = [nn.Sequential(nn.ConvTranspose2d(chans[i + 1], chans[i], ks[i], 2, pads[i], 1),
-                         nn.Sigmoid() if i == 0 else nn.LeakyReLU(0.2)) for i in range(3)]
-    g = nn.Sequential(*enc, *reversed(dec))
-    d = nn.Sequential(*[nn.Sequential(nn.Conv2d(chans[i], chans[i + 1], ks[i], 2, pads[i]),
-                                      nn.LeakyReLU(0.2)) for i in range(3)],
-                      nn.Flatten(), nn.Linear(128 * 8 * 8, 1))
+    g, d = _torch_models(arch)
     betas = (tc.beta1, tc.beta2)
     opt_g = torch.optim.Adam(g.parameters(), lr=tc.lr, betas=betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=tc.d_lr or tc.lr, betas=betas)
@@ -122,24 +146,25 @@ def _rate(step: Callable[[], float], steps: int) -> float:
 
 
 def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int] = None,
-        use_torch: bool = True, variants: bool = False, out=sys.stdout) -> dict:
+        use_torch: bool = True, variants: bool = False, out=sys.stdout,
+        arch: str = "gasca-64") -> dict:
     """Median steps per second over `rounds` interleaved rounds of `steps` steps each, for
     ours and PyTorch (None when PyTorch is not importable or left out); with `variants`,
     also ours with each of VARIANTS' layers (keys "ours, <variant>")."""
     from .. import backend
     if threads:
         backend.set_num_threads(threads)
-    fns = {"ours": _ours_step_fn(batch)}
+    fns = {"ours": _ours_step_fn(batch, arch=arch)}
     if variants:
         for name, layers in VARIANTS.items():
-            fns[f"ours, {name}"] = _ours_step_fn(batch, layers=layers)
+            fns[f"ours, {name}"] = _ours_step_fn(batch, layers=layers, arch=arch)
     res: dict = {"batch": batch, "torch": None}
     if use_torch:
         try:
             import torch
             if threads:
                 torch.set_num_threads(threads)
-            fns["torch"] = _torch_step_fn(batch)
+            fns["torch"] = _torch_step_fn(batch, arch=arch)
             res["torch_threads"] = torch.get_num_threads()
         except ImportError:
             pass
@@ -151,7 +176,7 @@ def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int]
             rates[name].append(_rate(fn, steps))
     for name, r in rates.items():
         res[name] = statistics.median(r)
-    print(f"\nthe training step (Trainer.step: D update + G update through D), gasca-64, "
+    print(f"\nthe training step (Trainer.step: D update + G update through D), {arch}, "
           f"batch {batch}; median of {rounds} interleaved rounds of {steps} steps", file=out)
     print(f"  ours     {res['ours']:7.3f} steps/s", file=out)
     for name in fns:
@@ -167,6 +192,7 @@ def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..models import ARCHITECTURES, DEFAULT_ARCHITECTURE
     from ..training import TrainConfig
     p = argparse.ArgumentParser(prog="python -m gasca_core.bench.step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,10 +206,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="also time our step with G's layers replaced, interleaved with the "
                         "others: symmetric kernels at every level (--symmetric-levels 1,2,3), "
                         "and the local+global layer at every level (--local-global-levels 1,2,3)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="gasca-64",
+                   help="the architecture stepped (default gasca-64, the paper's shapes; the "
+                        f"training tools' default is {DEFAULT_ARCHITECTURE})")
     a = p.parse_args(argv)
     if a.batch < 1 or a.steps < 1 or a.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
-    run(a.batch, a.steps, a.rounds, a.threads, use_torch=not a.no_torch, variants=a.variants)
+    run(a.batch, a.steps, a.rounds, a.threads, use_torch=not a.no_torch, variants=a.variants,
+        arch=a.arch)
     return 0
 
 
