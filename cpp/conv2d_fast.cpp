@@ -50,6 +50,7 @@
 #include "conv2d_rows.h"
 #include "conv2d_threads.h"
 #include "conv2d_versions.h"
+#include "gemm.h"
 #include "gemm_internal.h"
 #include "gemm_micro.h"
 #include "workspace.h"
@@ -666,11 +667,201 @@ static void backward_weight_implicit(const ConvGeometry& g, const T* x, const T*
   }
 }
 
+// ============================================================ small output maps
+// With a few output pixels per image (gasca-64-deep's last levels: 4x4 and 2x2 maps), every
+// per-image product above is a few columns wide: narrower than one register tile, so most
+// of each tile is wasted, and the whole weight streams past once per image for 4 or 16
+// columns of work.  Then the images' column matrices, side by side, make one product with
+// G * P columns (G images of P pixels; column i*P + q is pixel q of image n0 + i):
+//   forward          Y (Co x GP) = W col,    scattered into y image by image, plus the bias
+//   backward-input   dcol = W^T dY,          added back onto each image (col2im)
+//   backward-weight  dW (+)= dY col^T
+// where dY (Co x GP) is dy with its images side by side.  The products are the fast gemm
+// (gemm.cpp, version 2).  Images go in groups of G, so that col stays within
+// kBatchedColumns elements.
+//
+// The columns are read from (and added back onto) a zero-padded copy of each image, with
+// no phase split: a map this small is a few rows of a few pixels, and the phase image's
+// stride-2 copies cost more than they save here.  Tap r = (ci, i, j) of output pixel
+// q = (oh, ow) is then element off[r] + pix[q] of the padded image, with
+//   off[r] = (ci * rows + i * dh) * cols + j * dw,   pix[q] = oh * sh * cols + ow * sw.
+struct PaddedImage {
+  int64_t rows = 0, cols = 0, size = 0;  // of one channel: rows x cols; all channels: size
+  int64_t* off = nullptr;                // kdim tap offsets
+  int64_t* pix = nullptr;                // P pixel offsets
+};
+
+template <typename T>
+constexpr int64_t kBatchedPixels = detail::GemmBlocking<T>::NR;
+constexpr int64_t kBatchedColumns = int64_t(1) << 20;
+
+template <typename T>
+static bool batched_applies(const ConvGeometry& g) {
+  return g.batch > 1 && g.out_h * g.out_w <= kBatchedPixels<T> && phase_image_is_reasonable(g);
+}
+
+// Images per group: as many as keep the column matrix within kBatchedColumns elements.
+inline int64_t batched_group(const ConvGeometry& g) {
+  const int64_t per_image = g.in_channels * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
+  return std::max<int64_t>(1, std::min<int64_t>(g.batch, kBatchedColumns / std::max<int64_t>(1, per_image)));
+}
+
+// The padded image's layout (rows, cols: whatever reaches further, the outputs' windows or
+// the image) and the offsets, in the calling thread's spare scratch slot.
+inline PaddedImage make_padded_image(const ConvGeometry& g) {
+  PaddedImage pd;
+  pd.rows = std::max((g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h + 1, g.pad_h + g.in_h);
+  pd.cols = std::max((g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w + 1, g.pad_w + g.in_w);
+  pd.size = g.in_channels * pd.rows * pd.cols;
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w, P = g.out_h * g.out_w;
+  pd.off = detail::scratch<int64_t>(detail::kSlotSpare, kdim + P);
+  pd.pix = pd.off + kdim;
+  for (int64_t r = 0; r < kdim; ++r) {
+    const int64_t ci = r / (g.kernel_h * g.kernel_w), i = (r / g.kernel_w) % g.kernel_h,
+                  j = r % g.kernel_w;
+    pd.off[r] = (ci * pd.rows + i * g.dilation_h) * pd.cols + j * g.dilation_w;
+  }
+  for (int64_t q = 0; q < P; ++q)
+    pd.pix[q] = (q / g.out_w) * g.stride_h * pd.cols + (q % g.out_w) * g.stride_w;
+  return pd;
+}
+
+// The image part of a padded image: row h of channel ci is row h + pad_h from column pad_w.
+template <typename T>
+inline T* padded_row(const ConvGeometry& g, const PaddedImage& pd, T* xpad, int64_t ci, int64_t h) {
+  return xpad + (ci * pd.rows + h + g.pad_h) * pd.cols + g.pad_w;
+}
+
+// col (kdim x G*P) = the column matrices of images [n0, n0 + G) side by side.  First the
+// G padded images (xpads, `per` apart; threads own images), then col row by row (threads
+// own rows): no two threads ever write into one cache line, which they would if they owned
+// images (one image's piece of a row is 16 bytes at P = 4).
+template <typename T>
+static void batched_columns(const ConvGeometry& g, const PaddedImage& pd, const T* x, int64_t n0,
+                            int64_t G, T* col, T* xpads, int64_t per, int nt) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w, P = g.out_h * g.out_w;
+  const int64_t image = g.in_channels * g.in_h * g.in_w, ld = G * P;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < G; ++i) {
+      T* xpad = xpads + i * per;
+      std::fill(xpad, xpad + pd.size, T(0));
+      for (int64_t ci = 0; ci < g.in_channels; ++ci)
+        for (int64_t h = 0; h < g.in_h; ++h)
+          copy_run(padded_row(g, pd, xpad, ci, h), x + (n0 + i) * image + (ci * g.in_h + h) * g.in_w,
+                   g.in_w);
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < kdim; ++r) {
+      T* dst = col + r * ld;
+      const T* src = xpads + pd.off[r];
+      for (int64_t i = 0; i < G; ++i, dst += P, src += per)
+        for (int64_t q = 0; q < P; ++q) dst[q] = src[pd.pix[q]];
+    }
+  }
+}
+
+// dY (Co x G*P) = dy of images [n0, n0 + G) side by side.
+template <typename T>
+static void batched_gather_dy(const ConvGeometry& g, const T* dy, int64_t n0, int64_t G, T* dY) {
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels;
+  for (int64_t co = 0; co < Co; ++co)
+    for (int64_t i = 0; i < G; ++i)
+      std::memcpy(dY + co * G * P + i * P, dy + ((n0 + i) * Co + co) * P, sizeof(T) * P);
+}
+
+template <typename T>
+static void forward_batched(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
+  const PaddedImage pd = make_padded_image(g);
+  const int nt = conv_threads(g, G);
+  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
+  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
+  T* Y = col + col_size;
+  T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
+  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
+    const int64_t gn = std::min(G, g.batch - n0);
+    batched_columns(g, pd, x, n0, gn, col, xpads, per, nt);
+    gemm<T>(false, false, Co, gn * P, kdim, T(1), w, kdim, col, gn * P, T(0), Y, gn * P,
+            gemm_fastest_version());
+    for (int64_t i = 0; i < gn; ++i)
+      for (int64_t co = 0; co < Co; ++co) {
+        const T b = bias ? bias[co] : T(0);
+        const T* src = Y + co * gn * P + i * P;
+        T* dst = y + ((n0 + i) * Co + co) * P;
+        for (int64_t q = 0; q < P; ++q) dst[q] = src[q] + b;
+      }
+  }
+}
+
+template <typename T>
+static void backward_input_batched(const ConvGeometry& g, const T* dy, const T* w, const T* bias,
+                                   T* dx) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  const PaddedImage pd = make_padded_image(g);
+  const int nt = conv_threads(g, G);
+  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
+  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
+  T* dY = col + col_size;
+  T* dxpads = detail::scratch<T>(detail::kSlotPartial, nt * per);
+  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
+    const int64_t gn = std::min(G, g.batch - n0);
+    batched_gather_dy(g, dy, n0, gn, dY);
+    gemm<T>(true, false, kdim, gn * P, Co, T(1), w, kdim, dY, gn * P, T(0), col, gn * P,
+            gemm_fastest_version());
+    // col2im: threads own images (each adds into its own padded image; reading columns
+    // that another thread reads costs nothing).  The pixels of one tap never overlap.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      T* dxpad = dxpads + thread_id() * per;
+#pragma omp for schedule(dynamic)
+      for (int64_t i = 0; i < gn; ++i) {
+        std::fill(dxpad, dxpad + pd.size, T(0));
+        const T* src = col + i * P;
+        for (int64_t r = 0; r < kdim; ++r, src += gn * P) {
+          T* dst = dxpad + pd.off[r];
+          for (int64_t q = 0; q < P; ++q) dst[pd.pix[q]] += src[q];
+        }
+        T* dxn = dx + (n0 + i) * image;
+        for (int64_t ci = 0; ci < g.in_channels; ++ci)
+          for (int64_t h = 0; h < g.in_h; ++h)
+            copy_run(dxn + (ci * g.in_h + h) * g.in_w, padded_row(g, pd, dxpad, ci, h), g.in_w);
+        if (bias) detail::add_channel_bias<T>(1, g.in_channels, g.in_h * g.in_w, bias, dxn);
+      }
+    }
+  }
+}
+
+template <typename T>
+static void backward_weight_batched(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
+  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
+  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
+  const PaddedImage pd = make_padded_image(g);
+  const int nt = conv_threads(g, G);
+  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
+  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
+  T* dY = col + col_size;
+  T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
+  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
+    const int64_t gn = std::min(G, g.batch - n0);
+    batched_columns(g, pd, x, n0, gn, col, xpads, per, nt);
+    batched_gather_dy(g, dy, n0, gn, dY);
+    // dW (Co x kdim) (+)= dY (Co x gnP) col^T (gnP x kdim); groups in order: reproducible
+    gemm<T>(false, true, Co, kdim, gn * P, T(1), dY, gn * P, col, gn * P, n0 == 0 ? T(0) : T(1),
+            dw, kdim, gemm_fastest_version());
+  }
+}
+
 // ============================================================ the entry points
 template <typename T>
 void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
              int gemm_version) {
   if (!phase_image_is_reasonable(g)) return conv2d_v1::forward(g, x, w, bias, y, gemm_version);
+  if (batched_applies<T>(g)) return forward_batched(g, x, w, bias, y);
   if (forward_implicit_applies<T>(g)) return forward_implicit(g, x, w, bias, y);
   forward_packed(g, x, w, bias, y);
 }
@@ -678,6 +869,7 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
 template <typename T>
 void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
                     const T* bias) {
+  if (batched_applies<T>(g)) return backward_input_batched(g, dy, w, bias, dx);
   InputPhases phases;
   if (make_input_phases<T>(g, phases)) return backward_input_phased(g, phases, dy, w, bias, dx);
   if (!phase_image_is_reasonable(g))
@@ -690,6 +882,7 @@ void backward_weight(const ConvGeometry& g, const T* x, const T* dy, T* dw, int 
   if (!phase_image_is_reasonable(g))
     return conv2d_v1::backward_weight(g, x, dy, dw, gemm_version);
   if (backward_weight_small_applies<T>(g)) return backward_weight_small(g, x, dy, dw);
+  if (batched_applies<T>(g)) return backward_weight_batched(g, x, dy, dw);
   if (backward_weight_implicit_applies<T>(g)) return backward_weight_implicit(g, x, dy, dw);
   backward_weight_gemm(g, x, dy, dw);
 }

@@ -1,6 +1,7 @@
 """Where the training step's time goes: ``python -m gasca_core.bench.profile``.
 
-Times the trainer's own step (`Trainer.step` of a joint gasca-64 run, as
+Times the trainer's own step (`Trainer.step` of a joint run of
+--arch, gasca-64 by default, as
 `python -m gasca_core.bench.step` does: a D update, then a G update through D, Adam) and
 splits every second of it into exclusive parts, which add up to the step's time:
 
@@ -30,6 +31,7 @@ The limit: the step's FLOPs (counted by the backend as the kernels run:
 same threads: the time the step would take were all its work one large sgemm.
 
     python -m gasca_core.bench.profile [--batch 32] [--steps 5] [--rounds 3] [--threads N]
+                                       [--arch gasca-64]
 """
 from __future__ import annotations
 
@@ -182,13 +184,13 @@ def group(label: str) -> str:
 
 
 def profile(batch: int = 32, steps: int = 5, rounds: int = 3, threads: Optional[int] = None,
-            out=None) -> dict:
+            out=None, arch: str = "gasca-64") -> dict:
     """Profile `rounds` x `steps` steps; returns the split (seconds per step by region) and
     the step's time with and without the timers, its FLOPs and the sgemm limit."""
     from .step import _ours_step_fn
     if threads:
         backend.set_num_threads(threads)
-    step = _ours_step_fn(batch)
+    step = _ours_step_fn(batch, arch=arch)
     step(), step()   # warm up: first-touch allocations, thread pools
     timeline = Timeline()
     plain, timed = [], []
@@ -211,7 +213,7 @@ def profile(batch: int = 32, steps: int = 5, rounds: int = 3, threads: Optional[
     n = rounds * steps
     per_step = {k: v / n for k, v in timeline.seconds.items()}
     res = {
-        "batch": batch, "threads": backend.get_num_threads(), "steps": n,
+        "batch": batch, "arch": arch, "threads": backend.get_num_threads(), "steps": n,
         "step_seconds": statistics.median(plain), "timed_step_seconds": statistics.median(timed),
         "regions": per_step, "calls": {k: v / n for k, v in timeline.calls.items()},
         "bytes": {k: v / n for k, v in timeline.bytes.items()},
@@ -227,8 +229,8 @@ def report(res: dict, out=None) -> None:
     out = out or sys.stdout
     regions, calls, nbytes = res["regions"], res["calls"], res["bytes"]
     total = sum(regions.values())
-    print(f"\nwhere the training step's time goes: Trainer.step (joint, gasca-64: D update, then G "
-          f"update through D), batch {res['batch']}, {res['threads']} thread(s), "
+    print(f"\nwhere the training step's time goes: Trainer.step (joint, {res.get('arch', 'gasca-64')}: D "
+          f"update, then G update through D), batch {res['batch']}, {res['threads']} thread(s), "
           f"{res['steps']} steps", file=out)
     print(f"  step: {1e3 * res['step_seconds']:.1f} ms without the timers, "
           f"{1e3 * res['timed_step_seconds']:.1f} ms with them (medians of rounds)", file=out)
@@ -253,6 +255,7 @@ def report(res: dict, out=None) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..models import ARCHITECTURES, DEFAULT_ARCHITECTURE
     from ..training import TrainConfig
     p = argparse.ArgumentParser(prog="python -m gasca_core.bench.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,10 +265,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds, each untimed then timed steps (default 3)")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="gasca-64",
+                   help="the architecture stepped (default gasca-64, the paper's shapes; the "
+                        f"training tools' default is {DEFAULT_ARCHITECTURE})")
     a = p.parse_args(argv)
     if a.batch < 1 or a.steps < 1 or a.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
-    profile(a.batch, a.steps, a.rounds, a.threads)
+    profile(a.batch, a.steps, a.rounds, a.threads, arch=a.arch)
     return 0
 
 
