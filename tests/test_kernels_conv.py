@@ -524,6 +524,67 @@ def test_implicit_weight_gradient_matches_reference(cfg, dtype, rng):
         np.testing.assert_allclose(tw, ref, err_msg=f"version {v} transposed", **tol)
 
 
+# Geometries of version 2's small-map path (at most one register tile of output pixels per
+# image, batch > 1: the images' column matrices side by side as one product): gasca-64-deep's
+# levels 4 and 5 (4x4 and 2x2 outputs), a 1x1 output, stride 1, dilation, asymmetric
+# strides and paddings, and a column matrix of 2**19 elements per image, so that the images
+# go in groups (of 2: 2 + 1 for a batch of 3).  (N, Ci, H, W, Co, KH, KW, s, p, d)
+SMALL_MAP_CONFIGS = [
+    (5, 24, 8, 8, 32, 4, 4, (2, 2), (1, 1), (1, 1)),
+    (4, 40, 4, 4, 16, 4, 4, (2, 2), (1, 1), (1, 1)),
+    (3, 7, 3, 3, 5, 3, 3, (1, 1), (0, 0), (1, 1)),
+    (2, 6, 7, 9, 9, 3, 2, (3, 2), (2, 0), (2, 3)),
+    (3, 3, 5, 5, 4, 5, 5, (1, 2), (1, 2), (1, 1)),
+    (3, 2048, 8, 8, 8, 4, 4, (2, 2), (1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cfg", SMALL_MAP_CONFIGS, ids=[f"cfg{i}" for i in range(len(SMALL_MAP_CONFIGS))])
+def test_small_output_maps_match_reference(cfg, dtype, rng):
+    """All three passes of conv2d and of the transposed convolution (with its bias, at both
+    output paddings that give a different output size) against the NumPy reference, on the
+    geometries of version 2's small-map path."""
+    n, ci, h, wd, co, kh, kw, s, p, d = cfg
+    oh, ow = out_size(h, kh, s[0], p[0], d[0]), out_size(wd, kw, s[1], p[1], d[1])
+    assert oh * ow <= 16 and n > 1, "not a small-map geometry"
+    x = rng.standard_normal((n, ci, h, wd)).astype(dtype)
+    w = rng.standard_normal((co, ci, kh, kw)).astype(dtype)
+    b = rng.standard_normal(co).astype(dtype)
+    tb = rng.standard_normal(ci).astype(dtype)
+    dy = rng.standard_normal((n, co, oh, ow)).astype(dtype)
+    big = 1e-3 if ci * kh * kw > 4096 else 1e-4   # long sums (kdim 32768) in float
+    tol = dict(rtol=big, atol=big * np.sqrt(ci * kh * kw)) if dtype == np.float32 else \
+        dict(rtol=1e-10, atol=1e-10 * np.sqrt(ci * kh * kw))
+    y_ref = ref_conv2d(x, w, b, s, p, d)
+    dx_ref = ref_conv2d_backward_input(dy, w, x.shape, s, p, d)
+    dw_ref = ref_conv2d_backward_weight(x, dy, w.shape, s, p, d)
+    for v in CONV_VERSIONS:
+        y = np.full(y_ref.shape, np.nan, dtype)
+        run("conv2d_forward", v, x, w, b, y, s, p, d)
+        np.testing.assert_allclose(y, y_ref, err_msg=f"version {v} forward", **tol)
+        dx = np.full(x.shape, np.nan, dtype)
+        run("conv2d_backward_input", v, dy, w, dx, s, p, d)
+        np.testing.assert_allclose(dx, dx_ref, err_msg=f"version {v} backward-input", **tol)
+        dw = np.full(w.shape, np.nan, dtype)
+        run("conv2d_backward_weight", v, x, dy, dw, s, p, d)
+        np.testing.assert_allclose(dw, dw_ref, err_msg=f"version {v} backward-weight",
+                                   rtol=tol["rtol"], atol=tol["atol"] * np.abs(dw_ref).max())
+        # the transposed convolution of dy back to x's size (or one output padding less):
+        # its forward is this backward-input plus a bias, its input gradient this forward
+        for op in sorted({((h + 2 * p[0] - d[0] * (kh - 1) - 1) % s[0], (wd + 2 * p[1] - d[1] * (kw - 1) - 1) % s[1]),
+                          (0, 0)}):
+            th = (oh - 1) * s[0] - 2 * p[0] + d[0] * (kh - 1) + op[0] + 1
+            tw = (ow - 1) * s[1] - 2 * p[1] + d[1] * (kw - 1) + op[1] + 1
+            if th < 1 or tw < 1:
+                continue
+            ty = np.full((n, ci, th, tw), np.nan, dtype)
+            run("conv_transpose2d_forward", v, dy, w, tb, ty, s, p, op, d)
+            np.testing.assert_allclose(ty, ref_conv_transpose2d(dy, w, tb, s, p, op, d),
+                                       err_msg=f"version {v} transposed, output_padding {op}",
+                                       **tol)
+
+
 @pytest.mark.parametrize("ow_vectors", [False, True], ids=["packed", "implicit"])
 def test_threads_give_the_same_result(rng, ow_vectors):
     """Splitting work over threads must not change what is computed (beyond rounding).
