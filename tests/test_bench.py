@@ -60,8 +60,32 @@ def test_training_step_bench_steps_another_architecture():
     assert "gasca-64-deep" in r.stdout and "steps/s" in r.stdout
 
 
+def test_kernel_bench_layers_of_another_architecture():
+    """--arch times that architecture's encoder convolutions and their mirror images, whose
+    output padding brings each back to its input size (0 for gasca-64-deep's kernels of 4);
+    gasca-64's layers built from its configuration are the benchmark's table."""
+    from gasca_core.bench.layers import LAYERS, arch_layers
+    assert arch_layers("gasca-64") == LAYERS
+    assert [L.output_padding for L in LAYERS.values()] == [1, 1, 1]
+    deep = arch_layers("gasca-64-deep")
+    assert [(L.cin, L.cout, L.size, L.out, L.k) for L in deep.values()] == \
+        [(1, 16, 64, 32, 4), (16, 32, 32, 16, 4), (32, 64, 16, 8, 4), (64, 128, 8, 4, 4),
+         (128, 128, 4, 2, 4)]
+    assert all(L.output_padding == 0 for L in deep.values())
+    r = _run(["gasca_core.bench", "--sections", "layers", "--arch", "gasca-64-deep", "--layers",
+              "5", "--batch", "2", "--rounds", "1", "--settle", "0", "--no-torch"])
+    assert r.returncode == 0, r.stderr
+    assert "layer 5: conv 128->128 k4 s2 p1, 4x4" in r.stdout and "convT bwd-w" in r.stdout
+
+
 def test_bench_rejects_bad_flags():
     r = _run(["gasca_core.bench", "--layers", "9"])
+    assert r.returncode != 0 and "--layers" in r.stderr
+    r = _run(["gasca_core.bench", "--arch", "gasca-64-deep", "--layers", "6"])
+    assert r.returncode != 0 and "no layer 6" in r.stderr
+    r = _run(["gasca_core.bench", "--arch", "gasca-64-deep", "--ladder"])
+    assert r.returncode != 0 and "ladder" in r.stderr
+    r = _run(["gasca_core.bench", "--layers", "one"])
     assert r.returncode != 0 and "--layers" in r.stderr
     for flag, value in (("--rounds", "0"), ("--settle", "-1")):
         r = _run(["gasca_core.bench", flag, value])

@@ -75,3 +75,11 @@ def test_the_report_splits_the_whole_step(capsys):
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
         P.main(["--batch", "0"])
+
+
+def test_the_profile_steps_the_architecture_it_is_given():
+    import io
+    out = io.StringIO()
+    res = P.profile(batch=2, steps=1, rounds=1, out=out, arch="gasca-64-deep")
+    assert res["arch"] == "gasca-64-deep" and "gasca-64-deep" in out.getvalue()
+    assert res["gflop"] > 0 and res["regions"]["kernel: conv fwd"] > 0

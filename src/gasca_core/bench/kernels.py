@@ -1,6 +1,7 @@
 """Benchmark of gasca_core's CPU kernels: ``python -m gasca_core.bench``.
 
-For the three gasca-64 encoder layers (docs/DESIGN.md) and their mirror-image transposed
+For the three gasca-64 encoder layers (docs/DESIGN.md), or another architecture's
+(--arch gasca-64-deep: the training tools' default), and their mirror-image transposed
 convolutions, at batch 64 by default, prints the GFLOP/s of every pass for each of our
 kernel versions, beside a NumPy im2col + matmul baseline and PyTorch (when importable),
 all measured in the same run, and the ratio ours / PyTorch.  Then the GEMM alone against
@@ -18,7 +19,8 @@ the best of --repeat runs.  Run it on an otherwise idle machine: a build, a test
 training beside it makes every figure noisy (the section says so when the load is high).
 
 Usage:
-    python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--dtype float32]
+    python -m gasca_core.bench [--batch 64] [--repeat 5] [--layers 1,2,3] [--arch gasca-64]
+                               [--dtype float32]
                                [--threads N] [--reference] [--no-gemm] [--sections ...]
                                [--kernels ...]
     python -m gasca_core.bench --sections distributed    (data parallel, under mpiexec)
@@ -40,9 +42,10 @@ import numpy as np
 
 from gasca_core import _C, backend
 from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
+from gasca_core.models import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
 
-from .layers import LAYERS, PASSES, Layer, best_time, median_ratio, round_times
+from .layers import LAYERS, PASSES, Layer, arch_layers, best_time, median_ratio, round_times
 
 
 # ----------------------------------------------------------------------------- our kernels
@@ -52,7 +55,7 @@ def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, 
     L = layer
     g = backend.chosen_version("gemm")
     gv = g if isinstance(g, int) else -1  # a registered gemm cannot run inside C++
-    s, p, d, op = (L.stride,) * 2, (L.pad,) * 2, (1, 1), (1, 1)
+    s, p, d, op = (L.stride,) * 2, (L.pad,) * 2, (1, 1), (L.output_padding,) * 2
     x = rng.standard_normal((batch, L.cin, L.size, L.size)).astype(dtype)
     w = rng.standard_normal((L.cout, L.cin, L.k, L.k)).astype(dtype)
     b = rng.standard_normal(L.cout).astype(dtype)
@@ -61,7 +64,8 @@ def our_passes(layer: Layer, batch: int, dtype, version: int, rng) -> Dict[str, 
     dx = np.empty_like(x)
     dw = np.empty_like(w)
     # The mirror transposed convolution: input (N, Co, OH, OW) -> output (N, Ci, H, W),
-    # weight (Co, Ci, K, K): the same memory as the convolution's weight.
+    # weight (Co, Ci, K, K): the same memory as the convolution's weight; its
+    # output_padding brings OH back to H.
     tx = dy
     tb = rng.standard_normal(L.cin).astype(dtype)
     ty = np.empty_like(x)
@@ -135,7 +139,7 @@ def _torch():
 def torch_passes(torch, layer: Layer, batch: int, dtype) -> Dict[str, Callable[[], object]]:
     L = layer
     tdt = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
-    s, p, op = [L.stride] * 2, [L.pad] * 2, [1, 1]
+    s, p, op = [L.stride] * 2, [L.pad] * 2, [L.output_padding] * 2
     x = torch.randn(batch, L.cin, L.size, L.size, dtype=tdt)
     w = torch.randn(L.cout, L.cin, L.k, L.k, dtype=tdt)
     b = torch.randn(L.cout, dtype=tdt)
@@ -198,8 +202,11 @@ def section_layers(args) -> None:
         print("  ours/torch: the version training dispatches (--kernels) against PyTorch, the "
               "median of the rounds' ratios [lowest, highest round]")
 
+    layers = arch_layers(args.arch)
+    if args.arch != "gasca-64":
+        print(f"  architecture {args.arch}: its encoder's convolutions and their mirror images")
     for key in args.layers:
-        L = LAYERS[key]
+        L = layers[key]
         flops = L.flops(args.batch)
         cols = [f"v{v}" for v in versions] + ["numpy"] + (["torch", "ours/torch"] if torch else [])
         print(f"\n{L.name}  ({flops / 1e9:.3f} GFLOP per pass)")
@@ -358,7 +365,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="untimed pause before each turn of the layers section, so that the thread "
                          "pool of the library timed before (ours, PyTorch's, OpenBLAS's behind "
                          "NumPy) has stopped spinning (default 0.2; 0 for quick runs)")
-    ap.add_argument("--layers", default="1,2,3", help="comma-separated gasca-64 layers (default 1,2,3)")
+    ap.add_argument("--layers", default=None,
+                    help="comma-separated layers of --arch, numbered from 1 (default: all)")
+    ap.add_argument("--arch", default="gasca-64", choices=sorted(ARCHITECTURES),
+                    help="whose layers the layers section times (default gasca-64, the paper's "
+                         f"shapes; the training tools' default is {DEFAULT_ARCHITECTURE}); the "
+                         "ladder always times gasca-64")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for our kernels and PyTorch (default: all cores)")
@@ -382,10 +394,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     lad.add_argument("--no-step", action="store_true", help="leave the training-step row out")
     add_kernel_args(ap)
     args = ap.parse_args(argv)
-    args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
+    known = arch_layers(args.arch) if not args.ladder else LAYERS
+    if args.layers is None:
+        args.layers = sorted(known)
+    else:
+        try:
+            args.layers = [int(v) for v in args.layers.split(",") if v.strip()]
+        except ValueError:
+            ap.error(f"--layers: expected comma-separated layer numbers, got {args.layers!r}")
     for v in args.layers:
-        if v not in LAYERS:
-            ap.error(f"--layers: no layer {v}; choose from {sorted(LAYERS)}")
+        if v not in known:
+            ap.error(f"--layers: no layer {v}; choose from {sorted(known)}")
     if args.batch < 1 or args.repeat < 1 or args.rounds < 1:
         ap.error("--batch, --repeat and --rounds must be >= 1")
     if not 0 <= args.settle <= 10:
@@ -399,6 +418,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  + ", ".join(n for n, _ in SECTIONS))
     if args.ladder:
         args.sections = ["ladder"]
+    if "ladder" in args.sections and args.arch != "gasca-64":
+        ap.error(f"--arch {args.arch}: the ladder times gasca-64's layers only; run it without "
+                 "--arch, and the layers section with it")
     if min(args.step_batch, args.step_steps, args.step_rounds) < 1:
         ap.error("--step-batch, --step-steps and --step-rounds must be >= 1")
     if args.columns is not None:

@@ -1,5 +1,5 @@
 """What the kernel benchmarks share (bench.kernels, bench.ladder): the gasca-64 layers they
-time, the names of the six passes, and fair timing of several functions at once: the best
+time (and any named architecture's, `arch_layers`), the names of the six passes, and fair timing of several functions at once: the best
 of interleaved calls (`best_times`), or per-round times of interleaved rounds whose median
 is reported (`round_times`, `median_ratio`)."""
 from __future__ import annotations
@@ -27,6 +27,12 @@ class Layer:
     def out(self) -> int:
         return (self.size + 2 * self.pad - self.k) // self.stride + 1
 
+    @property
+    def output_padding(self) -> int:
+        """The mirror transposed convolution's output_padding: what brings its output from
+        `out` back to `size` (1 for gasca-64's layers, 0 for kernels of size 4)."""
+        return self.size - ((self.out - 1) * self.stride - 2 * self.pad + self.k)
+
     def flops(self, batch: int) -> float:
         return 2.0 * batch * self.cout * self.cin * self.k * self.k * self.out * self.out
 
@@ -36,6 +42,21 @@ LAYERS = {
     2: Layer("layer 2: conv 32->64 k5 s2 p2, 32x32", 32, 32, 64, 5, 2, 2),
     3: Layer("layer 3: conv 64->128 k3 s2 p1, 16x16", 64, 16, 128, 3, 2, 1),
 }
+
+
+def arch_layers(arch: str) -> dict:
+    """The encoder convolutions of a named architecture (models.ARCHITECTURES), numbered
+    from 1 like LAYERS; arch_layers("gasca-64") is LAYERS."""
+    from ..models import architecture
+    c = architecture(arch)
+    chans, size, out = [c.in_channels] + c.channels, c.image_size, {}
+    for i, (k, p) in enumerate(zip(c.kernel_sizes, c.paddings)):
+        L = Layer(f"layer {i + 1}: conv {chans[i]}->{chans[i + 1]} k{k} s{c.stride} p{p}, "
+                  f"{size}x{size}", chans[i], size, chans[i + 1], k, c.stride, p)
+        out[i + 1] = L
+        size = L.out
+    return out
+
 
 PASSES = ["conv fwd", "conv bwd-in", "conv bwd-w", "convT fwd", "convT bwd-in", "convT bwd-w"]
 
