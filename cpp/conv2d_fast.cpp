@@ -439,12 +439,15 @@ static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, 
   }
 }
 
-// backward-weight when dW is small (gasca layer 1: 32 x 25): a gemm over the pixels would
-// spend more time packing than multiplying (each packed element feeds only 2 * C_out
-// FLOPs), so instead each dW[co, tap] is a dot product of two contiguous rows, dy[co, :]
-// and col[tap, :], kept as a vector of partial sums that runs along the pixels.  A 4 x 5
-// tile of (co, tap) pairs shares its loads: 9 vector loads feed 20 FMAs.  The vector sums
-// live in a per-thread buffer across the whole batch and are reduced once at the end.
+// backward-weight when dW is small (gasca layer 1: 32 x 25; gasca-64-deep's: 16 x 16): a
+// gemm over the pixels would spend more time packing than multiplying (each packed element
+// feeds only 2 * C_out FLOPs), so instead each dW[co, tap] is a dot product of two
+// contiguous rows, dy[co, :] and col[tap, :], kept as a vector of partial sums that runs
+// along the pixels.  A tile of (co, tap) pairs shares its loads (AVX-512's 4 x 5: 9 vector
+// loads feed 20 FMAs).  The vector sums live in a per-thread buffer across the whole batch
+// and are reduced once at the end.  Up to 64 KB of partial sums: beyond, the implicit gemm
+// wins (gasca-64-deep's level 2, 32 x 256: 1.65x this path, whose small tile reloads its
+// operands far more often than the gemm's).
 template <typename T, int MT, int NT>
 static inline void dot_tile(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
                             int64_t acc_ld, int64_t co, int64_t tap) {
@@ -465,10 +468,20 @@ static inline void dot_tile(const T* dy, const T* col, int64_t pv, int64_t ld, T
     for (int v = 0; v < NT; ++v) S::store(acc + ((co + u) * acc_ld + tap + v) * W, a[u][v]);
 }
 
+// The tile: MT rows of dy by NT taps, MT * NT vector accumulators.  4 x 5 = 20 of
+// AVX-512's 32 registers.  AVX2 has 16, where 20 accumulators spilled: 2 x 5 (10, plus 2
+// rows of dy and the taps' vectors) was the fastest of 2x4, 2x5, 2x6, 3x4, 3x5 and 4x3,
+// 1.19x the 4 x 5 tile on gasca-64-deep's level 2 and 1.38x on gasca-64's layer 1.
+#if defined(__AVX512F__)
+constexpr int kDotRows = 4, kDotTaps = 5;
+#else
+constexpr int kDotRows = 2, kDotTaps = 5;
+#endif
+
 template <typename T, int MT>
 static inline void dot_row(const T* dy, const T* col, int64_t pv, int64_t ld, T* acc,
                            int64_t kdim, int64_t co) {
-  constexpr int NT = 5;
+  constexpr int NT = kDotTaps;
   int64_t tap = 0;
   for (; tap + NT <= kdim; tap += NT) dot_tile<T, MT, NT>(dy, col, pv, ld, acc, kdim, co, tap);
   for (; tap < kdim; ++tap) dot_tile<T, MT, 1>(dy, col, pv, ld, acc, kdim, co, tap);
@@ -477,7 +490,7 @@ static inline void dot_row(const T* dy, const T* col, int64_t pv, int64_t ld, T*
 template <typename T>
 static bool backward_weight_small_applies(const ConvGeometry& g) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
-  return g.out_channels * kdim * Simd<T>::W * int64_t(sizeof(T)) <= (int64_t(256) << 10);
+  return g.out_channels * kdim * Simd<T>::W * int64_t(sizeof(T)) <= (int64_t(64) << 10);
 }
 
 template <typename T>
@@ -518,7 +531,7 @@ static void backward_weight_small(const ConvGeometry& g, const T* x, const T* dy
         d = dyp;
       }
       int64_t co = 0;
-      for (; co + 4 <= Co; co += 4) dot_row<T, 4>(d, col, PV, PV, acc, kdim, co);
+      for (; co + kDotRows <= Co; co += kDotRows) dot_row<T, kDotRows>(d, col, PV, PV, acc, kdim, co);
       for (; co < Co; ++co) dot_row<T, 1>(d, col, PV, PV, acc, kdim, co);
     }
 #pragma omp barrier
