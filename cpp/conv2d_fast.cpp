@@ -35,7 +35,8 @@
 //   small maps       at most one register tile of output pixels per image (gasca-64-deep's
 //                    4x4 and 2x2 outputs), batch > 1: all three passes as one product over
 //                    the images' column matrices side by side (forward_batched,
-//                    backward_input_batched, backward_weight_batched), on the fast gemm.
+//                    backward_input_batched, backward_weight_batched), on the fast gemm
+//                    (the forward on its pieces).
 // Small convolutions (under ~4 MFLOP per thread) run on one thread.  Geometries whose phase
 // image would be mostly padding (strides/paddings far beyond the image) take version 1's
 // path instead (phase_image_is_reasonable), with the caller's gemm version; the small-map
@@ -694,11 +695,13 @@ static void backward_weight_implicit(const ConvGeometry& g, const T* x, const T*
 //   forward          Y (Co x GP) = W col,    scattered into y image by image, plus the bias
 //   backward-input   dcol = W^T dY,          added back onto each image (col2im)
 //   backward-weight  dW (+)= dY col^T
-// where dY (Co x GP) is dy with its images side by side.  The products are the fast gemm
-// (gemm.cpp, version 2).  Images go in groups of G, so that col stays within
-// kBatchedColumns elements.  gasca-64-deep's level 5 (2x2 outputs): its six passes went
-// from 0.33-0.66x PyTorch's to 1.1-1.8x (2.7-3.3x the per-image paths); level 4 (4x4)
-// gained 9-22% on the gradients and stayed level on the forward.
+// where dY (Co x GP) is dy with its images side by side.  The gradients call the fast gemm
+// (gemm.cpp, version 2) on an explicit col; the forward builds no col at all: the gemm's B
+// panels are gathered straight from the padded images (pack_b_batched) and multiplied by
+// its pieces (11% faster on level 4 than building col and calling gemm).  Images go in
+// groups of G, so that col stays within kBatchedColumns elements.  gasca-64-deep's level 5
+// (2x2 outputs): its six passes went from 0.33-0.66x PyTorch's to 1.1-1.8x (2.7-3.3x the
+// per-image paths); level 4 (4x4): gradients 9-22% faster, forward 1.04x.
 //
 // The columns are read from (and added back onto) a zero-padded copy of each image, with
 // no phase split: a map this small is a few rows of a few pixels, and the phase image's
@@ -752,32 +755,51 @@ inline T* padded_row(const ConvGeometry& g, const PaddedImage& pd, T* xpad, int6
   return xpad + (ci * pd.rows + h + g.pad_h) * pd.cols + g.pad_w;
 }
 
-// col (kdim x G*P) = the column matrices of images [n0, n0 + G) side by side.  First the
-// G padded images (xpads, `per` apart; threads own images), then col row by row (threads
-// own rows): no two threads ever write into one cache line, which they would if they owned
-// images (one image's piece of a row is 16 bytes at P = 4).
+// xpad = the zero-padded copy of one image.
 template <typename T>
-static void batched_columns(const ConvGeometry& g, const PaddedImage& pd, const T* x, int64_t n0,
-                            int64_t G, T* col, T* xpads, int64_t per, int nt) {
+static void pad_image(const ConvGeometry& g, const PaddedImage& pd, const T* x, T* xpad) {
+  std::fill(xpad, xpad + pd.size, T(0));
+  for (int64_t ci = 0; ci < g.in_channels; ++ci)
+    for (int64_t h = 0; h < g.in_h; ++h)
+      copy_run(padded_row(g, pd, xpad, ci, h), x + (ci * g.in_h + h) * g.in_w, g.in_w);
+}
+
+// col (kdim x G*P) = the column matrices of the G padded images side by side, row by row
+// (threads own rows): no two threads ever write into one cache line, which they would if
+// they owned images (one image's piece of a row is 16 bytes at P = 4).
+template <typename T>
+static void batched_columns(const ConvGeometry& g, const PaddedImage& pd, int64_t G,
+                            const T* xpads, int64_t per, T* col, int nt) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w, P = g.out_h * g.out_w;
-  const int64_t image = g.in_channels * g.in_h * g.in_w, ld = G * P;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < G; ++i) {
-      T* xpad = xpads + i * per;
-      std::fill(xpad, xpad + pd.size, T(0));
-      for (int64_t ci = 0; ci < g.in_channels; ++ci)
-        for (int64_t h = 0; h < g.in_h; ++h)
-          copy_run(padded_row(g, pd, xpad, ci, h), x + (n0 + i) * image + (ci * g.in_h + h) * g.in_w,
-                   g.in_w);
+  const int64_t ld = G * P;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t r = 0; r < kdim; ++r) {
+    T* dst = col + r * ld;
+    const T* src = xpads + pd.off[r];
+    for (int64_t i = 0; i < G; ++i, dst += P, src += per)
+      for (int64_t q = 0; q < P; ++q) dst[q] = src[pd.pix[q]];
+  }
+}
+
+// The forward's B operand without the column matrix: rows [k0, k0 + kc) and columns
+// [j0, j0 + nc) of it (column j: pixel j % P of image j / P), gathered from the padded
+// images straight into the gemm's panels ([kc][NR] each; columns past nc are zero).
+template <typename T>
+static void pack_b_batched(const PaddedImage& pd, const T* xpads, int64_t per, int64_t P,
+                           int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst) {
+  constexpr int NR = detail::GemmBlocking<T>::NR;
+  for (int64_t jp = 0; jp * NR < nc; ++jp) {
+    const int cols = static_cast<int>(std::min<int64_t>(NR, nc - jp * NR));
+    const T* base[NR];  // where each column's window starts
+    for (int c = 0; c < cols; ++c) {
+      const int64_t j = j0 + jp * NR + c;
+      base[c] = xpads + (j / P) * per + pd.pix[j % P];
     }
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < kdim; ++r) {
-      T* dst = col + r * ld;
-      const T* src = xpads + pd.off[r];
-      for (int64_t i = 0; i < G; ++i, dst += P, src += per)
-        for (int64_t q = 0; q < P; ++q) dst[q] = src[pd.pix[q]];
+    T* row = dst + jp * NR * kc;
+    for (int64_t k = 0; k < kc; ++k, row += NR) {
+      const int64_t o = pd.off[k0 + k];
+      for (int c = 0; c < cols; ++c) row[c] = base[c][o];
+      for (int c = cols; c < NR; ++c) row[c] = T(0);
     }
   }
 }
@@ -793,26 +815,53 @@ static void batched_gather_dy(const ConvGeometry& g, const T* dy, int64_t n0, in
 
 template <typename T>
 static void forward_batched(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
+  using B = detail::GemmBlocking<T>;
+  constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
   const PaddedImage pd = make_padded_image(g);
   const int nt = conv_threads(g, G);
-  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
-  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
-  T* Y = col + col_size;
+  // Y's columns in one block per thread (at most NC), like the gemm's own split.
+  const int64_t nc_max = std::min<int64_t>(NC, round_up(ceil_div(G * P, nt), NR));
+  const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
+  const int64_t y_size = round_up(Co * G * P, 64), b_size = round_up(std::min<int64_t>(KC, kdim) * nc_max, 64);
+  const int64_t per = round_up(pd.size, 64);
+  T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + y_size + nt * b_size);
+  T* Y = ws + a_size;
   T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
-  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
-    const int64_t gn = std::min(G, g.batch - n0);
-    batched_columns(g, pd, x, n0, gn, col, xpads, per, nt);
-    gemm<T>(false, false, Co, gn * P, kdim, T(1), w, kdim, col, gn * P, T(0), Y, gn * P,
-            gemm_fastest_version());
-    for (int64_t i = 0; i < gn; ++i)
-      for (int64_t co = 0; co < Co; ++co) {
-        const T b = bias ? bias[co] : T(0);
-        const T* src = Y + co * gn * P + i * P;
-        T* dst = y + ((n0 + i) * Co + co) * P;
-        for (int64_t q = 0; q < P; ++q) dst[q] = src[q] + b;
+  const int64_t m_panels = ceil_div(Co, MR);
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
+  // One parallel region: the threads share out the weight's packing, then for each group
+  // of images its padding, Y's column blocks and the scatter into y, each loop ending in
+  // the barrier the next one needs.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id(), nth = thread_count();
+    detail::pack_a<T>(false, Co, kdim, w, kdim, ws, m_panels * tid / nth, m_panels * (tid + 1) / nth);
+    T* bp = ws + a_size + y_size + tid * b_size;
+    for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
+      const int64_t gn = std::min(G, g.batch - n0), GP = gn * P;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < gn; ++i) pad_image(g, pd, x + (n0 + i) * image, xpads + i * per);
+#pragma omp for schedule(static)
+      for (int64_t blk = 0; blk < ceil_div(GP, nc_max); ++blk) {
+        const int64_t j0 = blk * nc_max, nc = std::min(nc_max, GP - j0);
+        for (int64_t kb = 0; kb * KC < kdim; ++kb) {
+          const int64_t k0 = kb * KC, kc = std::min<int64_t>(KC, kdim - k0);
+          pack_b_batched(pd, xpads, per, P, k0, kc, j0, nc, bp);
+          detail::macro_kernel<T>(Co, kdim, kb, ws, 0, m_panels, bp, kc, nc, Y + j0, GP, T(1),
+                                  kb == 0 ? T(0) : T(1));
+        }
       }
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < gn; ++i)
+        for (int64_t co = 0; co < Co; ++co) {
+          const T b = bias ? bias[co] : T(0);
+          const T* src = Y + co * GP + i * P;
+          T* dst = y + ((n0 + i) * Co + co) * P;
+          for (int64_t q = 0; q < P; ++q) dst[q] = src[q] + b;
+        }
+    }
   }
 }
 
@@ -860,6 +909,7 @@ template <typename T>
 static void backward_weight_batched(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
   const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
   const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
+  const int64_t image = g.in_channels * g.in_h * g.in_w;
   const PaddedImage pd = make_padded_image(g);
   const int nt = conv_threads(g, G);
   const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
@@ -868,7 +918,9 @@ static void backward_weight_batched(const ConvGeometry& g, const T* x, const T* 
   T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
   for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
     const int64_t gn = std::min(G, g.batch - n0);
-    batched_columns(g, pd, x, n0, gn, col, xpads, per, nt);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t i = 0; i < gn; ++i) pad_image(g, pd, x + (n0 + i) * image, xpads + i * per);
+    batched_columns(g, pd, gn, xpads, per, col, nt);
     batched_gather_dy(g, dy, n0, gn, dY);
     // dW (Co x kdim) (+)= dY (Co x gnP) col^T (gnP x kdim); groups in order: reproducible
     gemm<T>(false, true, Co, kdim, gn * P, T(1), dY, gn * P, col, gn * P, n0 == 0 ? T(0) : T(1),
