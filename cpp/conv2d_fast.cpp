@@ -865,18 +865,35 @@ static void forward_batched(const ConvGeometry& g, const T* x, const T* w, const
   }
 }
 
+// What the two gradients share: the sizes, the padded images' layout, and the scratch:
+// col (kdim x G*P), dY (Co x G*P) and `count` padded images, `per` apart.
+template <typename T>
+struct BatchedGradient {
+  int64_t kdim, P, Co, G, image, per;
+  PaddedImage pd;
+  int nt;
+  T *col, *dY, *pads;
+
+  BatchedGradient(const ConvGeometry& g, bool pad_per_image)
+      : kdim(g.in_channels * g.kernel_h * g.kernel_w), P(g.out_h * g.out_w), Co(g.out_channels),
+        G(batched_group(g)), image(g.in_channels * g.in_h * g.in_w), pd(make_padded_image(g)),
+        nt(conv_threads(g, G)) {
+    per = round_up(pd.size, 64);
+    const int64_t col_size = round_up(kdim * G * P, 64);
+    col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
+    dY = col + col_size;
+    pads = detail::scratch<T>(detail::kSlotPartial, (pad_per_image ? G : nt) * per);
+  }
+};
+
 template <typename T>
 static void backward_input_batched(const ConvGeometry& g, const T* dy, const T* w, const T* bias,
                                    T* dx) {
-  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
-  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
-  const int64_t image = g.in_channels * g.in_h * g.in_w;
-  const PaddedImage pd = make_padded_image(g);
-  const int nt = conv_threads(g, G);
-  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
-  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
-  T* dY = col + col_size;
-  T* dxpads = detail::scratch<T>(detail::kSlotPartial, nt * per);
+  const BatchedGradient<T> b(g, false);  // a padded image of dx per thread
+  const int64_t kdim = b.kdim, P = b.P, Co = b.Co, G = b.G, image = b.image, per = b.per;
+  const PaddedImage& pd = b.pd;
+  const int nt = b.nt;
+  T *col = b.col, *dY = b.dY, *dxpads = b.pads;
   for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
     const int64_t gn = std::min(G, g.batch - n0);
     batched_gather_dy(g, dy, n0, gn, dY);
@@ -907,15 +924,11 @@ static void backward_input_batched(const ConvGeometry& g, const T* dy, const T* 
 
 template <typename T>
 static void backward_weight_batched(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
-  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
-  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
-  const int64_t image = g.in_channels * g.in_h * g.in_w;
-  const PaddedImage pd = make_padded_image(g);
-  const int nt = conv_threads(g, G);
-  const int64_t per = round_up(pd.size, 64), col_size = round_up(kdim * G * P, 64);
-  T* col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
-  T* dY = col + col_size;
-  T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
+  const BatchedGradient<T> b(g, true);  // a padded image of x per image of the group
+  const int64_t kdim = b.kdim, P = b.P, Co = b.Co, G = b.G, image = b.image, per = b.per;
+  const PaddedImage& pd = b.pd;
+  const int nt = b.nt;
+  T *col = b.col, *dY = b.dY, *xpads = b.pads;
   for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
     const int64_t gn = std::min(G, g.batch - n0);
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
