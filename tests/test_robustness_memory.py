@@ -17,6 +17,7 @@ Three probes, each with a control that shows the probe would notice a leak:
 """
 from __future__ import annotations
 
+import ctypes
 import gc as pygc
 import os
 import tracemalloc
@@ -86,10 +87,22 @@ def one_graph_bytes() -> int:
     return 4 * BATCH * (4 * (SIZE // 2) ** 2 + SIZE * SIZE)
 
 
+def release_free_heap() -> None:
+    """Hand the allocator's free memory back to the system (glibc's malloc_trim), so that
+    memory freed by earlier tests and kept by the allocator cannot absorb a leak unseen:
+    after the whole suite it held enough to hide all but 2.9 MiB of the 24 MB the control
+    below keeps.  Nothing to do where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss_growth(trainer: Trainer, steps: int, warmup: int = 200) -> int:
     for _ in range(warmup):
         trainer.step()
     pygc.collect()
+    release_free_heap()
     before = rss_bytes()
     for _ in range(steps):
         trainer.step()
