@@ -718,9 +718,10 @@ template <typename T>
 constexpr int64_t kBatchedPixels = detail::GemmBlocking<T>::NR;
 constexpr int64_t kBatchedColumns = int64_t(1) << 20;
 
+// (Callers have checked phase_image_is_reasonable: the padded image is about as large.)
 template <typename T>
 static bool batched_applies(const ConvGeometry& g) {
-  return g.batch > 1 && g.out_h * g.out_w <= kBatchedPixels<T> && phase_image_is_reasonable(g);
+  return g.batch > 1 && g.out_h * g.out_w <= kBatchedPixels<T>;
 }
 
 // Images per group: as many as keep the column matrix within kBatchedColumns elements.
@@ -804,6 +805,25 @@ static void pack_b_batched(const PaddedImage& pd, const T* xpads, int64_t per, i
   }
 }
 
+// What the three passes share: the sizes, the group, the threads and the padded images'
+// layout (`per` elements apart in scratch).
+struct SmallMaps {
+  int64_t kdim, P, Co, G, image;
+  int nt;
+  PaddedImage pd;
+  int64_t per;
+
+  explicit SmallMaps(const ConvGeometry& g)
+      : kdim(g.in_channels * g.kernel_h * g.kernel_w), P(g.out_h * g.out_w), Co(g.out_channels),
+        G(batched_group(g)), image(g.in_channels * g.in_h * g.in_w), nt(conv_threads(g, G)),
+        pd(make_padded_image(g)), per(round_up(pd.size, 64)) {}
+
+  // The gradients' scratch: col (kdim x G*P), then dY (Co x G*P) at col + col_size().
+  int64_t col_size() const { return round_up(kdim * G * P, 64); }
+  template <typename T>
+  T* columns() const { return detail::scratch<T>(detail::kSlotColumns, col_size() + Co * G * P); }
+};
+
 // dY (Co x G*P) = dy of images [n0, n0 + G) side by side.
 template <typename T>
 static void batched_gather_dy(const ConvGeometry& g, const T* dy, int64_t n0, int64_t G, T* dY) {
@@ -817,20 +837,18 @@ template <typename T>
 static void forward_batched(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y) {
   using B = detail::GemmBlocking<T>;
   constexpr int MR = B::MR, NR = B::NR, KC = B::KC, NC = B::NC;
-  const int64_t kdim = g.in_channels * g.kernel_h * g.kernel_w;
-  const int64_t P = g.out_h * g.out_w, Co = g.out_channels, G = batched_group(g);
-  const PaddedImage pd = make_padded_image(g);
-  const int nt = conv_threads(g, G);
+  const SmallMaps sm(g);
+  const int64_t kdim = sm.kdim, P = sm.P, Co = sm.Co, G = sm.G, image = sm.image, per = sm.per;
+  const PaddedImage& pd = sm.pd;
+  const int nt = sm.nt;
   // Y's columns in one block per thread (at most NC), like the gemm's own split.
   const int64_t nc_max = std::min<int64_t>(NC, round_up(ceil_div(G * P, nt), NR));
   const int64_t a_size = round_up(detail::packed_a_size<T>(Co, kdim), 64);
   const int64_t y_size = round_up(Co * G * P, 64), b_size = round_up(std::min<int64_t>(KC, kdim) * nc_max, 64);
-  const int64_t per = round_up(pd.size, 64);
   T* ws = detail::scratch<T>(detail::kSlotColumns, a_size + y_size + nt * b_size);
   T* Y = ws + a_size;
   T* xpads = detail::scratch<T>(detail::kSlotPartial, G * per);
   const int64_t m_panels = ceil_div(Co, MR);
-  const int64_t image = g.in_channels * g.in_h * g.in_w;
   // One parallel region: the threads share out the weight's packing, then for each group
   // of images its padding, Y's column blocks and the scatter into y, each loop ending in
   // the barrier the next one needs.
@@ -865,54 +883,33 @@ static void forward_batched(const ConvGeometry& g, const T* x, const T* w, const
   }
 }
 
-// What the two gradients share: the sizes, the padded images' layout, and the scratch:
-// col (kdim x G*P), dY (Co x G*P) and `count` padded images, `per` apart.
-template <typename T>
-struct BatchedGradient {
-  int64_t kdim, P, Co, G, image, per;
-  PaddedImage pd;
-  int nt;
-  T *col, *dY, *pads;
-
-  BatchedGradient(const ConvGeometry& g, bool pad_per_image)
-      : kdim(g.in_channels * g.kernel_h * g.kernel_w), P(g.out_h * g.out_w), Co(g.out_channels),
-        G(batched_group(g)), image(g.in_channels * g.in_h * g.in_w), pd(make_padded_image(g)),
-        nt(conv_threads(g, G)) {
-    per = round_up(pd.size, 64);
-    const int64_t col_size = round_up(kdim * G * P, 64);
-    col = detail::scratch<T>(detail::kSlotColumns, col_size + Co * G * P);
-    dY = col + col_size;
-    pads = detail::scratch<T>(detail::kSlotPartial, (pad_per_image ? G : nt) * per);
-  }
-};
-
 template <typename T>
 static void backward_input_batched(const ConvGeometry& g, const T* dy, const T* w, const T* bias,
                                    T* dx) {
-  const BatchedGradient<T> b(g, false);  // a padded image of dx per thread
-  const int64_t kdim = b.kdim, P = b.P, Co = b.Co, G = b.G, image = b.image, per = b.per;
-  const PaddedImage& pd = b.pd;
-  const int nt = b.nt;
-  T *col = b.col, *dY = b.dY, *dxpads = b.pads;
-  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
-    const int64_t gn = std::min(G, g.batch - n0);
+  const SmallMaps sm(g);
+  const PaddedImage& pd = sm.pd;
+  T* col = sm.columns<T>();
+  T* dY = col + sm.col_size();
+  T* dxpads = detail::scratch<T>(detail::kSlotPartial, sm.nt * sm.per);  // dx's, one a thread
+  for (int64_t n0 = 0; n0 < g.batch; n0 += sm.G) {
+    const int64_t gn = std::min(sm.G, g.batch - n0), GP = gn * sm.P;
     batched_gather_dy(g, dy, n0, gn, dY);
-    gemm<T>(true, false, kdim, gn * P, Co, T(1), w, kdim, dY, gn * P, T(0), col, gn * P,
+    gemm<T>(true, false, sm.kdim, GP, sm.Co, T(1), w, sm.kdim, dY, GP, T(0), col, GP,
             gemm_fastest_version());
     // col2im: threads own images (each adds into its own padded image; reading columns
     // that another thread reads costs nothing).  The pixels of one tap never overlap.
-#pragma omp parallel num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(sm.nt) if (sm.nt > 1)
     {
-      T* dxpad = dxpads + thread_id() * per;
+      T* dxpad = dxpads + thread_id() * sm.per;
 #pragma omp for schedule(dynamic)
       for (int64_t i = 0; i < gn; ++i) {
         std::fill(dxpad, dxpad + pd.size, T(0));
-        const T* src = col + i * P;
-        for (int64_t r = 0; r < kdim; ++r, src += gn * P) {
+        const T* src = col + i * sm.P;
+        for (int64_t r = 0; r < sm.kdim; ++r, src += GP) {
           T* dst = dxpad + pd.off[r];
-          for (int64_t q = 0; q < P; ++q) dst[pd.pix[q]] += src[q];
+          for (int64_t q = 0; q < sm.P; ++q) dst[pd.pix[q]] += src[q];
         }
-        T* dxn = dx + (n0 + i) * image;
+        T* dxn = dx + (n0 + i) * sm.image;
         for (int64_t ci = 0; ci < g.in_channels; ++ci)
           for (int64_t h = 0; h < g.in_h; ++h)
             copy_run(dxn + (ci * g.in_h + h) * g.in_w, padded_row(g, pd, dxpad, ci, h), g.in_w);
@@ -924,20 +921,20 @@ static void backward_input_batched(const ConvGeometry& g, const T* dy, const T* 
 
 template <typename T>
 static void backward_weight_batched(const ConvGeometry& g, const T* x, const T* dy, T* dw) {
-  const BatchedGradient<T> b(g, true);  // a padded image of x per image of the group
-  const int64_t kdim = b.kdim, P = b.P, Co = b.Co, G = b.G, image = b.image, per = b.per;
-  const PaddedImage& pd = b.pd;
-  const int nt = b.nt;
-  T *col = b.col, *dY = b.dY, *xpads = b.pads;
-  for (int64_t n0 = 0; n0 < g.batch; n0 += G) {
-    const int64_t gn = std::min(G, g.batch - n0);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (int64_t i = 0; i < gn; ++i) pad_image(g, pd, x + (n0 + i) * image, xpads + i * per);
-    batched_columns(g, pd, gn, xpads, per, col, nt);
+  const SmallMaps sm(g);
+  T* col = sm.columns<T>();
+  T* dY = col + sm.col_size();
+  T* xpads = detail::scratch<T>(detail::kSlotPartial, sm.G * sm.per);  // x's, one an image
+  for (int64_t n0 = 0; n0 < g.batch; n0 += sm.G) {
+    const int64_t gn = std::min(sm.G, g.batch - n0), GP = gn * sm.P;
+#pragma omp parallel for schedule(static) num_threads(sm.nt) if (sm.nt > 1)
+    for (int64_t i = 0; i < gn; ++i)
+      pad_image(g, sm.pd, x + (n0 + i) * sm.image, xpads + i * sm.per);
+    batched_columns(g, sm.pd, gn, xpads, sm.per, col, sm.nt);
     batched_gather_dy(g, dy, n0, gn, dY);
-    // dW (Co x kdim) (+)= dY (Co x gnP) col^T (gnP x kdim); groups in order: reproducible
-    gemm<T>(false, true, Co, kdim, gn * P, T(1), dY, gn * P, col, gn * P, n0 == 0 ? T(0) : T(1),
-            dw, kdim, gemm_fastest_version());
+    // dW (Co x kdim) (+)= dY (Co x GP) col^T (GP x kdim); groups in order: reproducible
+    gemm<T>(false, true, sm.Co, sm.kdim, GP, T(1), dY, GP, col, GP, n0 == 0 ? T(0) : T(1), dw,
+            sm.kdim, gemm_fastest_version());
   }
 }
 
@@ -954,7 +951,8 @@ void forward(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y,
 template <typename T>
 void backward_input(const ConvGeometry& g, const T* dy, const T* w, T* dx, int gemm_version,
                     const T* bias) {
-  if (batched_applies<T>(g)) return backward_input_batched(g, dy, w, bias, dx);
+  if (batched_applies<T>(g) && phase_image_is_reasonable(g))
+    return backward_input_batched(g, dy, w, bias, dx);
   InputPhases phases;
   if (make_input_phases<T>(g, phases)) return backward_input_phased(g, phases, dy, w, bias, dx);
   if (!phase_image_is_reasonable(g))

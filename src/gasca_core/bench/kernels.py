@@ -42,10 +42,10 @@ import numpy as np
 
 from gasca_core import _C, backend
 from gasca_core.cli.common import add_kernel_args, apply_kernel_args, fail
-from gasca_core.models import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
 
-from .layers import LAYERS, PASSES, Layer, arch_layers, best_time, median_ratio, round_times
+from .layers import (LAYERS, PASSES, Layer, add_arch_argument, arch_layers, best_time,
+                     median_ratio, round_times)
 
 
 # ----------------------------------------------------------------------------- our kernels
@@ -367,10 +367,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "NumPy) has stopped spinning (default 0.2; 0 for quick runs)")
     ap.add_argument("--layers", default=None,
                     help="comma-separated layers of --arch, numbered from 1 (default: all)")
-    ap.add_argument("--arch", default="gasca-64", choices=sorted(ARCHITECTURES),
-                    help="whose layers the layers section times (default gasca-64, the paper's "
-                         f"shapes; the training tools' default is {DEFAULT_ARCHITECTURE}); the "
-                         "ladder always times gasca-64")
+    add_arch_argument(ap, "whose layers the layers section times; the ladder always times "
+                          "gasca-64's")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for our kernels and PyTorch (default: all cores)")

@@ -44,6 +44,15 @@ LAYERS = {
 }
 
 
+def add_arch_argument(parser, what: str) -> None:
+    """--arch for the benchmarks: a named architecture (models.ARCHITECTURES), gasca-64 by
+    default whatever the training tools' default is; `what` says what it applies to."""
+    from ..models import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="gasca-64",
+                        help=f"{what} (default gasca-64, the paper's shapes; the training "
+                             f"tools' default is {DEFAULT_ARCHITECTURE})")
+
+
 def arch_layers(arch: str) -> dict:
     """The encoder convolutions of a named architecture (models.ARCHITECTURES), numbered
     from 1 like LAYERS; arch_layers("gasca-64") is LAYERS."""

@@ -255,8 +255,8 @@ def report(res: dict, out=None) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..models import ARCHITECTURES, DEFAULT_ARCHITECTURE
     from ..training import TrainConfig
+    from .layers import add_arch_argument
     p = argparse.ArgumentParser(prog="python -m gasca_core.bench.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=TrainConfig.batch_size,
@@ -265,9 +265,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds, each untimed then timed steps (default 3)")
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="gasca-64",
-                   help="the architecture stepped (default gasca-64, the paper's shapes; the "
-                        f"training tools' default is {DEFAULT_ARCHITECTURE})")
+    add_arch_argument(p, "the architecture stepped")
     a = p.parse_args(argv)
     if a.batch < 1 or a.steps < 1 or a.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")

@@ -2,8 +2,9 @@
 
 "Ours" is gasca_core.training.Trainer.step itself, in the first phase of a joint run of
 the full G and D (--arch: gasca-64 by default, the paper's shapes, which the kernel
-benchmarks measure; gasca-64-deep is the training tools' default) with the default TrainConfig (batch 32, Adam, MSE plus the
-non-saturating adversarial term at its default weight): a batch drawn by the trainer's
+benchmarks measure; gasca-64-deep is the training tools' default) with the default
+TrainConfig (batch 32, Adam, MSE plus the non-saturating adversarial term at its default
+weight): a batch drawn by the trainer's
 BatchIterator, then
     D update: G forward (no grad), D forward on targets and on G's outputs, backward, the
               finite checks, Adam
@@ -192,8 +193,8 @@ def run(batch: int = 32, steps: int = 5, rounds: int = 5, threads: Optional[int]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..models import ARCHITECTURES, DEFAULT_ARCHITECTURE
     from ..training import TrainConfig
+    from .layers import add_arch_argument
     p = argparse.ArgumentParser(prog="python -m gasca_core.bench.step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=TrainConfig.batch_size,
@@ -206,9 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="also time our step with G's layers replaced, interleaved with the "
                         "others: symmetric kernels at every level (--symmetric-levels 1,2,3), "
                         "and the local+global layer at every level (--local-global-levels 1,2,3)")
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="gasca-64",
-                   help="the architecture stepped (default gasca-64, the paper's shapes; the "
-                        f"training tools' default is {DEFAULT_ARCHITECTURE})")
+    add_arch_argument(p, "the architecture stepped")
     a = p.parse_args(argv)
     if a.batch < 1 or a.steps < 1 or a.rounds < 1:
         p.error("--batch, --steps and --rounds must be >= 1")
