@@ -264,6 +264,13 @@ void pack_a(bool trans_a, int64_t m, int64_t k, const T* a, int64_t lda, T* dst,
 }
 
 template <typename T>
+void pack_a_deep(int64_t m, int64_t k, const T* a, int64_t lda, T* dst) {
+  constexpr int MR = GemmBlocking<T>::MR;
+  for (int64_t ip = 0; ip * MR < m; ++ip)
+    pack_a_panel<T, MR>(false, m, a, lda, ip * MR, 0, k, dst + ip * MR * k);
+}
+
+template <typename T>
 void pack_b(bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, const T* b, int64_t ldb,
             T* dst) {
   pack_b_block<T, GemmBlocking<T>::NR>(trans_b, k0, kc, j0, nc, b, ldb, dst);
@@ -286,6 +293,7 @@ void macro_kernel(int64_t m, int64_t k, int64_t kb, const T* ap, int64_t panel0,
 #define GASCA_INSTANTIATE(T)                                                                   \
   template void micro_kernel<T>(int64_t, const T*, const T*, T*, int64_t, T, T, int, int);     \
   template void pack_a<T>(bool, int64_t, int64_t, const T*, int64_t, T*, int64_t, int64_t);    \
+  template void pack_a_deep<T>(int64_t, int64_t, const T*, int64_t, T*);                       \
   template void pack_b<T>(bool, int64_t, int64_t, int64_t, int64_t, const T*, int64_t, T*);    \
   template void macro_kernel<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t,         \
                                 const T*, int64_t, int64_t, T*, int64_t, T, T);

@@ -46,6 +46,14 @@ template <typename T>
 void pack_a(bool trans_a, int64_t m, int64_t k, const T* a, int64_t lda, T* dst,
             int64_t panel_begin = 0, int64_t panel_end = -1);
 
+// Pack all of A (m x k, row-major with row stride lda) as one K block of any depth: panel ip
+// is [k][MR] at dst + ip * MR * k, so that a block of steps [k0, k0 + kc) of it starts at
+// dst + (ip * k + k0) * MR.  The convolution's implicit gemm takes this layout to choose its
+// own K blocks (conv2d_fast.cpp: deeper than KC, which saves passes over C).  Same size as
+// packed_a_size.
+template <typename T>
+void pack_a_deep(int64_t m, int64_t k, const T* a, int64_t lda, T* dst);
+
 // Where panel `panel` of KC block `kb` starts in a packed A of m rows.
 template <typename T>
 inline const T* packed_a_panel(const T* ap, int64_t m, int64_t kb, int64_t panel, int64_t k) {

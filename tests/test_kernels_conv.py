@@ -487,6 +487,60 @@ def test_backward_input_by_stride_phases_matches_reference(cfg, dtype, rng):
                                        **tol)
 
 
+# Products deeper than one K block of version 2's implicit gemm (at most 1024 steps, split
+# into equal blocks: 1025 -> 512 + 513, 1200 -> 600 + 600, 2250 -> 3 x 750): the forward
+# (output rows of 16 or 8 pixels: whole and half AVX-512 vectors) and the stride-phase
+# backward-input, whose phases' sub-kernels reach 1080 and 1125 steps.  The bias starts
+# only the first block.  (N, Ci, H, W, Co, KH, KW, s, p)
+DEEP_K_CONFIGS = [
+    (2, 41, 32, 32, 9, 5, 5, (2, 2), (2, 2)),
+    (1, 48, 16, 16, 20, 5, 5, (1, 1), (2, 2)),
+    (2, 90, 16, 16, 12, 5, 5, (2, 2), (2, 2)),
+    (1, 12, 32, 32, 120, 5, 5, (2, 2), (2, 2)),
+    (2, 13, 16, 32, 125, 5, 5, (2, 2), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("cfg", DEEP_K_CONFIGS, ids=[f"cfg{i}" for i in range(len(DEEP_K_CONFIGS))])
+def test_products_deeper_than_one_k_block_match_reference(cfg, rng):
+    n, ci, h, wd, co, kh, kw, s, p = cfg
+    d = (1, 1)
+    x, w, b, dy = _arrays((n, ci, h, wd, co, kh, kw, s, p, d), np.float64, rng)
+    y_ref = ref_conv2d(x, w, b, s, p, d)
+    dx_ref = ref_conv2d_backward_input(dy, w, x.shape, s, p, d)
+    for dtype, tol in ((np.float32, dict(rtol=1e-4, atol=1e-3)), (np.float64, dict(rtol=1e-10, atol=1e-10))):
+        xs, ws, bs, dys = (a.astype(dtype) for a in (x, w, b, dy))
+        y = np.full(y_ref.shape, np.nan, dtype)
+        run("conv2d_forward", 2, xs, ws, bs, y, s, p, d)
+        np.testing.assert_allclose(y, y_ref, err_msg=f"forward {dtype.__name__}", **tol)
+        dx = np.full(x.shape, np.nan, dtype)
+        run("conv2d_backward_input", 2, dys, ws, dx, s, p, d)
+        np.testing.assert_allclose(dx, dx_ref, err_msg=f"backward-input {dtype.__name__}", **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_stride2_rows_of_every_width_split_exactly(dtype, rng):
+    """Version 2 splits each stride-2 row into its two phases in one pass (whole registers,
+    then a masked tail): every width from 1 to 70 and each padding from 0 to 3, through
+    the forward and the weight gradient, against the reference.  (That the masked tail
+    reads nothing past the row is the sanitizer run's part: tools/sanitize.sh.)"""
+    d = (1, 1)
+    for wd in range(1, 71):
+        for pw in range(4):
+            s, p = (2, 2), (1, pw)
+            kw = min(3, wd + 2 * pw)
+            x, w, b, dy = _arrays((1, 2, 3, wd, 3, 3, kw, s, p, d), dtype, rng)
+            y = np.full(dy.shape, np.nan, dtype)
+            run("conv2d_forward", 2, x, w, b, y, s, p, d)
+            np.testing.assert_allclose(y, ref_conv2d(x, w, b, s, p, d), rtol=1e-4, atol=1e-4,
+                                       err_msg=f"forward, width {wd}, padding {pw}")
+            dw = np.full(w.shape, np.nan, dtype)
+            run("conv2d_backward_weight", 2, x, dy, dw, s, p, d)
+            np.testing.assert_allclose(dw, ref_conv2d_backward_weight(x, dy, w.shape, s, p, d),
+                                       rtol=1e-4, atol=1e-4,
+                                       err_msg=f"weight gradient, width {wd}, padding {pw}")
+
+
 # Geometries that take version 2's implicit weight gradient (C_out a whole number of
 # register-tile panels: 32 covers the AVX2 and AVX-512 widths in float and double; dW too
 # large for the small path): strides 1 to 3, paddings beyond the kernel, odd sizes, more
