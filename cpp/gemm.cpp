@@ -276,17 +276,29 @@ void pack_b(bool trans_b, int64_t k0, int64_t kc, int64_t j0, int64_t nc, const 
   pack_b_block<T, GemmBlocking<T>::NR>(trans_b, k0, kc, j0, nc, b, ldb, dst);
 }
 
+// The order of the tiles: B panels outer, A panels inner, in blocks of kMacroPanels A
+// panels.  A B panel (kc x NR: 32 KB under AVX-512) is the operand the tile loads whole
+// vectors of, NR floats a step against A's MR scalars, so it is the one to keep in L1
+// while the block's A panels stream past it from L2 (the block: 32 panels of 256 steps,
+// 256 KB under AVX-512, 192 KB under AVX2, within L2).  With A panels outer instead, every
+// B panel came from L2 again for each A panel: this order made the gemm 1.06-1.5x faster on
+// 1024^3 and the small-map convolutions' shapes (AVX-512, Zen 4, two threads, interleaved).
+constexpr int64_t kMacroPanels = 32;
+
 template <typename T>
 void macro_kernel(int64_t m, int64_t k, int64_t kb, const T* ap, int64_t panel0, int64_t panel1,
                   const T* bp, int64_t kc, int64_t nc, T* c, int64_t ldc, T alpha, T beta) {
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR;
-  for (int64_t ip = panel0; ip < panel1; ++ip) {
-    const T* a_panel = packed_a_panel<T>(ap, m, kb, ip, k);
-    const int mr = static_cast<int>(std::min<int64_t>(MR, m - ip * MR));
-    T* c_row = c + ip * MR * ldc;
-    for (int64_t jp = 0; jp * NR < nc; ++jp)
-      micro_kernel<T>(kc, a_panel, bp + jp * NR * kc, c_row + jp * NR, ldc, alpha, beta, mr,
-                      static_cast<int>(std::min<int64_t>(NR, nc - jp * NR)));
+  for (int64_t i0 = panel0; i0 < panel1; i0 += kMacroPanels) {
+    const int64_t i1 = std::min(panel1, i0 + kMacroPanels);
+    for (int64_t jp = 0; jp * NR < nc; ++jp) {
+      const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jp * NR));
+      for (int64_t ip = i0; ip < i1; ++ip) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, m - ip * MR));
+        micro_kernel<T>(kc, packed_a_panel<T>(ap, m, kb, ip, k), bp + jp * NR * kc,
+                        c + ip * MR * ldc + jp * NR, ldc, alpha, beta, mr, nr);
+      }
+    }
   }
 }
 

@@ -75,17 +75,20 @@ def test_gemm_k_zero_scales_c(version):
 
 
 def test_gemm_large_matches_numpy_with_threads(rng):
-    """A product big enough to be split over threads and cache blocks in every dimension."""
-    m, n, k = 300, 700, 600
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    b = rng.standard_normal((k, n)).astype(np.float32)
+    """Products big enough to be split over threads and cache blocks in every dimension:
+    C's columns split between threads, then (few columns) its rows, so that a thread's
+    first row panel falls inside a block of the macro-kernel's A panels."""
     old = _C.get_num_threads()
     try:
-        for t in (1, 2, 3):
-            _C.set_num_threads(t)
-            c = np.empty((m, n), np.float32)
-            _C.gemm(a, b, c)
-            np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=2e-3)
+        for m, n, k in ((300, 700, 600), (600, 40, 300)):
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            b = rng.standard_normal((k, n)).astype(np.float32)
+            for t in (1, 2, 3):
+                _C.set_num_threads(t)
+                c = np.empty((m, n), np.float32)
+                _C.gemm(a, b, c)
+                np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=2e-3,
+                                           err_msg=f"{m}x{n}x{k}, {t} threads")
     finally:
         _C.set_num_threads(old)
 
