@@ -23,12 +23,13 @@ namespace {  // private to conv2d_fast.cpp, the one file that includes this
 
 // Row copies.  copy_run / add_run: dst[k] = src[k] / dst[k] += src[k] for short runs (a
 // run is one output row segment: 8 to 32 elements in gasca), a vector at a time with a
-// masked tail under AVX-512.  copy_stride2 / store_stride2 split / merge the even columns of
-// a row (stride 2: every gasca layer): a two-register permute (gather) and an expand
-// (scatter), masked so that nothing outside [src, src + 2n - 1) is touched.  Builds without
-// AVX-512 split a stride-2 row into both phases in one pass instead (split_stride2: AVX2
-// shuffles for float), so they need no copy_stride2 of their own; store_stride2 stays scalar
-// there (AVX2's masked stores are slow).
+// masked tail under AVX-512.  A stride-2 row (every gasca layer) is split into its two
+// phases in one pass where the phase rows hold it (split_stride2: AVX-512 permutes, AVX2
+// shuffles, for float), and the stride-phase backward-input merges a row back from both
+// phases in one pass (merge_stride2: AVX-512 permutes).  For the other cases copy_stride2 /
+// store_stride2 move one phase at a time: under AVX-512 a two-register permute (gather) and
+// an expand (scatter), masked so that nothing outside [src, src + 2n - 1) is touched;
+// elsewhere scalar (AVX2's masked stores are slow).
 template <typename T>
 inline void copy_stride2(T* out, const T* src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = src[2 * k];
@@ -45,6 +46,15 @@ inline void split_stride2(T* even, T* odd, const T* src, int64_t n) {
   int64_t k = 0;
   for (; 2 * k + 1 < n; ++k) even[k] = src[2 * k], odd[k] = src[2 * k + 1];
   if (2 * k < n) even[k] = src[2 * k];
+}
+// The inverse: dst[2k] = even[k] for k < (n + 1) / 2, dst[2k + 1] = odd[k] for k < n / 2 (a
+// row of n elements merged from its two stride-2 phases in one pass; AVX-512 permutes for
+// float).
+template <typename T>
+inline void merge_stride2(T* dst, const T* even, const T* odd, int64_t n) {
+  int64_t k = 0;
+  for (; 2 * k + 1 < n; ++k) dst[2 * k] = even[k], dst[2 * k + 1] = odd[k];
+  if (2 * k < n) dst[2 * k] = even[k];
 }
 #if defined(__AVX512F__)
 inline __mmask16 low_mask16(int64_t count) {  // the lowest min(count, 16) lanes
@@ -115,6 +125,22 @@ inline void split_stride2<float>(float* even, float* odd, const float* src, int6
     const __m512 b = _mm512_maskz_loadu_ps(low_mask16(n - 16), src + 16);
     _mm512_mask_storeu_ps(even, low_mask16((n + 1) / 2), _mm512_permutex2var_ps(a, ie, b));
     _mm512_mask_storeu_ps(odd, low_mask16(n / 2), _mm512_permutex2var_ps(a, io, b));
+  }
+}
+template <>
+inline void merge_stride2<float>(float* dst, const float* even, const float* odd, int64_t n) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (; n >= 32; n -= 32, dst += 32, even += 16, odd += 16) {
+    const __m512 e = _mm512_loadu_ps(even), o = _mm512_loadu_ps(odd);
+    _mm512_storeu_ps(dst, _mm512_permutex2var_ps(e, lo, o));
+    _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(e, hi, o));
+  }
+  if (n > 0) {
+    const __m512 e = _mm512_maskz_loadu_ps(low_mask16((n + 1) / 2), even);
+    const __m512 o = _mm512_maskz_loadu_ps(low_mask16(n / 2), odd);
+    _mm512_mask_storeu_ps(dst, low_mask16(n), _mm512_permutex2var_ps(e, lo, o));
+    _mm512_mask_storeu_ps(dst + 16, low_mask16(n - 16), _mm512_permutex2var_ps(e, hi, o));
   }
 }
 #elif defined(__AVX2__)
