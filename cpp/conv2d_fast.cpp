@@ -403,6 +403,23 @@ static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, 
   }
   const int64_t copy_rows = std::min(g.out_h, phases.rows - phases.top);
   const int64_t copy_cols = std::min(g.out_w, phases.cols - phases.left);
+  // Stride 2: the rows of each parity a are merged from both phases (a, *) in one pass
+  // when those tile them exactly (+3-6% on the backward-input of gasca layers 2 and 3 and
+  // gasca-64-deep's levels 2 and 3, AVX-512, two threads, against a masked expand per
+  // phase): merge[a] = {the phase holding columns 0, 2, ..., the one holding 1, 3, ...}.
+  // Image column c = 2 * v + b - pad_w, so phase b's first column is 2 * v0 + b - pad_w.
+  const InputPhase* merge[8][2] = {};  // (sh <= 8: make_input_phases)
+  if (sw == 2)
+    for (int64_t a = 0; a < sh; ++a) {
+      const InputPhase& p0 = phases.p[a * 2];
+      const InputPhase& p1 = phases.p[a * 2 + 1];
+      const int64_t c0 = 2 * p0.v0 - g.pad_w, c1 = 2 * p1.v0 + 1 - g.pad_w;
+      const InputPhase& ev = c0 < c1 ? p0 : p1;
+      const InputPhase& od = c0 < c1 ? p1 : p0;
+      if (std::min(c0, c1) == 0 && std::max(c0, c1) == 1 && ev.V == (g.in_w + 1) / 2 &&
+          od.V == g.in_w / 2)
+        merge[a][0] = &ev, merge[a][1] = &od;
+    }
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -442,27 +459,17 @@ static void backward_input_phased(const ConvGeometry& g, const InputPhases& ph, 
           const int64_t r = h + g.pad_h, a = r % sh;
           T* row = dxn + (ci * g.in_h + h) * g.in_w;
           const T* block = outp + ci * g.in_h * g.in_w;  // channel ci of the phases' blocks
-          // Stride 2: both phases of the row in one pass when they tile it exactly (+3-6% on
-          // the backward-input of gasca layers 2 and 3 and gasca-64-deep's levels 2 and 3,
-          // AVX-512, two threads, against a masked expand per phase).
-          if (sw == 2) {
-            const InputPhase& p0 = phases.p[a * 2];
-            const InputPhase& p1 = phases.p[a * 2 + 1];
-            // image column c = 2 * v + b - pad_w: phase b's first column is 2 * v0 + b - pad_w
-            const int64_t c0 = 2 * p0.v0 - g.pad_w, c1 = 2 * p1.v0 + 1 - g.pad_w;
-            const InputPhase& ev = c0 < c1 ? p0 : p1;  // the phase holding columns 0, 2, ...
-            const InputPhase& od = c0 < c1 ? p1 : p0;
-            if (std::min(c0, c1) == 0 && std::max(c0, c1) == 1 && ev.V == (g.in_w + 1) / 2 &&
-                od.V == g.in_w / 2) {
-              merge_stride2(row, block + ev.out + (r / sh - ev.u0) * ev.V,
-                            block + od.out + (r / sh - od.u0) * od.V, g.in_w);
-              continue;
-            }
+          if (sw == 2 && merge[a][0]) {
+            const InputPhase& ev = *merge[a][0];
+            const InputPhase& od = *merge[a][1];
+            merge_stride2(row, block + ev.out + (r / sh - ev.u0) * ev.V,
+                          block + od.out + (r / sh - od.u0) * od.V, g.in_w);
+            continue;
           }
           for (int64_t b = 0; b < sw; ++b) {
             const InputPhase& q = phases.p[a * sw + b];
             if (q.V == 0) continue;
-            const T* src = outp + ci * g.in_h * g.in_w + q.out + (r / sh - q.u0) * q.V;
+            const T* src = block + q.out + (r / sh - q.u0) * q.V;
             T* dst = row + sw * q.v0 + b - g.pad_w;
             if (sw == 1)
               copy_run(dst, src, q.V);

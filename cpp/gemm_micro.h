@@ -99,8 +99,9 @@ inline void micro_kernel_half(int64_t kc, ARow arow, BRow brow, T* c, int64_t ld
 // panel for gemm (micro_kernel_impl), or out of the phase image for the weight gradient's
 // implicit gemm (micro_kernel_gather_a).
 template <typename T, class ARow, class BRow>
-GASCA_ALWAYS_INLINE inline void micro_kernel_ab(int64_t kc, ARow arow, BRow brow, T* c, int64_t ldc,
-                            T alpha, T beta, int mr, int nr, const T* init = nullptr) {
+GASCA_ALWAYS_INLINE inline void micro_kernel_ab(int64_t kc, ARow arow, BRow brow, T* c,
+                                                int64_t ldc, T alpha, T beta, int mr, int nr,
+                                                const T* init = nullptr) {
   using S = Simd<T>;
   using V = typename S::V;
   constexpr int MR = GemmBlocking<T>::MR, NR = GemmBlocking<T>::NR, W = S::W, NV = NR / W;
@@ -164,8 +165,9 @@ GASCA_ALWAYS_INLINE inline void micro_kernel_ab(int64_t kc, ARow arow, BRow brow
 
 // The tile with a packed A panel ([kc][MR]).
 template <typename T, class BRow>
-GASCA_ALWAYS_INLINE inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c, int64_t ldc,
-                              T alpha, T beta, int mr, int nr, const T* init = nullptr) {
+GASCA_ALWAYS_INLINE inline void micro_kernel_impl(int64_t kc, const T* ap, BRow brow, T* c,
+                                                  int64_t ldc, T alpha, T beta, int mr, int nr,
+                                                  const T* init = nullptr) {
   constexpr int MR = GemmBlocking<T>::MR;
   micro_kernel_ab<T>(kc, [ap](int64_t p, int i) { return ap[p * MR + i]; }, brow, c, ldc, alpha,
                      beta, mr, nr, init);
@@ -195,9 +197,11 @@ inline void micro_kernel_gather_a(int64_t kc, const T* const* rows, const int64_
 // so C[i, :] = alpha * (init[i] + (Ap * Bp)[i, :]) + beta * C[i, :] (the convolution's bias,
 // added in the first K block without a pass of its own over the output).
 template <typename T>
-GASCA_ALWAYS_INLINE inline void micro_kernel_indirect(int64_t kc, const T* ap, const T* base, const int64_t* row_off,
-                           const int64_t* vec_off, bool halves, T* c, int64_t ldc, T alpha,
-                           T beta, int mr, int nr, const T* init) {
+GASCA_ALWAYS_INLINE inline void micro_kernel_indirect(int64_t kc, const T* ap, const T* base,
+                                                      const int64_t* row_off,
+                                                      const int64_t* vec_off, bool halves, T* c,
+                                                      int64_t ldc, T alpha, T beta, int mr,
+                                                      int nr, const T* init) {
   using S = Simd<T>;
   if (halves)  // each vector from two half-vectors at independent offsets
     micro_kernel_impl<T>(kc, ap,

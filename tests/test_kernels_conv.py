@@ -639,20 +639,14 @@ def test_small_output_maps_match_reference(cfg, dtype, rng):
                                        **tol)
 
 
-def test_small_output_maps_give_the_same_result_on_any_number_of_threads(rng):
-    """The small-map path splits Y's columns (forward) and images (the gradients' column
-    matrices) between threads: every thread count computes the same outputs, the forward and
-    backward-input bit for bit (each element is summed by one thread in one order)."""
-    x = rng.standard_normal((32, 64, 8, 8)).astype(np.float32)
-    w = rng.standard_normal((128, 64, 4, 4)).astype(np.float32)
-    b = rng.standard_normal(128).astype(np.float32)
-    dy = rng.standard_normal((32, 128, 4, 4)).astype(np.float32)
+def _three_passes_on_threads(x, w, b, dy, threads=(1, 2, 3)):
+    """(y, dx, dw) of a stride-2, padding-1 convolution on each thread count in turn."""
     old = _C.get_num_threads()
     outs = []
     try:
-        for t in (1, 2, 3):
+        for t in threads:
             _C.set_num_threads(t)
-            y = np.empty((32, 128, 4, 4), np.float32)
+            y = np.empty(dy.shape, np.float32)
             _C.conv2d_forward(x, w, b, y, (2, 2), (1, 1), (1, 1))
             dx = np.empty_like(x)
             _C.conv2d_backward_input(dy, w, dx, (2, 2), (1, 1), (1, 1))
@@ -661,6 +655,18 @@ def test_small_output_maps_give_the_same_result_on_any_number_of_threads(rng):
             outs.append((y, dx, dw))
     finally:
         _C.set_num_threads(old)
+    return outs
+
+
+def test_small_output_maps_give_the_same_result_on_any_number_of_threads(rng):
+    """The small-map path splits Y's columns (forward) and images (the gradients' column
+    matrices) between threads: every thread count computes the same outputs, the forward and
+    backward-input bit for bit (each element is summed by one thread in one order)."""
+    x = rng.standard_normal((32, 64, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((128, 64, 4, 4)).astype(np.float32)
+    b = rng.standard_normal(128).astype(np.float32)
+    dy = rng.standard_normal((32, 128, 4, 4)).astype(np.float32)
+    outs = _three_passes_on_threads(x, w, b, dy)
     np.testing.assert_allclose(outs[0][0], ref_conv2d(x, w, b, (2, 2), (1, 1), (1, 1)),
                                rtol=1e-4, atol=1e-3)
     for other in outs[1:]:
@@ -678,20 +684,7 @@ def test_threads_give_the_same_result(rng, ow_vectors):
     w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
     ow = (w_in + 2 - 3) // 2 + 1
     dy = rng.standard_normal((12, 24, 15, ow)).astype(np.float32)
-    old = _C.get_num_threads()
-    outs = []
-    try:
-        for t in (1, 2, 3):
-            _C.set_num_threads(t)
-            y = np.empty((12, 24, 15, ow), np.float32)
-            _C.conv2d_forward(x, w, None, y, (2, 2), (1, 1), (1, 1))
-            dw = np.empty_like(w)
-            _C.conv2d_backward_weight(x, dy, dw, (2, 2), (1, 1), (1, 1))
-            dx = np.empty_like(x)
-            _C.conv2d_backward_input(dy, w, dx, (2, 2), (1, 1), (1, 1))
-            outs.append((y, dw, dx))
-    finally:
-        _C.set_num_threads(old)
+    outs = _three_passes_on_threads(x, w, None, dy)
     np.testing.assert_allclose(outs[0][0], ref_conv2d(x, w, None, (2, 2), (1, 1), (1, 1)),
                                rtol=1e-4, atol=1e-4)
     for other in outs[1:]:
